@@ -1,0 +1,60 @@
+"""The results contract: ``metrics.json`` -> ``tradeoff.csv`` rows and the terminal table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from glasszoo.evaluation.metrics import METRIC_NAMES, format_value
+
+TASK_KEYS = tuple(METRIC_NAMES)
+
+
+def tradeoff_rows(metrics: dict) -> list[dict]:
+    """One flat row per model: task metrics with CI bounds, the primary explanation's scores, and cost."""
+    rows = []
+    for name, m in metrics["models"].items():
+        row = {"model": name, "family": m["family"], "input": m.get("input", "")}
+        for key in TASK_KEYS:
+            d = m["task"].get(key, {})
+            row[key] = d.get("value")
+            lo, hi = d.get("ci", [None, None])
+            row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+        if m.get("explanation"):
+            method, block = next(iter(m["explanation"].items()))
+            row["explanation"] = method
+            row["explanation_ms_per_image"] = block.get("ms_per_image")
+            for score in ("pointing_game", "mass_in_mask"):
+                if score in block:
+                    row[score] = block[score]["value"]
+                    row[f"{score}_lo"], row[f"{score}_hi"] = block[score]["ci"]
+        row["train_seconds"] = m["cost"].get("train_seconds")
+        row["params"] = m["cost"].get("params")
+        rows.append(row)
+    return rows
+
+
+def write_tradeoff(metrics: dict, path: str | Path) -> pd.DataFrame:
+    """Write ``tradeoff.csv`` (one row per model) and return it."""
+    df = pd.DataFrame(tradeoff_rows(metrics))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return df
+
+
+def format_table(metrics: dict) -> str:
+    """A plain-text results table: every model's test metrics with 95% CIs, and its training cost."""
+    header = ["model", "family", *TASK_KEYS, "train s", "params"]
+    body = []
+    for name, m in metrics["models"].items():
+        body.append([name, m["family"], *(format_value(m["task"][k]) for k in TASK_KEYS),
+                     f"{m['cost']['train_seconds']:.1f}", f"{m['cost']['params']:,}"])
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = [f"test set of '{metrics['dataset']['name']}' (values with bootstrap CIs)",
+           "  ".join(h.ljust(w) for h, w in zip(header, widths)), line]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in body]
+    return "\n".join(out)

@@ -1,0 +1,34 @@
+"""glasszoo.models: every model family, one registry, and the explanation types."""
+
+from glasszoo.models import blackbox as _blackbox  # noqa: F401  (registers the models)
+from glasszoo.models._registry import ModelInfo, check_kwargs, create_model, list_models, model_info, register_model
+from glasszoo.models.base import ImageModel, TabularModel
+from glasszoo.models.blackbox import BlackBoxCNN
+from glasszoo.models.explanations import (
+    EXPLANATION_KINDS,
+    ConceptEvidence,
+    FeatureAttribution,
+    GlobalExplanation,
+    Heatmap,
+    PrototypeEvidence,
+    PrototypeMatch,
+)
+
+__all__ = [
+    "EXPLANATION_KINDS",
+    "BlackBoxCNN",
+    "ConceptEvidence",
+    "FeatureAttribution",
+    "GlobalExplanation",
+    "Heatmap",
+    "ImageModel",
+    "ModelInfo",
+    "PrototypeEvidence",
+    "PrototypeMatch",
+    "TabularModel",
+    "check_kwargs",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]

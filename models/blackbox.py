@@ -1,0 +1,78 @@
+"""The black-box baseline: any timm CNN, explained post hoc with Grad-CAM."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+
+from glasszoo.models._backbones import create_backbone, last_feature_module
+from glasszoo.models._registry import register_model
+from glasszoo.models.base import ImageModel, as_tensor
+from glasszoo.models.explanations import Heatmap
+
+
+class BlackBoxCNN(ImageModel):
+    """A convolutional classifier with no built-in explanation; ``explain`` is Grad-CAM.
+
+    The default is ResNet-18 (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016) with its stem
+    adapted to small inputs, as in the MedMNIST v2 benchmark (Yang et al., Scientific Data 2023). Grad-CAM follows
+    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization", ICCV 2017,
+    computed with captum's ``LayerGradCam`` on the last feature stage.
+
+    Args:
+        num_classes: number of classes.
+        in_chans: 1 or 3 input channels.
+        img_size: input side (or (H, W)); used to choose the stem.
+        backbone: any timm model name; trained from scratch.
+        stem: ``auto``, ``standard``, ``small`` or ``nopool`` (see ``glasszoo.models._backbones.adapt_stem``).
+        drop_rate: dropout before the classifier.
+    """
+
+    explanation_kinds = ("heatmap",)
+
+    def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28,
+                 backbone: str = "resnet18", stem: str = "auto", drop_rate: float = 0.0) -> None:
+        super().__init__(num_classes, in_chans, img_size)
+        self.backbone_name = backbone
+        self.net, self.stem = create_backbone(backbone, num_classes, in_chans, self.img_size, stem, drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None, batch_size: int = 64,
+                case_ids: np.ndarray | None = None) -> Heatmap:
+        """Grad-CAM maps [N, H, W] (ReLU'd, bilinearly upsampled to the input) for ``target`` (default: predicted)."""
+        was_training = self.training
+        self.eval()
+        cam = LayerGradCam(self, last_feature_module(self.net))
+        maps, targets = [], []
+        try:
+            for i in range(0, len(x), batch_size):
+                xb = as_tensor(x[i:i + batch_size], self.device)
+                with torch.no_grad():
+                    pred = self(xb).argmax(dim=1)
+                tb = pred if target is None else torch.as_tensor(np.asarray(target)[i:i + batch_size],
+                                                                 device=xb.device, dtype=torch.long)
+                attr = cam.attribute(xb, target=tb, relu_attributions=True)
+                attr = F.interpolate(attr, size=xb.shape[-2:], mode="bilinear", align_corners=False)
+                maps.append(attr[:, 0].detach().cpu().numpy())
+                targets.append(tb.cpu().numpy())
+        finally:
+            self.train(was_training)
+        return Heatmap(maps=np.concatenate(maps), method="gradcam", target=np.concatenate(targets), case_ids=case_ids)
+
+
+@register_model(
+    "blackbox",
+    family="black-box",
+    input_kind="image",
+    explanations=("heatmap",),
+    paper="He et al., CVPR 2016 (ResNet); Selvaraju et al., ICCV 2017 (Grad-CAM)",
+    test_kwargs={"backbone": "resnet18"},
+)
+def blackbox(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28, backbone: str = "resnet18",
+             stem: str = "auto", drop_rate: float = 0.0) -> BlackBoxCNN:
+    """Black-box timm CNN (default ResNet-18 with a small-input stem), explained by Grad-CAM."""
+    return BlackBoxCNN(num_classes, in_chans, img_size, backbone, stem, drop_rate)

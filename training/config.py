@@ -1,0 +1,293 @@
+"""Experiment configuration: YAML in, validated dataclasses out.
+
+Every key is checked: an unknown key or a value of the wrong type raises :class:`ConfigError` naming the file and
+the dotted key (e.g. ``configs/x.yaml: training.max_epoch: unknown key``). Model names and their keyword arguments
+are checked against the registry before any data is loaded. Plain YAML only: nothing is evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glasszoo.training.errors import ConfigError
+
+PIPELINE_KWARGS = ("num_classes", "in_chans", "img_size")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation of image batches (geometric ones are applied to masks too)."""
+
+    hflip: bool = True
+    vflip: bool = False
+    rotate90: bool = False
+    rotate: float = 0.0  # max degrees of a random rotation
+    translate: float = 0.0  # max shift as a fraction of the side
+    scale: float = 0.0  # max relative zoom in/out
+    brightness: float = 0.0  # max additive shift of intensity
+    contrast: float = 0.0  # max relative change of contrast
+
+
+@dataclass
+class TrainingConfig:
+    """How image models are trained (defaults for every model; a model entry can override any key)."""
+
+    max_epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    patience: int = 10
+    class_weighting: str = "auto"
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    deterministic: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class EvaluationConfig:
+    """How models are evaluated on the test split."""
+
+    bootstrap: int = 1000
+    ci_level: float = 0.95
+    explain_cases: int = 64  # test cases explained per model (0 = none, -1 = all)
+    figure_cases: int = 8  # cases shown in each model's explanation figure
+
+
+@dataclass
+class FeaturesConfig:
+    """The feature table read by tabular models (radiomics fills it in; ``intensity`` is the built-in set)."""
+
+    kind: str = "intensity"
+    region: str = "mask"  # "mask" when the data has masks, else the whole image; or "image"
+
+
+@dataclass
+class ModelSpec:
+    """One model of the experiment: ``name`` is its result key, ``model`` its registry name."""
+
+    name: str
+    model: str = ""
+    params: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: str
+    data: dict
+    models: list[ModelSpec]
+    seed: int = 0
+    output_dir: str = "runs"
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    source: str = ""  # the file it came from
+
+    def training_for(self, spec: ModelSpec) -> TrainingConfig:
+        """The training settings of one model: the shared ones with the model's overrides applied."""
+        merged = _merge(dataclasses.asdict(self.training), spec.training)
+        where = f"models[{spec.name}].training" if spec.training else "training"
+        return _validate_training(_build(TrainingConfig, merged, where, self.source), where, self.source)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+CHOICES = {
+    "optimizer": ("adamw", "adam", "sgd"),
+    "scheduler": ("cosine", "none"),
+    "class_weighting": ("auto", "balanced", "none"),
+}
+
+
+def _validate_training(tc: TrainingConfig, where: str, src: str) -> TrainingConfig:
+    prefix = f"{src}: " if src else ""
+    for key, allowed in CHOICES.items():
+        if getattr(tc, key) not in allowed:
+            raise ConfigError(f"{prefix}{where}.{key}: must be one of {allowed}, got {getattr(tc, key)!r}")
+    for key in ("max_epochs", "batch_size"):
+        if getattr(tc, key) < 1:
+            raise ConfigError(f"{prefix}{where}.{key}: must be >= 1, got {getattr(tc, key)}")
+    if tc.lr <= 0:
+        raise ConfigError(f"{prefix}{where}.lr: must be > 0, got {tc.lr}")
+    return tc
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _check_type(value: Any, hint: Any, where: str, src: str) -> Any:
+    if hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return value  # unions are checked by their consumers
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{src}{where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{src}{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{src}{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{src}{where}: expected a string, got {value!r}")
+        return value
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}{where}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, where: str, src: str):
+    prefix = f"{src}: " if src else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(f"{prefix}{where + '.' if where else ''}{unknown[0]}: unknown key; known keys: {names}")
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{where}.{k}" if where else k
+        hint = hints[k]
+        if dataclasses.is_dataclass(hint):
+            kwargs[k] = _build(hint, v, key, src)
+        else:
+            kwargs[k] = _check_type(v, hint, key, prefix)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{prefix}{where or 'config'}: {exc}") from None
+
+
+def _parse_models(raw: Any, src: str) -> list[ModelSpec]:
+    from glasszoo.models import check_kwargs, model_info
+
+    prefix = f"{src}: " if src else ""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{prefix}models: expected a non-empty list of models, got {raw!r}")
+    specs: list[ModelSpec] = []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{prefix}models[{i}]: expected a mapping with a 'name', got {entry!r}")
+        spec = _build(ModelSpec, entry, f"models[{i}]", src)
+        spec.model = spec.model or spec.name
+        try:
+            info = model_info(spec.model)
+            clash = sorted(set(spec.params) & set(PIPELINE_KWARGS)) if info.input_kind == "image" else []
+            if clash:
+                raise ConfigError(f"{clash} are set from the data and cannot be given")
+            check_kwargs(spec.model, spec.params)
+        except ConfigError as exc:
+            raise ConfigError(f"{prefix}models[{i}] ({spec.name}): {exc}") from None
+        if any(s.name == spec.name for s in specs):
+            raise ConfigError(f"{prefix}models[{i}]: duplicate model name '{spec.name}'")
+        specs.append(spec)
+    return specs
+
+
+def parse_config(raw: dict, source: str = "") -> ExperimentConfig:
+    """Validate a config dict (as read from YAML) into an :class:`ExperimentConfig`."""
+    prefix = f"{source}: " if source else ""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}the config must be a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    for req in ("experiment", "data", "models"):
+        if req not in raw:
+            raise ConfigError(f"{prefix}missing required key '{req}'")
+    models = _parse_models(raw.pop("models"), source)
+    if not isinstance(raw["data"], dict):
+        raise ConfigError(f"{prefix}data: expected a mapping, got {raw['data']!r}")
+    cfg = _build(ExperimentConfig, {**raw, "models": []}, "", source)
+    cfg.models = models
+    cfg.source = source
+    if not isinstance(cfg.experiment, str) or not cfg.experiment or "/" in cfg.experiment:
+        raise ConfigError(f"{prefix}experiment: must be a non-empty name without '/', got {cfg.experiment!r}")
+    for spec in models:  # validate per-model training overrides now, not after hours of training
+        cfg.training_for(spec)
+    return cfg
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a raw config dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE (e.g. training.max_epochs=2)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            if isinstance(node, list):
+                try:
+                    node = node[int(p)]
+                except (ValueError, IndexError):
+                    raise ConfigError(f"override {item!r}: '{p}' is not an index of the list") from None
+            else:
+                node = node.setdefault(p, {})
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(node, list):
+            node[int(parts[-1])] = parsed
+        else:
+            node[parts[-1]] = parsed
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate a YAML experiment config."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return parse_config(raw, str(path))

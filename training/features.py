@@ -1,0 +1,61 @@
+"""Feature tables for the tabular models: one row per case, named columns, on the CaseSet's split.
+
+``intensity`` is the built-in first-order set (fast, no extra dependency). The radiomics issue adds pyradiomics
+feature classes behind the same function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from glasszoo.training.caseset import CaseSet
+from glasszoo.training.config import FeaturesConfig
+from glasszoo.training.errors import ConfigError
+
+INTENSITY_FEATURES = {
+    "mean": "mean intensity in the region",
+    "std": "standard deviation of intensity (heterogeneity)",
+    "p10": "10th percentile of intensity",
+    "median": "median intensity",
+    "p90": "90th percentile of intensity",
+    "skewness": "asymmetry of the intensity histogram",
+    "kurtosis": "tailedness of the intensity histogram (excess)",
+    "entropy": "Shannon entropy of the 32-bin intensity histogram (bits)",
+    "area_fraction": "region area as a fraction of the image",
+}
+
+
+def _region(cs: CaseSet, region: str) -> np.ndarray:
+    n, _, h, w = cs.images.shape
+    if region == "mask" and cs.masks is not None:
+        reg = cs.masks.astype(bool).copy()
+        empty = ~reg.reshape(n, -1).any(axis=1)
+        reg[empty] = True  # an empty mask (e.g. a normal case) falls back to the whole image
+        return reg
+    if region in ("mask", "image"):
+        return np.ones((n, h, w), dtype=bool)
+    raise ConfigError(f"features.region must be 'mask' or 'image', got {region!r}")
+
+
+def intensity_features(cs: CaseSet, region: str = "mask") -> tuple[np.ndarray, list[str]]:
+    """First-order intensity statistics of the channel-mean image inside ``region`` (mask, or whole image)."""
+    grey = cs.images.mean(axis=1)
+    reg = _region(cs, region)
+    rows = []
+    for img, r in zip(grey, reg):
+        v = img[r].astype(np.float64)
+        mu, sd = v.mean(), v.std()
+        z = (v - mu) / sd if sd > 0 else np.zeros_like(v)
+        hist = np.histogram(v, bins=32, range=(0.0, 1.0))[0] / len(v)
+        hist = hist[hist > 0]
+        p10, p50, p90 = np.percentile(v, [10, 50, 90])
+        rows.append([mu, sd, p10, p50, p90, (z**3).mean(), (z**4).mean() - 3.0, -(hist * np.log2(hist)).sum(),
+                     r.mean()])
+    return np.asarray(rows, dtype=np.float64), list(INTENSITY_FEATURES)
+
+
+def feature_table(cs: CaseSet, cfg: FeaturesConfig) -> tuple[np.ndarray, list[str]]:
+    """The [N, F] feature matrix and its column names for ``cfg.kind``."""
+    if cfg.kind == "intensity":
+        return intensity_features(cs, cfg.region)
+    raise ConfigError(f"features.kind must be one of ['intensity'], got {cfg.kind!r}")

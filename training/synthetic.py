@@ -1,0 +1,311 @@
+"""The embedded default data set: seeded synthetic phantom scans with ground-truth lesion concepts.
+
+Every case is a 2-D grey phantom "scan": a dark field with a brighter elliptical "organ" filled with smooth random
+tissue texture and mild noise, holding exactly one lesion. The lesion's appearance is driven by five binary
+ground-truth concepts (``CaseSet.concepts`` columns, in this order):
+
+* ``large`` -- base radius drawn from ``[0.12, 0.16] * img_size`` (else ``[0.065, 0.09] * img_size``).
+* ``irregular_margin`` -- lobulated (3 harmonics of order 3-7) and spiculated (5-9 sharp spikes) border, else a
+  smooth ellipse.
+* ``heterogeneous`` -- strong mottled internal texture (std 0.10-0.14), else a nearly uniform interior (std 0.01).
+* ``bright`` -- lesion mean 0.18-0.28 above the mean of a ring of surrounding tissue, else 0.06-0.16 below it.
+* ``calcifications`` -- 2-6 one-pixel-scale saturated dots inside the lesion core, else none.
+
+Label rule (``class_names = ["benign", "malignant"]``, ``positive_class = 1``)::
+
+    score = 2 * irregular_margin + heterogeneous + calcifications + large
+    malignant (1) iff score >= 3, else benign (0)
+
+``bright`` is deliberately *not* part of the rule (a visible but label-irrelevant concept). Sampling: the clean
+labels come first, with exactly ``round(n_cases * class_balance)`` malignant cases (clipped to ``[3, n_cases - 3]``)
+in random order; each case's four rule concepts are then drawn uniformly from the 8 of the 16 combinations that are
+consistent with its label (so ``irregular_margin`` is 1 in 7/8 of malignant and 1/8 of benign cases, and ``large``,
+``heterogeneous``, ``calcifications`` are 1 in 5/8 vs 3/8), and ``bright`` is a fair coin. Finally each label is
+flipped independently with probability ``label_noise`` (``meta["label_clean"]`` keeps the pre-noise label).
+
+Optional planted shortcut: with ``shortcut_rate`` set, a saturated square marker is burned into the top-left corner;
+in train/val it is present with probability ``shortcut_rate`` for (noisy) label 1 and ``1 - shortcut_rate`` for
+label 0, in test with probability 0.5 regardless of the label. Lesions never reach the marker region.
+"""
+
+from __future__ import annotations
+
+import itertools
+from numbers import Integral, Real
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from glasszoo.training.caseset import CaseSet
+from glasszoo.training.errors import ConfigError
+
+CONCEPT_NAMES = ["large", "irregular_margin", "heterogeneous", "bright", "calcifications"]
+CLASS_NAMES = ["benign", "malignant"]
+
+_SMALL_RADIUS = (0.065, 0.09)  # fractions of img_size
+_LARGE_RADIUS = (0.12, 0.16)
+_MAX_CENTER_OFFSET = 0.08  # lesion centre offset from the image centre, fraction of img_size
+_MAX_DOTS = 6
+_PIXELS_PER_CHUNK = 1 << 20  # bounds the memory of the vectorised renderer
+
+
+def risk_score(concepts: np.ndarray) -> np.ndarray:
+    """The malignancy risk score ``2*irregular_margin + heterogeneous + calcifications + large`` per case.
+
+    Args:
+        concepts: [N, 5] concepts in the order of :data:`CONCEPT_NAMES`.
+
+    Returns:
+        int64 [N] scores in 0..5; a case is malignant iff its score is >= 3.
+    """
+    c = np.asarray(concepts).astype(np.int64)
+    return 2 * c[:, 1] + c[:, 2] + c[:, 4] + c[:, 0]
+
+
+def _check_args(n_cases: int, img_size: int, class_balance: float, label_noise: float, shortcut_rate: float | None,
+                shortcut_size: int, channels: int, seed: int) -> None:
+    def is_int(v: object) -> bool:
+        return isinstance(v, Integral) and not isinstance(v, bool)
+
+    def is_real(v: object) -> bool:
+        return isinstance(v, Real) and not isinstance(v, bool) and np.isfinite(float(v))
+
+    if not is_int(n_cases) or n_cases < 30:
+        raise ConfigError(f"data.n_cases must be an integer >= 30, got {n_cases!r}")
+    if not is_int(img_size) or img_size < 16:
+        raise ConfigError(f"data.img_size must be an integer >= 16, got {img_size!r}")
+    if not is_real(class_balance) or not 0.0 < class_balance < 1.0:
+        raise ConfigError(f"data.class_balance must lie in (0, 1), got {class_balance!r}")
+    if not is_real(label_noise) or not 0.0 <= label_noise < 0.5:
+        raise ConfigError(f"data.label_noise must lie in [0, 0.5), got {label_noise!r}")
+    if shortcut_rate is not None and (not is_real(shortcut_rate) or not 0.5 <= shortcut_rate <= 1.0):
+        raise ConfigError(f"data.shortcut_rate must be null or lie in [0.5, 1], got {shortcut_rate!r}")
+    max_marker = img_size // 8
+    if not is_int(shortcut_size) or not 1 <= shortcut_size <= max_marker:
+        raise ConfigError(f"data.shortcut_size must be an integer in [1, img_size // 8 = {max_marker}], "
+                          f"got {shortcut_size!r}")
+    if not is_int(channels) or channels not in (1, 3):
+        raise ConfigError(f"data.channels must be 1 or 3, got {channels!r}")
+    if not is_int(seed):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+
+
+def _sample_concepts(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Draw [N, 5] concepts: the rule concepts uniformly among the label-consistent combos, ``bright`` a coin."""
+    combos = np.array(list(itertools.product((0, 1), repeat=4)), dtype=np.int64)  # (large, irregular, het, calc)
+    full = np.zeros((len(combos), 5), dtype=np.int64)
+    full[:, [0, 1, 2, 4]] = combos
+    malignant = risk_score(full) >= 3
+    by_label = [combos[~malignant], combos[malignant]]  # 8 combos each
+    pick = rng.integers(0, 8, size=len(labels))
+    out = np.zeros((len(labels), 5), dtype=np.int64)
+    for lab in (0, 1):
+        rows = labels == lab
+        out[np.ix_(rows, [0, 1, 2, 4])] = by_label[lab][pick[rows]]
+    out[:, 3] = rng.random(len(labels)) < 0.5
+    return out
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], sigma: float) -> np.ndarray:
+    """Gaussian-smoothed white noise with unit standard deviation per image: float32 [B, H, W]."""
+    field = gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma=(0.0, sigma, sigma), mode="reflect")
+    field -= field.mean(axis=(1, 2), keepdims=True)
+    field /= field.std(axis=(1, 2), keepdims=True) + 1e-8
+    return field
+
+
+def _render_chunk(rng: np.random.Generator, p: dict[str, np.ndarray], img_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render one chunk of cases from their per-case parameters ``p``: (images [B,H,W] float32, masks [B,H,W] bool)."""
+    b, s = len(p["radius"]), img_size
+    rows = np.arange(s, dtype=np.float32)[None, :, None]
+    cols = np.arange(s, dtype=np.float32)[None, None, :]
+
+    def col(name: str) -> np.ndarray:
+        return p[name].astype(np.float32)[:, None, None]
+
+    # --- organ: soft-edged rotated ellipse, brighter than the outside, filled with smooth texture
+    dy, dx = rows - col("organ_row"), cols - col("organ_col")
+    ca, sa = np.cos(col("organ_angle")), np.sin(col("organ_angle"))
+    d = np.sqrt(((ca * dx + sa * dy) / col("organ_a")) ** 2 + ((-sa * dx + ca * dy) / col("organ_b")) ** 2)
+    organ = 1.0 / (1.0 + np.exp((d - 1.0) / 0.03))
+    coarse = _smooth_noise(rng, (b, s, s), s / 16.0)
+    fine = _smooth_noise(rng, (b, s, s), max(0.7, s / 64.0))
+    bg = col("outside_level") + organ * (col("organ_level") - col("outside_level"))
+    bg += (0.015 + 0.04 * organ) * coarse + (0.008 + 0.015 * organ) * fine
+
+    # --- lesion: polar boundary r_b(theta) in coordinates stretched to an area-preserving ellipse
+    dy, dx = rows - col("lesion_row"), cols - col("lesion_col")
+    ca, sa = np.cos(col("lesion_angle")), np.sin(col("lesion_angle"))
+    root_e = np.sqrt(col("lesion_aspect"))
+    u = (ca * dx + sa * dy) * root_e
+    v = (-sa * dx + ca * dy) / root_e
+    rho = np.sqrt(u * u + v * v)
+    theta = np.arctan2(v, u)
+    pert = np.zeros((b, s, s), dtype=np.float32)
+    for k in range(p["harm_order"].shape[1]):
+        pert += p["harm_amp"][:, k, None, None].astype(np.float32) * np.cos(
+            p["harm_order"][:, k, None, None].astype(np.float32) * theta + p["harm_phase"][:, k, None, None])
+    spikes = (0.5 + 0.5 * np.cos(col("spike_count") * theta + col("spike_phase"))) ** 12
+    pert += col("spike_amp") * spikes
+    r_b = col("radius") * (1.0 + pert)
+    inside = r_b - rho  # >= 0 inside the lesion, in (stretched) pixels
+    masks = inside >= 0.0
+    weight = np.clip(inside + 0.5, 0.0, 1.0)
+    ring_width = max(2.0, 0.05 * s)
+    ring = (inside < 0.0) & (inside >= -ring_width)
+    ring_mean = (bg * ring).sum(axis=(1, 2)) / np.maximum(ring.sum(axis=(1, 2)), 1)
+
+    texture = _smooth_noise(rng, (b, s, s), max(0.6, s / 56.0))
+    texture -= ((texture * masks).sum(axis=(1, 2)) / np.maximum(masks.sum(axis=(1, 2)), 1))[:, None, None]
+    lesion = (ring_mean + p["delta"].astype(np.float32))[:, None, None] + col("texture_amp") * texture
+    img = bg * (1.0 - weight) + lesion * weight
+
+    # --- calcifications: tiny saturated dots centred on pixels inside the lesion core
+    calc = np.flatnonzero(p["n_dots"] > 0)
+    if len(calc):
+        dot_sigma = 0.5 * max(1.0, s / 64.0)
+        dr = p["dot_row"][calc][:, :, None, None].astype(np.float32)
+        dc = p["dot_col"][calc][:, :, None, None].astype(np.float32)
+        live = (np.arange(_MAX_DOTS)[None, :] < p["n_dots"][calc][:, None]).astype(np.float32)[:, :, None, None]
+        blobs = live * np.exp(-((rows[:, None] - dr) ** 2 + (cols[:, None] - dc) ** 2) / (2.0 * dot_sigma ** 2))
+        blob = blobs.max(axis=1)
+        img[calc] += (1.0 - img[calc]) * blob
+
+    img += 0.012 * rng.standard_normal((b, s, s), dtype=np.float32)
+    return img, masks
+
+
+def _lesion_params(rng: np.random.Generator, concepts: np.ndarray, img_size: int) -> dict[str, np.ndarray]:
+    """Draw every per-case geometry and intensity parameter (vectorised over cases)."""
+    n = len(concepts)
+    large, irregular, het, bright, calc = (concepts[:, j].astype(bool) for j in range(5))
+    s = float(img_size)
+    centre = (s - 1.0) / 2.0
+    p: dict[str, np.ndarray] = {}
+    # organ
+    p["organ_row"] = centre + rng.uniform(-0.03, 0.03, n) * s
+    p["organ_col"] = centre + rng.uniform(-0.03, 0.03, n) * s
+    p["organ_a"] = rng.uniform(0.40, 0.46, n) * s
+    p["organ_b"] = rng.uniform(0.33, 0.40, n) * s
+    p["organ_angle"] = rng.uniform(0.0, np.pi, n)
+    p["organ_level"] = rng.uniform(0.36, 0.44, n)
+    p["outside_level"] = rng.uniform(0.06, 0.12, n)
+    # lesion placement and size (centres on pixel centres so that every mask is non-empty)
+    off_r = _MAX_CENTER_OFFSET * s * np.sqrt(rng.random(n))
+    off_a = rng.uniform(0.0, 2.0 * np.pi, n)
+    p["lesion_row"] = np.round(centre + off_r * np.sin(off_a))
+    p["lesion_col"] = np.round(centre + off_r * np.cos(off_a))
+    small_r = rng.uniform(*_SMALL_RADIUS, n)
+    large_r = rng.uniform(*_LARGE_RADIUS, n)
+    p["radius"] = np.where(large, large_r, small_r) * s
+    p["lesion_angle"] = rng.uniform(0.0, np.pi, n)
+    p["lesion_aspect"] = rng.uniform(0.8, 1.0, n)
+    # margin: 3 lobulation harmonics + spikes when irregular, one faint 2nd harmonic when regular
+    p["harm_order"] = np.where(irregular[:, None], rng.integers(3, 8, (n, 3)), 2)
+    p["harm_amp"] = np.where(irregular[:, None], rng.uniform(0.05, 0.09, (n, 3)), [0.02, 0.0, 0.0])
+    p["harm_phase"] = rng.uniform(0.0, 2.0 * np.pi, (n, 3)).astype(np.float32)
+    p["spike_count"] = rng.integers(5, 10, n)
+    p["spike_phase"] = rng.uniform(0.0, 2.0 * np.pi, n)
+    p["spike_amp"] = np.where(irregular, rng.uniform(0.3, 0.5, n), 0.0)
+    # interior
+    p["texture_amp"] = np.where(het, rng.uniform(0.10, 0.14, n), 0.01)
+    p["delta"] = np.where(bright, rng.uniform(0.18, 0.28, n), -rng.uniform(0.06, 0.16, n))
+    # calcifications: dots within 0.5 * radius (stretched) of the centre, always inside the lesion
+    n_dots = np.where(large, rng.integers(3, _MAX_DOTS + 1, n), rng.integers(2, 5, n))
+    p["n_dots"] = np.where(calc, n_dots, 0)
+    dot_r = 0.5 * p["radius"][:, None] * np.sqrt(rng.random((n, _MAX_DOTS)))
+    dot_a = rng.uniform(0.0, 2.0 * np.pi, (n, _MAX_DOTS))
+    root_e = np.sqrt(p["lesion_aspect"])[:, None]
+    u, v = dot_r * np.cos(dot_a) / root_e, dot_r * np.sin(dot_a) * root_e
+    ca, sa = np.cos(p["lesion_angle"])[:, None], np.sin(p["lesion_angle"])[:, None]
+    p["dot_row"] = np.round(p["lesion_row"][:, None] + sa * u + ca * v)
+    p["dot_col"] = np.round(p["lesion_col"][:, None] + ca * u - sa * v)
+    return p
+
+
+def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float = 0.5, label_noise: float = 0.03,
+                   shortcut_rate: float | None = None, shortcut_size: int = 4, channels: int = 1,
+                   val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> CaseSet:
+    """Generate the synthetic phantom CaseSet (deterministic: the same arguments give byte-identical arrays).
+
+    Label rule: ``score = 2*irregular_margin + heterogeneous + calcifications + large``; malignant (1) iff
+    ``score >= 3``, else benign (0); ``bright`` does not enter the rule. Exactly ``round(n_cases * class_balance)``
+    clean labels are malignant; concepts are drawn uniformly among the combinations consistent with the label; then
+    each label flips with probability ``label_noise``. See the module docstring for the concept appearance.
+
+    Args:
+        n_cases: number of cases (>= 30).
+        img_size: side of the square images in pixels (>= 16).
+        class_balance: fraction of malignant cases before label noise, in (0, 1).
+        label_noise: probability of flipping each label, in [0, 0.5).
+        shortcut_rate: None for no shortcut; else in [0.5, 1], the probability in train/val that the corner marker
+            is present for label 1 (and absent for label 0). In test the marker is a fair coin.
+        shortcut_size: side of the square marker in pixels (1..img_size // 8).
+        channels: 1 (grey) or 3 (the grey image replicated to RGB).
+        val_fraction: fraction of each class in the validation split.
+        test_fraction: fraction of each class in the test split.
+        seed: seed of ``numpy.random.default_rng`` and of the stratified split.
+
+    Returns:
+        A CaseSet with images float32 [N, C, H, W] in [0, 1], lesion masks, the 5 concepts and meta arrays
+        ``radius``, ``lesion_center_row``, ``lesion_center_col``, ``shortcut_marker`` and ``label_clean``.
+
+    Raises:
+        ConfigError: an argument is out of range (the message names it).
+    """
+    from glasszoo.training.data import stratified_split
+
+    _check_args(n_cases, img_size, class_balance, label_noise, shortcut_rate, shortcut_size, channels, seed)
+    n, s = int(n_cases), int(img_size)
+    rng = np.random.default_rng(seed)
+
+    # labels, concepts, label noise, split
+    n_pos = int(np.clip(round(n * class_balance), 3, n - 3))
+    label_clean = np.zeros(n, dtype=np.int64)
+    label_clean[rng.permutation(n)[:n_pos]] = 1
+    concepts = _sample_concepts(rng, label_clean)
+    flip = rng.random(n) < label_noise
+    labels = np.where(flip, 1 - label_clean, label_clean)
+    split = stratified_split(labels, val_fraction, test_fraction, seed)
+
+    # planted shortcut marker
+    marker = np.zeros(n, dtype=np.int64)
+    coin = rng.random(n)
+    if shortcut_rate is not None:
+        p_marker = np.where(labels == 1, shortcut_rate, 1.0 - shortcut_rate)
+        p_marker = np.where(split == "test", 0.5, p_marker)
+        marker = (coin < p_marker).astype(np.int64)
+
+    # render in chunks of bounded memory (the chunk size depends only on img_size, so output is seed-deterministic)
+    params = _lesion_params(rng, concepts, s)
+    images = np.empty((n, s, s), dtype=np.float32)
+    masks = np.empty((n, s, s), dtype=np.uint8)
+    chunk = max(1, _PIXELS_PER_CHUNK // (s * s))
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        img, msk = _render_chunk(rng, {k: v[sl] for k, v in params.items()}, s)
+        images[sl], masks[sl] = img, msk
+    offset = max(1, s // 32)
+    images[marker.astype(bool), offset:offset + shortcut_size, offset:offset + shortcut_size] = 1.0
+    np.clip(images, 0.0, 1.0, out=images)
+    images = np.ascontiguousarray(np.repeat(images[:, None], channels, axis=1))
+
+    return CaseSet(
+        images=images,
+        labels=labels,
+        class_names=list(CLASS_NAMES),
+        case_ids=np.array([f"syn-{i:05d}" for i in range(n)], dtype=object),
+        split=split,
+        masks=masks,
+        concepts=concepts.astype(np.float32),
+        concept_names=list(CONCEPT_NAMES),
+        meta={
+            "radius": params["radius"].astype(np.float64),
+            "lesion_center_row": params["lesion_row"].astype(np.int64),
+            "lesion_center_col": params["lesion_col"].astype(np.int64),
+            "shortcut_marker": marker,
+            "label_clean": label_clean,
+        },
+        name="synthetic",
+        positive_class=1,
+    )

@@ -1,0 +1,112 @@
+"""Train one image model of the zoo on a CaseSet with Lightning, and load it back."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from glasszoo.models import ImageModel, create_model
+from glasszoo.training.caseset import CaseSet
+from glasszoo.training.config import TrainingConfig
+from glasszoo.training.datamodule import CaseSetDataModule
+from glasszoo.training.module import ClassifierModule
+
+
+@dataclass
+class TrainResult:
+    """What training one model produced."""
+
+    train_seconds: float
+    epochs: int
+    best_epoch: int
+    best_val_auc: float
+    checkpoint: str
+
+
+def build_image_model(model_name: str, params: dict, cs: CaseSet) -> ImageModel:
+    """The registered model ``model_name`` sized for the CaseSet (classes, channels, image size)."""
+    return create_model(model_name, num_classes=cs.num_classes, in_chans=cs.in_chans, img_size=cs.img_size, **params)
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed", "lightning.pytorch.callbacks.model_summary"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+
+
+def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_dir: str | Path, seed: int = 0,
+                      name: str = "model") -> TrainResult:
+    """Fit ``model`` on the train split, select the epoch with the best validation AUC, load those weights.
+
+    Writes Lightning CSV logs to ``out_dir/logs`` and the best checkpoint to ``out_dir/checkpoint.ckpt``.
+    """
+    _quiet_lightning()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm = CaseSetDataModule(cs, batch_size=tcfg.batch_size, augmentation=tcfg.augmentation,
+                           num_workers=tcfg.num_workers, seed=seed,
+                           pin_memory=torch.cuda.is_available() and tcfg.accelerator != "cpu")
+    module = ClassifierModule(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay, optimizer=tcfg.optimizer,
+                              scheduler=tcfg.scheduler, max_epochs=tcfg.max_epochs,
+                              class_weights=dm.class_weights(tcfg.class_weighting))
+    ckpt = ModelCheckpoint(dirpath=out_dir, filename="checkpoint", monitor="val_auc", mode="max", save_top_k=1,
+                           save_weights_only=True, enable_version_counter=False)
+    callbacks = [ckpt]
+    if tcfg.patience > 0:
+        callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=tcfg.patience))
+    trainer = L.Trainer(
+        max_epochs=tcfg.max_epochs,
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        precision=tcfg.precision,
+        deterministic=tcfg.deterministic,
+        logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
+        callbacks=callbacks,
+        enable_progress_bar=tcfg.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - start
+    load_checkpoint(model, ckpt.best_model_path)
+    model.eval()
+    best = ckpt.best_model_score
+    epoch_of_best = _best_epoch(out_dir / "logs" / "metrics.csv")
+    return TrainResult(train_seconds=seconds, epochs=int(trainer.current_epoch), best_epoch=epoch_of_best,
+                       best_val_auc=float(best) if best is not None else float("nan"),
+                       checkpoint=str(ckpt.best_model_path))
+
+
+def _best_epoch(metrics_csv: Path) -> int:
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(metrics_csv)
+        df = df.dropna(subset=["val_auc"])
+        return int(df.loc[df["val_auc"].idxmax(), "epoch"])
+    except (OSError, KeyError, ValueError):
+        return -1
+
+
+def load_checkpoint(model: ImageModel, path: str | Path) -> ImageModel:
+    """Load the weights of a glasszoo/Lightning checkpoint into ``model`` (``weights_only=True``: no pickles)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    sd = state.get("state_dict", state)
+    sd = {k.removeprefix("model."): v for k, v in sd.items()}
+    model.load_state_dict(sd)
+    return model
