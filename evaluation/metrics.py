@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+
 from glasszoo.training.errors import DataError
 
 METRIC_NAMES: tuple[str, ...] = ("auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity")

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
+
 from glasszoo.evaluation.metrics import (
     METRIC_NAMES,
     _check_inputs,
@@ -19,7 +21,6 @@ from glasszoo.evaluation.metrics import (
     task_metrics,
 )
 from glasszoo.training.errors import DataError
-from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
 
 def binary_proba(p1) -> np.ndarray:

@@ -154,7 +154,7 @@ class CaseSet:
     def summary(self) -> dict:
         """A JSON-ready description: counts per split and class, shapes, what is present."""
         per_split = {
-            s: {self.class_names[c]: int(((self.split == s) & (self.labels == c)).sum()) for c in range(self.num_classes)}
+            s: {name: int(((self.split == s) & (self.labels == c)).sum()) for c, name in enumerate(self.class_names)}
             for s in SPLITS
         }
         return {

@@ -57,9 +57,9 @@ def _download(name: str, root: Path, size: int | None) -> Path:
     return target
 
 
-def load_medmnist(path: str | None = None, name: str | None = None, root: str | None = None, img_size: int | None = None,
-                  class_names: list[str] | None = None, positive_class: int = 1, download: bool = True,
-                  seed: int = 0) -> CaseSet:
+def load_medmnist(path: str | None = None, name: str | None = None, root: str | None = None,
+                  img_size: int | None = None, class_names: list[str] | None = None, positive_class: int = 1,
+                  download: bool = True, seed: int = 0) -> CaseSet:
     """Load a MedMNIST-format ``.npz`` keeping its official splits.
 
     Args:

@@ -124,6 +124,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         explain_rows = _explain_sample(cs, ev.explain_cases, cfg.seed)
         extra: dict[str, Any] = {}
         if info.input_kind == "image":
+            torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only, not on the models before
             model = build_image_model(spec.model, spec.params, cs)
             res = train_image_model(model, cs, cfg.training_for(spec), mdir, seed=cfg.seed, name=spec.name)
             n_params = int(sum(p.numel() for p in model.parameters()))
@@ -138,6 +139,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             if features is None:
                 features = feature_table(cs, cfg.features)
             X, names = features
+            np.random.seed(cfg.seed)  # for estimators that draw from the global numpy RNG
             model = create_model(spec.model, **spec.params)
             train, val = cs.indices("train"), cs.indices("val")
             t = time.perf_counter()
@@ -173,8 +175,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
                                         target=exp.target, case_ids=cs.case_ids[explain_rows].astype(str))
                     k = min(ev.figure_cases, len(explain_rows))
                     if k:
-                        plot_heatmaps(cs, explain_rows[:k], exp.maps[:k], run_dir / "figures" / f"{spec.name}_{key}.png",
-                                      title=f"{spec.name}: {key}", proba=proba[np.searchsorted(test, explain_rows[:k])])
+                        fig_path = run_dir / "figures" / f"{spec.name}_{key}.png"
+                        plot_heatmaps(cs, explain_rows[:k], exp.maps[:k], fig_path, title=f"{spec.name}: {key}",
+                                      proba=proba[np.searchsorted(test, explain_rows[:k])])
                 explanation[key] = block
 
         metrics["models"][spec.name] = {

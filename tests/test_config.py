@@ -1,0 +1,75 @@
+"""Config parsing: every bad key or value is named."""
+
+from __future__ import annotations
+
+import pytest
+
+from glasszoo.training.config import apply_overrides, load_config, parse_config
+from glasszoo.training.errors import ConfigError
+
+BASE = {"experiment": "t", "data": {"source": "synthetic"}, "models": ["blackbox"]}
+
+
+def test_defaults_and_overrides_merge():
+    cfg = parse_config({**BASE, "training": {"max_epochs": 3, "lr": "1e-3"},
+                        "models": [{"name": "bb", "model": "blackbox", "params": {"stem": "small"},
+                                    "training": {"batch_size": 8, "augmentation": {"vflip": True}}}]})
+    assert cfg.training.lr == pytest.approx(1e-3)  # YAML's "1e-3" string is accepted as a number
+    tc = cfg.training_for(cfg.models[0])
+    assert (tc.max_epochs, tc.batch_size, tc.augmentation.vflip, tc.augmentation.hflip) == (3, 8, True, True)
+    assert cfg.models[0].model == "blackbox" and cfg.models[0].params == {"stem": "small"}
+
+
+@pytest.mark.parametrize(
+    "raw,match",
+    [
+        ({**BASE, "trainig": {}}, r"trainig: unknown key"),
+        ({**BASE, "training": {"max_epoch": 2}}, r"training.max_epoch: unknown key"),
+        ({**BASE, "training": {"augmentation": {"flip": True}}}, r"training.augmentation.flip: unknown key"),
+        ({**BASE, "training": {"max_epochs": "ten"}}, r"training.max_epochs: expected an integer, got 'ten'"),
+        ({**BASE, "training": {"optimizer": "lbfgs"}}, r"training.optimizer: must be one of"),
+        ({**BASE, "models": ["no_such_model"]}, r"models\[0\] \(no_such_model\): unknown model 'no_such_model'"),
+        ({**BASE, "models": [{"name": "blackbox", "params": {"depth": 3}}]}, r"unknown keyword\(s\) \['depth'\]"),
+        ({**BASE, "models": [{"name": "blackbox", "params": {"num_classes": 3}}]}, r"set from the data"),
+        ({**BASE, "models": [{"name": "blackbox", "training": {"lr": -1}}]}, r"models\[blackbox\].training.lr"),
+        ({**BASE, "models": ["blackbox", "blackbox"]}, r"duplicate model name 'blackbox'"),
+        ({**BASE, "models": []}, r"models: expected a non-empty list"),
+        ({"experiment": "t", "models": ["blackbox"]}, r"missing required key 'data'"),
+        ({**BASE, "experiment": "a/b"}, r"experiment: must be a non-empty name"),
+    ],
+)
+def test_bad_configs_name_the_key(raw, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_config(raw, "cfg.yaml")
+    assert str(info.value).startswith("cfg.yaml: ")
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_config(empty)
+
+
+def test_overrides():
+    raw = apply_overrides(BASE, ["training.max_epochs=2", "data.n_cases=100", "models.0=blackbox", "seed=7"])
+    assert raw["training"]["max_epochs"] == 2 and raw["data"]["n_cases"] == 100 and raw["seed"] == 7
+    assert BASE["data"] == {"source": "synthetic"}  # the input is not modified
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_overrides(BASE, ["training.max_epochs"])
+
+
+@pytest.mark.parametrize("path", ["configs/quickstart.yaml", "configs/breastmnist.yaml", "configs/pneumoniamnist.yaml",
+                                  "configs/busi.yaml", "configs/ph2.yaml"])
+def test_shipped_configs_are_valid(path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / path)
+    assert cfg.models and cfg.experiment
