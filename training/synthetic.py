@@ -45,6 +45,9 @@ CLASS_NAMES = ["benign", "malignant"]
 _SMALL_RADIUS = (0.065, 0.09)  # fractions of img_size
 _LARGE_RADIUS = (0.12, 0.16)
 _MAX_CENTER_OFFSET = 0.08  # lesion centre offset from the image centre, fraction of img_size
+_ASPECT = (0.8, 1.0)  # minor/major axis ratio of the (area-preserving) lesion ellipse
+_LOBE_AMP = (0.05, 0.09)  # amplitude of each of the 3 lobulation harmonics (irregular margin)
+_SPIKE_AMP = (0.3, 0.5)  # relative spike length (irregular margin)
 _MAX_DOTS = 6
 _PIXELS_PER_CHUNK = 1 << 20  # bounds the memory of the vectorised renderer
 
@@ -60,6 +63,19 @@ def risk_score(concepts: np.ndarray) -> np.ndarray:
     """
     c = np.asarray(concepts).astype(np.int64)
     return 2 * c[:, 1] + c[:, 2] + c[:, 4] + c[:, 0]
+
+
+def marker_offset(img_size: int) -> int:
+    """Distance in pixels of the shortcut marker from the top and left image edges."""
+    return max(1, img_size // 32)
+
+
+def max_shortcut_size(img_size: int) -> int:
+    """The largest marker side that provably stays >= 1 px clear of every possible lesion (and its soft edge)."""
+    s = float(img_size)
+    reach = (_MAX_CENTER_OFFSET * s + 0.5
+             + _LARGE_RADIUS[1] * s / np.sqrt(_ASPECT[0]) * (1.0 + 3 * _LOBE_AMP[1] + _SPIKE_AMP[1]))
+    return int(np.floor((s - 1.0) / 2.0 - marker_offset(img_size) + 1.0 - (reach + 1.5) / np.sqrt(2.0)))
 
 
 def _check_args(n_cases: int, img_size: int, class_balance: float, label_noise: float, shortcut_rate: float | None,
@@ -80,10 +96,11 @@ def _check_args(n_cases: int, img_size: int, class_balance: float, label_noise: 
         raise ConfigError(f"data.label_noise must lie in [0, 0.5), got {label_noise!r}")
     if shortcut_rate is not None and (not is_real(shortcut_rate) or not 0.5 <= shortcut_rate <= 1.0):
         raise ConfigError(f"data.shortcut_rate must be null or lie in [0.5, 1], got {shortcut_rate!r}")
-    max_marker = img_size // 8
-    if not is_int(shortcut_size) or not 1 <= shortcut_size <= max_marker:
-        raise ConfigError(f"data.shortcut_size must be an integer in [1, img_size // 8 = {max_marker}], "
-                          f"got {shortcut_size!r}")
+    if not is_int(shortcut_size) or shortcut_size < 1:
+        raise ConfigError(f"data.shortcut_size must be an integer >= 1, got {shortcut_size!r}")
+    if shortcut_rate is not None and shortcut_size > max_shortcut_size(img_size):
+        raise ConfigError(f"data.shortcut_size must be <= {max_shortcut_size(img_size)} for img_size={img_size} "
+                          f"(the marker must stay clear of the lesion), got {shortcut_size}")
     if not is_int(channels) or channels not in (1, 3):
         raise ConfigError(f"data.channels must be 1 or 3, got {channels!r}")
     if not is_int(seed):
@@ -199,14 +216,14 @@ def _lesion_params(rng: np.random.Generator, concepts: np.ndarray, img_size: int
     large_r = rng.uniform(*_LARGE_RADIUS, n)
     p["radius"] = np.where(large, large_r, small_r) * s
     p["lesion_angle"] = rng.uniform(0.0, np.pi, n)
-    p["lesion_aspect"] = rng.uniform(0.8, 1.0, n)
+    p["lesion_aspect"] = rng.uniform(*_ASPECT, n)
     # margin: 3 lobulation harmonics + spikes when irregular, one faint 2nd harmonic when regular
     p["harm_order"] = np.where(irregular[:, None], rng.integers(3, 8, (n, 3)), 2)
-    p["harm_amp"] = np.where(irregular[:, None], rng.uniform(0.05, 0.09, (n, 3)), [0.02, 0.0, 0.0])
+    p["harm_amp"] = np.where(irregular[:, None], rng.uniform(*_LOBE_AMP, (n, 3)), [0.02, 0.0, 0.0])
     p["harm_phase"] = rng.uniform(0.0, 2.0 * np.pi, (n, 3)).astype(np.float32)
     p["spike_count"] = rng.integers(5, 10, n)
     p["spike_phase"] = rng.uniform(0.0, 2.0 * np.pi, n)
-    p["spike_amp"] = np.where(irregular, rng.uniform(0.3, 0.5, n), 0.0)
+    p["spike_amp"] = np.where(irregular, rng.uniform(*_SPIKE_AMP, n), 0.0)
     # interior
     p["texture_amp"] = np.where(het, rng.uniform(0.10, 0.14, n), 0.01)
     p["delta"] = np.where(bright, rng.uniform(0.18, 0.28, n), -rng.uniform(0.06, 0.16, n))
@@ -240,7 +257,8 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
         label_noise: probability of flipping each label, in [0, 0.5).
         shortcut_rate: None for no shortcut; else in [0.5, 1], the probability in train/val that the corner marker
             is present for label 1 (and absent for label 0). In test the marker is a fair coin.
-        shortcut_size: side of the square marker in pixels (1..img_size // 8).
+        shortcut_size: side of the square marker in pixels, drawn ``max(1, img_size // 32)`` px from the top and
+            left edges; at most :func:`max_shortcut_size` (11 at 64 px, 4 at 28 px) when ``shortcut_rate`` is set.
         channels: 1 (grey) or 3 (the grey image replicated to RGB).
         val_fraction: fraction of each class in the validation split.
         test_fraction: fraction of each class in the test split.
@@ -285,7 +303,7 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
         sl = slice(start, min(n, start + chunk))
         img, msk = _render_chunk(rng, {k: v[sl] for k, v in params.items()}, s)
         images[sl], masks[sl] = img, msk
-    offset = max(1, s // 32)
+    offset = marker_offset(s)
     images[marker.astype(bool), offset:offset + shortcut_size, offset:offset + shortcut_size] = 1.0
     np.clip(images, 0.0, 1.0, out=images)
     images = np.ascontiguousarray(np.repeat(images[:, None], channels, axis=1))
