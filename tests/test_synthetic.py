@@ -176,9 +176,9 @@ def test_lesions_never_reach_the_largest_marker(img_size: int) -> None:
 
 
 def test_shortcut_size_only_bounded_when_the_shortcut_is_used() -> None:
-    assert max_shortcut_size(64) == 11 and max_shortcut_size(28) == 4
+    assert max_shortcut_size(64) == 13 and max_shortcut_size(28) == 5
     make_synthetic(n_cases=30, img_size=16, shortcut_size=4)  # no marker drawn: any size >= 1 is accepted
-    with pytest.raises(ConfigError, match=r"shortcut_size must be <= 1 for img_size=16"):
+    with pytest.raises(ConfigError, match=r"shortcut_size must be <= 2 for img_size=16"):
         make_synthetic(n_cases=30, img_size=16, shortcut_rate=0.9, shortcut_size=4)
 
 
@@ -275,7 +275,7 @@ def test_simple_lesion_statistics_separate_the_classes() -> None:
         ({"shortcut_rate": 0.3}, "shortcut_rate"),
         ({"shortcut_rate": 1.2}, "shortcut_rate"),
         ({"shortcut_size": 0}, "shortcut_size"),
-        ({"shortcut_size": 12, "shortcut_rate": 0.9}, "shortcut_size"),
+        ({"shortcut_size": 14, "shortcut_rate": 0.9}, "shortcut_size"),
         ({"shortcut_size": 2.5}, "shortcut_size"),
         ({"channels": 2}, "channels"),
         ({"val_fraction": 1.5}, "val_fraction"),

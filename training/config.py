@@ -111,7 +111,7 @@ class ExperimentConfig:
 
 CHOICES = {
     "optimizer": ("adamw", "adam", "sgd"),
-    "scheduler": ("cosine", "none"),
+    "scheduler": ("cosine", "onecycle", "none"),
     "class_weighting": ("auto", "balanced", "none"),
 }
 

@@ -32,7 +32,8 @@ class ClassifierModule(L.LightningModule):
         lr: learning rate.
         weight_decay: decoupled weight decay (AdamW) or L2 (Adam, SGD).
         optimizer: ``adamw``, ``adam`` or ``sgd`` (momentum 0.9, Nesterov).
-        scheduler: ``cosine`` (to zero over ``max_epochs``) or ``none``.
+        scheduler: ``cosine`` (to zero over ``max_epochs``), ``onecycle`` (warm-up to ``lr`` then anneal, per step;
+            Smith & Topin 2019) or ``none``.
         max_epochs: for the cosine schedule.
         class_weights: optional per-class cross-entropy weights.
     """
@@ -96,5 +97,9 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(f"unknown optimizer {hp.optimizer!r}")
         if hp.scheduler == "none":
             return opt
+        if hp.scheduler == "onecycle":
+            total = int(self.trainer.estimated_stepping_batches)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(total, 1))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, hp.max_epochs))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -42,12 +42,13 @@ from glasszoo.training.errors import ConfigError
 CONCEPT_NAMES = ["large", "irregular_margin", "heterogeneous", "bright", "calcifications"]
 CLASS_NAMES = ["benign", "malignant"]
 
-_SMALL_RADIUS = (0.065, 0.09)  # fractions of img_size
-_LARGE_RADIUS = (0.12, 0.16)
-_MAX_CENTER_OFFSET = 0.08  # lesion centre offset from the image centre, fraction of img_size
+_SMALL_RADIUS = (0.09, 0.12)  # fractions of img_size
+_LARGE_RADIUS = (0.15, 0.19)
+_MAX_CENTER_OFFSET = 0.05  # lesion centre offset from the image centre, fraction of img_size
 _ASPECT = (0.8, 1.0)  # minor/major axis ratio of the (area-preserving) lesion ellipse
-_LOBE_AMP = (0.05, 0.09)  # amplitude of each of the 3 lobulation harmonics (irregular margin)
-_SPIKE_AMP = (0.3, 0.5)  # relative spike length (irregular margin)
+_LOBE_AMP = (0.08, 0.12)  # amplitude of each of the 3 lobulation harmonics (irregular margin)
+_SPIKE_AMP = (0.5, 0.8)  # relative spike length (irregular margin)
+_MAX_BOUNDARY = 0.27  # the lesion boundary radius is capped at this fraction of img_size (spikes included)
 _MAX_DOTS = 6
 _PIXELS_PER_CHUNK = 1 << 20  # bounds the memory of the vectorised renderer
 
@@ -73,8 +74,8 @@ def marker_offset(img_size: int) -> int:
 def max_shortcut_size(img_size: int) -> int:
     """The largest marker side that provably stays >= 1 px clear of every possible lesion (and its soft edge)."""
     s = float(img_size)
-    reach = (_MAX_CENTER_OFFSET * s + 0.5
-             + _LARGE_RADIUS[1] * s / np.sqrt(_ASPECT[0]) * (1.0 + 3 * _LOBE_AMP[1] + _SPIKE_AMP[1]))
+    boundary = min(_LARGE_RADIUS[1] * (1.0 + 3 * _LOBE_AMP[1] + _SPIKE_AMP[1]), _MAX_BOUNDARY)
+    reach = _MAX_CENTER_OFFSET * s + 0.5 + boundary * s / np.sqrt(_ASPECT[0])
     return int(np.floor((s - 1.0) / 2.0 - marker_offset(img_size) + 1.0 - (reach + 1.5) / np.sqrt(2.0)))
 
 
@@ -162,9 +163,9 @@ def _render_chunk(rng: np.random.Generator, p: dict[str, np.ndarray], img_size: 
     for k in range(p["harm_order"].shape[1]):
         pert += p["harm_amp"][:, k, None, None].astype(np.float32) * np.cos(
             p["harm_order"][:, k, None, None].astype(np.float32) * theta + p["harm_phase"][:, k, None, None])
-    spikes = (0.5 + 0.5 * np.cos(col("spike_count") * theta + col("spike_phase"))) ** 12
+    spikes = (0.5 + 0.5 * np.cos(col("spike_count") * theta + col("spike_phase"))) ** 6
     pert += col("spike_amp") * spikes
-    r_b = col("radius") * (1.0 + pert)
+    r_b = np.minimum(col("radius") * (1.0 + pert), _MAX_BOUNDARY * s)
     inside = r_b - rho  # >= 0 inside the lesion, in (stretched) pixels
     masks = inside >= 0.0
     weight = np.clip(inside + 0.5, 0.0, 1.0)
@@ -180,7 +181,7 @@ def _render_chunk(rng: np.random.Generator, p: dict[str, np.ndarray], img_size: 
     # --- calcifications: tiny saturated dots centred on pixels inside the lesion core
     calc = np.flatnonzero(p["n_dots"] > 0)
     if len(calc):
-        dot_sigma = 0.5 * max(1.0, s / 64.0)
+        dot_sigma = 0.75 * max(1.0, s / 64.0)
         dr = p["dot_row"][calc][:, :, None, None].astype(np.float32)
         dc = p["dot_col"][calc][:, :, None, None].astype(np.float32)
         live = (np.arange(_MAX_DOTS)[None, :] < p["n_dots"][calc][:, None]).astype(np.float32)[:, :, None, None]
