@@ -168,7 +168,8 @@ def test_load_caseset_checks_keys(tmp_path):
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("name,n,counts", [("breastmnist", 780, (546, 78, 156)), ("pneumoniamnist", 5856, (4708, 524, 624))])
+@pytest.mark.parametrize("name,n,counts",
+                         [("breastmnist", 780, (546, 78, 156)), ("pneumoniamnist", 5856, (4708, 524, 624))])
 def test_real_medmnist_files(shared_data, name, n, counts):
     cs = load_medmnist(path=str(shared_data / "medmnist" / f"{name}.npz"))
     assert cs.n_cases == n

@@ -4,12 +4,14 @@ Every case is a 2-D grey phantom "scan": a dark field with a brighter elliptical
 tissue texture and mild noise, holding exactly one lesion. The lesion's appearance is driven by five binary
 ground-truth concepts (``CaseSet.concepts`` columns, in this order):
 
-* ``large`` -- base radius drawn from ``[0.12, 0.16] * img_size`` (else ``[0.065, 0.09] * img_size``).
-* ``irregular_margin`` -- lobulated (3 harmonics of order 3-7) and spiculated (5-9 sharp spikes) border, else a
-  smooth ellipse.
+* ``large`` -- base radius drawn from ``[0.15, 0.19] * img_size`` (else ``[0.09, 0.12] * img_size``).
+* ``irregular_margin`` -- lobulated (3 harmonics of order 3-7, amplitude 0.08-0.12 each) and spiculated (5-9
+  spikes, 50-80% of the radius long) border, else a smooth ellipse. The boundary never extends beyond
+  ``0.27 * img_size`` from the lesion centre (so a corner marker always fits).
 * ``heterogeneous`` -- strong mottled internal texture (std 0.10-0.14), else a nearly uniform interior (std 0.01).
 * ``bright`` -- lesion mean 0.18-0.28 above the mean of a ring of surrounding tissue, else 0.06-0.16 below it.
-* ``calcifications`` -- 2-6 one-pixel-scale saturated dots inside the lesion core, else none.
+* ``calcifications`` -- 2-6 small saturated dots (Gaussian sigma 0.75 px up to 64 px) inside the lesion core,
+  else none.
 
 Label rule (``class_names = ["benign", "malignant"]``, ``positive_class = 1``)::
 
@@ -259,7 +261,7 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
         shortcut_rate: None for no shortcut; else in [0.5, 1], the probability in train/val that the corner marker
             is present for label 1 (and absent for label 0). In test the marker is a fair coin.
         shortcut_size: side of the square marker in pixels, drawn ``max(1, img_size // 32)`` px from the top and
-            left edges; at most :func:`max_shortcut_size` (11 at 64 px, 4 at 28 px) when ``shortcut_rate`` is set.
+            left edges; at most :func:`max_shortcut_size` (13 at 64 px, 5 at 28 px) when ``shortcut_rate`` is set.
         channels: 1 (grey) or 3 (the grey image replicated to RGB).
         val_fraction: fraction of each class in the validation split.
         test_fraction: fraction of each class in the test split.

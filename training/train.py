@@ -44,6 +44,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_dir: str | Path, seed: int = 0,
