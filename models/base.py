@@ -46,6 +46,24 @@ class ImageModel(nn.Module):
         """
         return {}
 
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict] | None:
+        """Optimizer parameter groups (e.g. per-part learning rates); None means one group of all parameters."""
+        return None
+
+    def training_callbacks(self, caseset: Any) -> list:
+        """Lightning callbacks the model needs during training (e.g. staged schedules, prototype push).
+
+        ``caseset`` is the run's CaseSet, so a callback can read the training split. Default: none.
+        """
+        return []
+
+    def selectable_epoch(self, epoch: int) -> bool:
+        """Whether the weights after ``epoch`` may be chosen as the final model (e.g. only after a prototype push).
+
+        Checkpoint selection and early stopping only consider selectable epochs. Default: every epoch.
+        """
+        return True
+
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Class probabilities [N, classes] for images [N, C, H, W] in [0, 1]."""

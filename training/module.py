@@ -24,8 +24,8 @@ def auc_score(y: np.ndarray, proba: np.ndarray) -> float:
 class ClassifierModule(L.LightningModule):
     """Wraps any :class:`ImageModel`: weighted cross-entropy plus the model's own ``extra_losses``.
 
-    Logs ``train_loss`` (and each extra term), ``val_loss`` and ``val_auc`` (the metric early stopping and
-    checkpoint selection watch).
+    Logs ``train_loss`` (and each extra term), ``val_loss``, ``val_auc`` and ``val_select`` (``val_auc`` on epochs
+    the model's ``selectable_epoch`` allows, else -1: what early stopping and checkpoint selection watch).
 
     Args:
         model: the image model (``forward`` returns logits).
@@ -81,12 +81,16 @@ class ClassifierModule(L.LightningModule):
         self._val_labels.clear()
         auc = auc_score(labels, probs)
         acc = float((probs.argmax(1) == labels).mean())
-        self.log("val_auc", auc if np.isfinite(auc) else 0.0, prog_bar=True)
+        auc = auc if np.isfinite(auc) else 0.0
+        self.log("val_auc", auc, prog_bar=True)
+        # what checkpoint selection and early stopping watch: val_auc on epochs the model allows to be chosen
+        self.log("val_select", auc if self.model.selectable_epoch(int(self.current_epoch)) else -1.0)
         self.log("val_acc", acc)
 
     def configure_optimizers(self):
         hp = self.hparams
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = self.model.param_groups(hp.lr, hp.weight_decay)
+        params = groups if groups is not None else [p for p in self.model.parameters() if p.requires_grad]
         if hp.optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adam":

@@ -63,11 +63,11 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
     module = ClassifierModule(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay, optimizer=tcfg.optimizer,
                               scheduler=tcfg.scheduler, max_epochs=tcfg.max_epochs,
                               class_weights=dm.class_weights(tcfg.class_weighting))
-    ckpt = ModelCheckpoint(dirpath=out_dir, filename="checkpoint", monitor="val_auc", mode="max", save_top_k=1,
-                           save_weights_only=True, enable_version_counter=False)
-    callbacks = [ckpt]
+    ckpt = ModelCheckpoint(dirpath=out_dir, filename="checkpoint", monitor="val_select", mode="max",
+                           save_top_k=1, save_weights_only=True, enable_version_counter=False)
+    callbacks = [ckpt, *model.training_callbacks(cs)]
     if tcfg.patience > 0:
-        callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=tcfg.patience))
+        callbacks.append(EarlyStopping(monitor="val_select", mode="max", patience=tcfg.patience))
     trainer = L.Trainer(
         max_epochs=tcfg.max_epochs,
         accelerator=tcfg.accelerator,
@@ -86,7 +86,7 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
     seconds = time.perf_counter() - start
     load_checkpoint(model, ckpt.best_model_path)
     model.eval()
-    best = ckpt.best_model_score
+    best = ckpt.best_model_score  # val_select of the chosen epoch, which equals its val_auc
     epoch_of_best = _best_epoch(out_dir / "logs" / "metrics.csv")
     return TrainResult(train_seconds=seconds, epochs=int(trainer.current_epoch), best_epoch=epoch_of_best,
                        best_val_auc=float(best) if best is not None else float("nan"),
@@ -98,8 +98,8 @@ def _best_epoch(metrics_csv: Path) -> int:
 
     try:
         df = pd.read_csv(metrics_csv)
-        df = df.dropna(subset=["val_auc"])
-        return int(df.loc[df["val_auc"].idxmax(), "epoch"])
+        df = df.dropna(subset=["val_select"])
+        return int(df.loc[df["val_select"].idxmax(), "epoch"])
     except (OSError, KeyError, ValueError):
         return -1
 
