@@ -64,6 +64,11 @@ class ImageModel(nn.Module):
         """
         return True
 
+    def explanation_metrics(self, caseset: Any) -> dict:
+        """Model-specific explanation figures for ``metrics.json`` (e.g. prototype quality), merged under the
+        model's ``explanation`` key after training. Default: none."""
+        return {}
+
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Class probabilities [N, classes] for images [N, C, H, W] in [0, 1]."""

@@ -179,6 +179,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
                         plot_heatmaps(cs, explain_rows[:k], exp.maps[:k], fig_path, title=f"{spec.name}: {key}",
                                       proba=proba[np.searchsorted(test, explain_rows[:k])])
                 explanation[key] = block
+        if isinstance(model, ImageModel):
+            explanation.update(model.explanation_metrics(cs))
 
         metrics["models"][spec.name] = {
             "family": info.family,
