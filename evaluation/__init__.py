@@ -10,11 +10,12 @@ from glasszoo.evaluation.metrics import (
     stratified_bootstrap_indices,
     task_metrics,
 )
-from glasszoo.evaluation.results import format_table, tradeoff_rows, write_tradeoff
+from glasszoo.evaluation.results import format_markdown, format_table, tradeoff_rows, write_tradeoff
 
 __all__ = [
     "METRIC_NAMES",
     "bootstrap_ci",
+    "format_markdown",
     "format_table",
     "format_value",
     "mean_ci",

@@ -45,6 +45,16 @@ def write_tradeoff(metrics: dict, path: str | Path) -> pd.DataFrame:
     return df
 
 
+def format_markdown(metrics: dict) -> str:
+    """The results table as Markdown (for ``docs/results.md``): every model's test metrics with their CIs."""
+    header = ["model", *TASK_KEYS, "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in metrics["models"].items():
+        cells = [name, *(format_value(m["task"][k]) for k in TASK_KEYS), f"{m['cost']['train_seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(metrics: dict) -> str:
     """A plain-text results table: every model's test metrics with 95% CIs, and its training cost."""
     header = ["model", "family", *TASK_KEYS, "train s", "params"]

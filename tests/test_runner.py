@@ -163,3 +163,8 @@ def test_cli_run_and_errors(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
     assert main(["models"]) == 0
     assert "blackbox" in capsys.readouterr().out
+    assert main(["show", str(tmp_path / "runs" / "cli"), "--markdown"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| model | auc |") and table[2].startswith("| test_logreg | ")
+    assert main(["show", str(tmp_path)]) == 2
+    assert "metrics.json not found" in capsys.readouterr().err

@@ -51,6 +51,23 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from glasszoo.evaluation.results import format_markdown, format_table
+    from glasszoo.training.errors import DataError
+
+    path = Path(args.run_dir) / "metrics.json"
+    if not path.exists():
+        raise DataError(f"{path} not found: RUN_DIR must be a directory written by 'glasszoo run'")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    print(format_markdown(metrics) if args.markdown else format_table(metrics))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glasszoo",
@@ -75,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'proto*'")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the paper each model follows")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("show", help="print the results table of a finished run")
+    p.add_argument("run_dir", help="a run directory (holds metrics.json)")
+    p.add_argument("--markdown", action="store_true", help="as a Markdown table (for docs/results.md)")
+    p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("data", help="load the data of a config and print its summary (counts per split and class)")
     p.add_argument("config")
