@@ -96,7 +96,6 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     from glasszoo.evaluation.plots import plot_heatmaps, plot_roc
     from glasszoo.evaluation.results import format_table, write_tradeoff
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     run_dir = resolve_run_dir(cfg, out, overwrite)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))

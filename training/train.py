@@ -73,7 +73,8 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
         precision=tcfg.precision,
-        deterministic=tcfg.deterministic,
+        # "warn": deterministic algorithms where they exist; on a GPU an op without one warns instead of failing
+        deterministic="warn" if tcfg.deterministic else False,
         logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
         callbacks=callbacks,
         enable_progress_bar=tcfg.progress_bar,
