@@ -21,8 +21,11 @@ def tradeoff_rows(metrics: dict) -> list[dict]:
             row[key] = d.get("value")
             lo, hi = d.get("ci", [None, None])
             row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
-        if m.get("explanation"):
-            method, block = next(iter(m["explanation"].items()))
+        blocks = {k: b for k, b in m.get("explanation", {}).items() if isinstance(b, dict) and "kind" in b}
+        if blocks:
+            # the model's heatmap is the one every model shares; fall back to its first explanation
+            method, block = next(((k, b) for k, b in blocks.items() if b["kind"] == "heatmap"),
+                                 next(iter(blocks.items())))
             row["explanation"] = method
             row["explanation_ms_per_image"] = block.get("ms_per_image")
             for score in ("pointing_game", "mass_in_mask"):

@@ -13,6 +13,7 @@ from glasszoo.models.explanations import (
     PrototypeEvidence,
     PrototypeMatch,
 )
+from glasszoo.models.protopnet import ProtoPNet  # (registers protopnet)
 
 __all__ = [
     "EXPLANATION_KINDS",
@@ -23,6 +24,7 @@ __all__ = [
     "Heatmap",
     "ImageModel",
     "ModelInfo",
+    "ProtoPNet",
     "PrototypeEvidence",
     "PrototypeMatch",
     "TabularModel",

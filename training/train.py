@@ -20,6 +20,20 @@ from glasszoo.training.datamodule import CaseSetDataModule
 from glasszoo.training.module import ClassifierModule
 
 
+class SelectableEarlyStopping(EarlyStopping):
+    """Early stopping on ``val_select`` that ignores epochs the model does not allow to be chosen.
+
+    Staged models (e.g. ProtoPNet before its push) report ``val_select = -1``; those epochs neither count
+    towards ``patience`` nor stop training.
+    """
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        model = trainer.lightning_module.model
+        if not model.selectable_epoch(int(trainer.current_epoch)):
+            return
+        super()._run_early_stopping_check(trainer)
+
+
 @dataclass
 class TrainResult:
     """What training one model produced."""
@@ -67,7 +81,7 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
                            save_top_k=1, save_weights_only=True, enable_version_counter=False)
     callbacks = [ckpt, *model.training_callbacks(cs)]
     if tcfg.patience > 0:
-        callbacks.append(EarlyStopping(monitor="val_select", mode="max", patience=tcfg.patience))
+        callbacks.append(SelectableEarlyStopping(monitor="val_select", mode="max", patience=tcfg.patience))
     trainer = L.Trainer(
         max_epochs=tcfg.max_epochs,
         accelerator=tcfg.accelerator,

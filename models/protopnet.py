@@ -1,0 +1,615 @@
+"""ProtoPNet: classification by similarity to learned prototypical parts ("this looks like that")."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from typing import Any
+
+import lightning as L
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from glasszoo.models._backbones import adapt_stem, resolve_stem
+from glasszoo.models._registry import register_model
+from glasszoo.models.base import ImageModel, as_tensor
+from glasszoo.models.explanations import GlobalExplanation, Heatmap, PrototypeEvidence, PrototypeMatch
+
+PAPER = 'Chen et al., "This Looks Like That: Deep Learning for Interpretable Image Recognition", NeurIPS 2019'
+STAGES = ("warmup", "joint", "last_layer")
+# which parts train in each stage (the paper keeps the last layer at its initial values until the first push)
+_TRAINABLE = {
+    "warmup": ("add_on", "prototypes"),
+    "joint": ("features", "add_on", "prototypes"),
+    "last_layer": ("last_layer",),
+    None: ("features", "add_on", "prototypes", "last_layer"),
+}
+
+
+def feature_backbone(name: str, in_chans: int, img_size: tuple[int, int], stem: str = "auto",
+                     feature_stage: int = 3) -> tuple[nn.Module, str, int]:
+    """A randomly initialised timm feature extractor returning stage ``feature_stage`` only.
+
+    Returns the module (``timm`` ``features_only``; its output is a one-element list), the stem actually used (see
+    :func:`glasszoo.models._backbones.adapt_stem`; backbones without a ResNet stem keep their own) and the number
+    of output channels.
+    """
+    if name not in timm.list_models():
+        raise ValueError(f"unknown timm backbone {name!r} (see timm.list_models())")
+    try:
+        net = timm.create_model(name, pretrained=False, features_only=True, out_indices=(feature_stage,),
+                                in_chans=in_chans)
+    except IndexError:
+        raise ValueError(f"feature_stage={feature_stage} is not a feature stage of {name!r}") from None
+    resolved = resolve_stem(stem, img_size)
+    has_resnet_stem = isinstance(getattr(net, "conv1", None), nn.Conv2d) and hasattr(net, "maxpool")
+    if stem == "auto" and not has_resnet_stem:
+        resolved = "standard"
+    net = adapt_stem(net, resolved, in_chans)
+    return net, resolved, int(net.feature_info.channels()[-1])
+
+
+def cell_box(i: int, j: int, grid: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The input-pixel box (row0, col0, row1, col1; end exclusive) of feature-grid cell (i, j).
+
+    The cell is scaled to the input size (``floor(i * H / h)`` to ``ceil((i + 1) * H / h)``): an approximation of
+    where the patch sits, much smaller than the cell's true receptive field.
+    """
+    (h, w), (hh, ww) = grid, size
+    return (int(math.floor(i * hh / h)), int(math.floor(j * ww / w)),
+            min(hh, int(math.ceil((i + 1) * hh / h))), min(ww, int(math.ceil((j + 1) * ww / w))))
+
+
+class ProtoPNet(ImageModel):
+    """Prototypical part network: logits are a linear function of similarities to learned prototype patches.
+
+    Chen et al., "This Looks Like That: Deep Learning for Interpretable Image Recognition", NeurIPS 2019. A timm
+    backbone (cut at ``feature_stage``) and two 1x1 convolutions (ReLU, sigmoid) map the image to a grid of
+    ``prototype_dim``-dimensional patches z. Each of ``prototypes_per_class * num_classes`` prototypes p (a
+    [D, 1, 1] vector owned by one class) is compared with every patch by the squared L2 distance
+    ``d = ||z - p||^2`` (computed as ``||z||^2 - 2 z.p + ||p||^2`` with a convolution); its similarity map is
+    ``log((d + 1) / (d + epsilon))`` and its score the global max of that map (the similarity of the nearest patch).
+    A bias-free last layer (initialised +1 for the prototype's class, -0.5 for the others) turns scores into logits.
+
+    Training (driven by :meth:`training_callbacks`) follows the paper's stages: ``warmup_epochs`` with only the
+    add-on layers and prototypes learning, ``joint_epochs`` with the backbone too, then a *push* that projects every
+    prototype onto its nearest training patch of its own class, followed by ``last_layer_epochs`` of last-layer-only
+    optimisation (cross-entropy plus L1 on wrong-class weights). With ``push_every > 0`` the joint epochs are cut
+    into blocks of ``push_every``, each followed by a push and the last-layer epochs. Only epochs after the last push
+    are selectable, so the chosen model always reasons with real training patches. ``training.max_epochs`` must
+    equal :attr:`total_epochs` (checked when training starts).
+
+    Args:
+        num_classes: number of classes.
+        in_chans: 1 or 3 input channels.
+        img_size: input side (or (H, W)).
+        backbone: timm model name (trained from scratch).
+        stem: ``auto``, ``standard``, ``small`` or ``nopool`` (ResNet-style backbones; see ``adapt_stem``).
+        feature_stage: timm feature stage the prototypes live on (ResNet: 2 = stride 8, 3 = stride 16, before stem
+            changes); sets the prototype grid: 3 gives 3x3 at 48 px (standard stem) and 7x7 at 28 px (small stem).
+        prototypes_per_class: prototypes owned by each class (paper: 10).
+        prototype_dim: channels of the prototype space (paper: 128; small spaces leave fewer randomly initialised
+            prototypes far from every patch, and 16 beat 8, 32 and 64 on the quickstart data).
+        warmup_epochs: epochs training only the add-on layers and prototypes.
+        joint_epochs: epochs training backbone, add-on layers and prototypes.
+        last_layer_epochs: last-layer-only epochs after each push (>= 1).
+        push_every: push after every ``push_every`` joint epochs (0: one push after all joint epochs).
+        features_lr_ratio: backbone learning rate as a fraction of the configured lr. The paper's 1e-4 / 3e-3 is
+            for an ImageNet-pretrained backbone; glasszoo trains from scratch, where it leaves the backbone nearly
+            untrained (quickstart test AUC 0.54 against 0.89-0.91 with 1.0, the default).
+        last_layer_lr_ratio: last-layer learning rate as a fraction of the configured lr (paper: 1e-4 / 3e-3).
+        cluster_weight: weight of the cluster cost (paper: 0.8).
+        separation_weight: weight of the separation cost (paper: -0.08).
+        l1_weight: weight of the L1 penalty on wrong-class last-layer weights (paper: 1e-4).
+        epsilon: the epsilon of the similarity ``log((d + 1) / (d + epsilon))`` (paper: 1e-4).
+        push_batch_size: images per batch during the push and the prototype metrics.
+        recalibrate_bn: before each push, re-estimate the backbone's BatchNorm statistics on the training split (a
+            deviation from the paper; see :meth:`recalibrate_batchnorm`).
+    """
+
+    explanation_kinds = ("prototype_evidence", "heatmap")
+
+    def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28,
+                 backbone: str = "resnet18", stem: str = "auto", feature_stage: int = 3,
+                 prototypes_per_class: int = 10, prototype_dim: int = 16, warmup_epochs: int = 1,
+                 joint_epochs: int = 11, last_layer_epochs: int = 2, push_every: int = 0,
+                 features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0,
+                 cluster_weight: float = 0.8, separation_weight: float = -0.08, l1_weight: float = 1e-4,
+                 epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True) -> None:
+        super().__init__(num_classes, in_chans, img_size)
+        if prototypes_per_class < 1 or prototype_dim < 1:
+            raise ValueError("prototypes_per_class and prototype_dim must be >= 1")
+        if warmup_epochs < 0 or joint_epochs < 0 or push_every < 0:
+            raise ValueError("warmup_epochs, joint_epochs and push_every must be >= 0")
+        if last_layer_epochs < 1:
+            raise ValueError(f"last_layer_epochs must be >= 1 (the push happens at the start of the first "
+                             f"last-layer epoch), got {last_layer_epochs}")
+        if epsilon <= 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon}")
+        self.backbone_name = backbone
+        self.features, self.stem, channels = feature_backbone(backbone, in_chans, self.img_size, stem, feature_stage)
+        self.feature_stage = feature_stage
+        self.add_on = nn.Sequential(nn.Conv2d(channels, prototype_dim, 1), nn.ReLU(),
+                                    nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Sigmoid())
+        n_proto = num_classes * prototypes_per_class
+        self.prototypes = nn.Parameter(torch.rand(n_proto, prototype_dim, 1, 1))
+        self.last_layer = nn.Linear(n_proto, num_classes, bias=False)
+        proto_class = torch.arange(num_classes).repeat_interleave(prototypes_per_class)
+        own = F.one_hot(proto_class, num_classes).T.float()  # [C, P]
+        with torch.no_grad():
+            self.last_layer.weight.copy_(own - 0.5 * (1 - own))
+        self.register_buffer("prototype_class", proto_class, persistent=False)
+        self.register_buffer("_wrong_class", 1 - own, persistent=False)
+        # push records (buffers, so they travel with the state dict; case ids travel in the extra state)
+        self.register_buffer("source_row", torch.full((n_proto,), -1, dtype=torch.long))
+        self.register_buffer("source_box", torch.zeros(n_proto, 4, dtype=torch.long))
+        self.register_buffer("source_activation", torch.zeros(n_proto, *self.img_size, dtype=torch.float16))
+        self.register_buffer("push_distance", torch.full((n_proto,), float("nan")))
+        self.source_case_ids: list[str] = [""] * n_proto
+        self.push_images_per_second = float("nan")
+        self.n_pushes = 0
+
+        self.prototypes_per_class = prototypes_per_class
+        self.prototype_dim = prototype_dim
+        self.epsilon = float(epsilon)
+        self.loss_weights = {"cluster": cluster_weight, "separation": separation_weight, "l1": l1_weight}
+        self.features_lr_ratio = features_lr_ratio
+        self.last_layer_lr_ratio = last_layer_lr_ratio
+        self.push_batch_size = push_batch_size
+        self.recalibrate_bn = recalibrate_bn
+        self.schedule = self._build_schedule(warmup_epochs, joint_epochs, last_layer_epochs, push_every)
+        self._stage: str | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ the network
+    @property
+    def n_prototypes(self) -> int:
+        return int(self.prototypes.shape[0])
+
+    @property
+    def pushed(self) -> bool:
+        """Whether the prototypes have been projected onto training patches."""
+        return bool((self.source_row >= 0).all())
+
+    def prototype_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch grid z [N, D, h, w] the prototypes are compared with (backbone stage + add-on layers)."""
+        f = self.features(x)
+        f = f[-1] if isinstance(f, (list, tuple)) else f
+        return self.add_on(f)
+
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """Squared L2 distances [N, P, h, w] of every prototype to every patch of z [N, D, h, w]."""
+        z = z.float()
+        p = self.prototypes.float()
+        zz = (z * z).sum(dim=1, keepdim=True)
+        pp = (p * p).sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
+        return F.relu(zz - 2 * F.conv2d(z, p) + pp)
+
+    def similarity(self, d: torch.Tensor) -> torch.Tensor:
+        """``log((d + 1) / (d + epsilon))``: large for small distances, 0 for infinitely far ones."""
+        return torch.log((d + 1) / (d + self.epsilon))
+
+    def prototype_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """Distances [N, P, h, w] of every prototype to every patch of images x [N, C, H, W]."""
+        return self.distances(self.prototype_features(x))
+
+    def prototype_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Similarity maps [N, P, h, w] of every prototype over the patch grid of images x."""
+        return self.similarity(self.prototype_distances(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        min_d = self.prototype_distances(x).flatten(2).amin(dim=2)  # [N, P]
+        logits = self.last_layer(self.similarity(min_d))
+        # kept for extra_losses of this very batch (Lightning's training_step calls model(x) then
+        # extra_losses(batch, logits)), so the costs need no second forward pass; released by extra_losses
+        self._cache = (logits, min_d)
+        return logits
+
+    def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted cluster cost, separation cost and L1 on wrong-class last-layer weights (the paper's terms).
+
+        Uses the minimum distances of the forward pass that produced ``logits`` (recognised by identity);
+        recomputes them from ``batch["image"]`` when ``logits`` came from elsewhere.
+        """
+        cache, self._cache = self._cache, None
+        if cache is not None and cache[0] is logits:
+            min_d = cache[1]
+        else:
+            min_d = self.prototype_distances(batch["image"]).flatten(2).amin(dim=2)
+        own = self.prototype_class[None, :] == batch["label"][:, None]  # [N, P]
+        big = torch.finfo(min_d.dtype).max
+        cluster = min_d.masked_fill(~own, big).amin(dim=1).mean()
+        separation = min_d.masked_fill(own, big).amin(dim=1).mean()
+        l1 = (self.last_layer.weight * self._wrong_class).abs().sum()
+        terms = {"cluster": cluster, "separation": separation, "l1": l1}
+        return {k: self.loss_weights[k] * v for k, v in terms.items() if self.loss_weights[k] != 0}
+
+    # ------------------------------------------------------------------ training stages
+    @staticmethod
+    def _build_schedule(warmup: int, joint: int, last_layer: int, push_every: int) -> list[tuple[str, bool]]:
+        """Per epoch: (stage, whether a push runs at the start of the epoch)."""
+        blocks = [joint] if push_every <= 0 or joint == 0 else [push_every] * (joint // push_every)
+        if push_every > 0 and joint % push_every:
+            blocks.append(joint % push_every)
+        out = [("warmup", False)] * warmup
+        for n in blocks:
+            out += [("joint", False)] * n
+            out += [("last_layer", True)] + [("last_layer", False)] * (last_layer - 1)
+        return out
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the schedule needs: warm-up + joint + last-layer epochs after each push."""
+        return len(self.schedule)
+
+    @property
+    def push_epochs(self) -> list[int]:
+        """Epochs at whose start a push runs."""
+        return [e for e, (_, push) in enumerate(self.schedule) if push]
+
+    def stage_of(self, epoch: int) -> str:
+        """The stage of ``epoch``: ``warmup``, ``joint`` or ``last_layer`` (also for epochs past the schedule)."""
+        return self.schedule[min(epoch, len(self.schedule) - 1)][0]
+
+    def set_stage(self, stage: str | None) -> None:
+        """Freeze every part that does not train in ``stage`` (None: all trainable).
+
+        Frozen parameters get ``requires_grad=False`` and their gradient cleared, so an optimizer holding every group
+        (AdamW included: it skips parameters without gradient, weight decay too) leaves them untouched; frozen modules
+        also stay in eval mode while the model trains, so BatchNorm statistics do not drift after a push.
+        """
+        if stage not in _TRAINABLE:
+            raise ValueError(f"stage must be one of {STAGES} or None, got {stage!r}")
+        for part, params in self._parts().items():
+            trainable = part in _TRAINABLE[stage]
+            for p in params:
+                p.requires_grad_(trainable)
+                if not trainable:
+                    p.grad = None
+        self._stage = stage
+        self.train(self.training)
+
+    def _parts(self) -> dict[str, list[nn.Parameter]]:
+        return {"features": list(self.features.parameters()), "add_on": list(self.add_on.parameters()),
+                "prototypes": [self.prototypes], "last_layer": list(self.last_layer.parameters())}
+
+    def train(self, mode: bool = True) -> ProtoPNet:
+        super().train(mode)
+        if mode and self._stage is not None:
+            for name in ("features", "add_on"):
+                if name not in _TRAINABLE[self._stage]:
+                    getattr(self, name).eval()
+        return self
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Backbone at ``lr * features_lr_ratio``, add-on and prototypes at ``lr``, last layer at
+        ``lr * last_layer_lr_ratio`` (no weight decay on prototypes and last layer: the L1 term regularises it)."""
+        parts = self._parts()
+        spec = [("features", self.features_lr_ratio, weight_decay), ("add_on", 1.0, weight_decay),
+                ("prototypes", 1.0, 0.0), ("last_layer", self.last_layer_lr_ratio, 0.0)]
+        return [{"params": parts[name], "lr": lr * ratio, "weight_decay": wd, "name": name, "lr_ratio": ratio}
+                for name, ratio, wd in spec]
+
+    def training_callbacks(self, caseset: Any) -> list:
+        return [ProtoPNetSchedule(self, caseset)]
+
+    def selectable_epoch(self, epoch: int) -> bool:
+        """Only epochs from the last push on: the chosen model always has projected prototypes."""
+        return epoch >= self.push_epochs[-1]
+
+    # ------------------------------------------------------------------ push
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, caseset: Any) -> int:
+        """Re-estimate the running statistics of every BatchNorm layer of the backbone on the training split.
+
+        The push and every later epoch see the backbone in eval mode, i.e. with running statistics that lag behind
+        the weights of a fast-changing, from-scratch backbone; the prototypes would then be projected onto patches
+        the trained network never produced. One pass in train mode with a cumulative average (``momentum=None``)
+        over fixed batches of ``push_batch_size`` training images replaces them with the statistics of the current
+        weights (as "precise BN", Wu & Johnson 2021). Returns the number of BatchNorm layers updated.
+        """
+        bns = [m for m in self.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.track_running_stats]
+        if not bns:
+            return 0
+        rows = np.asarray(caseset.indices("train"))
+        bs = self.push_batch_size
+        starts = [i for i in range(0, len(rows), bs) if len(rows[i:i + bs]) > 1]  # one image gives no statistics
+        if not starts:
+            return 0
+        was_training = self.training
+        momenta = [m.momentum for m in bns]
+        self.eval()
+        try:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            for i in starts:
+                self.features(as_tensor(caseset.images[rows[i:i + bs]], self.device))
+        finally:
+            for m, mom in zip(bns, momenta):
+                m.momentum = mom
+            self.train(was_training)
+        return len(bns)
+
+    @torch.no_grad()
+    def push(self, caseset: Any, batch_size: int | None = None) -> dict:
+        """Project every prototype onto its nearest patch among the training images of its class.
+
+        With ``recalibrate_bn`` the backbone's BatchNorm statistics are first re-estimated on the training split.
+        One batched pass over ``caseset.indices("train")`` in eval mode keeps, per prototype, a running minimum of
+        the distance (memory independent of the data size; ties go to the first row and cell). Each prototype is
+        then set to its nearest patch's feature vector, and the source row, case id, patch box (the grid cell scaled
+        to the input; see :func:`cell_box`) and the upsampled similarity map over the source image are recorded.
+
+        Returns:
+            ``{"images": n, "seconds": s, "images_per_second": r}`` of the pass.
+        """
+        bs = batch_size or self.push_batch_size
+        if self.recalibrate_bn:
+            self.recalibrate_batchnorm(caseset)
+        rows = np.asarray(caseset.indices("train"))
+        labels = torch.as_tensor(np.asarray(caseset.labels), dtype=torch.long)
+        was_training = self.training
+        self.eval()
+        dev = self.device
+        n_proto = self.n_prototypes
+        best_d = torch.full((n_proto,), float("inf"), device=dev)
+        best_row = torch.full((n_proto,), -1, dtype=torch.long, device=dev)
+        best_cell = torch.zeros(n_proto, dtype=torch.long, device=dev)
+        best_vec = self.prototypes.detach().view(n_proto, -1).clone().float()
+        grid = size = None
+        start = time.perf_counter()
+        try:
+            for i in range(0, len(rows), bs):
+                r = torch.as_tensor(rows[i:i + bs], dtype=torch.long)
+                x = as_tensor(caseset.images[rows[i:i + bs]], dev)
+                z = self.prototype_features(x).float()
+                d = self.distances(z)
+                b, _, h, w = d.shape
+                grid, size = (h, w), tuple(x.shape[-2:])
+                own = labels[r].to(dev)[:, None] == self.prototype_class[None, :]  # [B, P]
+                d = d.masked_fill(~own[:, :, None, None], float("inf"))
+                flat = d.permute(1, 0, 2, 3).reshape(n_proto, -1)  # [P, B*h*w] in (image, row, col) order
+                idx = flat.argmin(dim=1)
+                dmin = flat.gather(1, idx[:, None])[:, 0]
+                better = dmin < best_d
+                if better.any():
+                    img, cell = idx // (h * w), idx % (h * w)
+                    best_d = torch.where(better, dmin, best_d)
+                    best_row = torch.where(better, r.to(dev)[img], best_row)
+                    best_cell = torch.where(better, cell, best_cell)
+                    vec = z[img, :, cell // w, cell % w]  # [P, D]
+                    best_vec = torch.where(better[:, None], vec, best_vec)
+            seconds = time.perf_counter() - start
+            if grid is None:
+                raise ValueError("push: the CaseSet has no training cases")
+            found = best_row >= 0
+            if not found.all():
+                warnings.warn(f"push: no training image of the class of prototypes "
+                              f"{torch.flatnonzero(~found).tolist()}; they keep their values", stacklevel=2)
+            self.prototypes.data.copy_(best_vec.view_as(self.prototypes).to(self.prototypes.dtype))
+            self._record_sources(caseset, best_row, best_cell, best_d, grid, size)
+        finally:
+            self.train(was_training)
+        rate = len(rows) / max(seconds, 1e-9)
+        self.push_images_per_second = rate
+        self.n_pushes += 1
+        print(f"protopnet: push {self.n_pushes}: {len(rows)} training images in {seconds:.2f}s "
+              f"({rate:.0f} images/s)", file=sys.stderr, flush=True)
+        return {"images": len(rows), "seconds": seconds, "images_per_second": rate}
+
+    def _record_sources(self, caseset: Any, rows: torch.Tensor, cells: torch.Tensor, dist: torch.Tensor,
+                        grid: tuple[int, int], size: tuple[int, int]) -> None:
+        """Store each prototype's source row, case id, box and similarity map over its source image."""
+        h, w = grid
+        found = (rows >= 0).cpu()
+        boxes = [cell_box(int(c) // w, int(c) % w, grid, size) if ok else (0, 0, 0, 0)
+                 for c, ok in zip(cells.tolist(), found.tolist())]
+        self.source_row = rows.clone()
+        self.source_box = torch.tensor(boxes, dtype=torch.long, device=rows.device)
+        self.push_distance = torch.where(rows >= 0, dist, torch.full_like(dist, float("nan")))
+        self.source_case_ids = [str(caseset.case_ids[int(r)]) if r >= 0 else "" for r in rows.tolist()]
+        maps = torch.zeros(self.n_prototypes, *size, dtype=torch.float16, device=rows.device)
+        unique = sorted({int(r) for r in rows.tolist() if r >= 0})
+        for i in range(0, len(unique), self.push_batch_size):
+            chunk = unique[i:i + self.push_batch_size]
+            sim = self.prototype_activations(as_tensor(caseset.images[chunk], self.device))  # [U, P, h, w]
+            up = F.interpolate(sim, size=size, mode="bilinear", align_corners=False)
+            pos = {r: k for k, r in enumerate(chunk)}
+            for j, r in enumerate(rows.tolist()):
+                if r in pos:
+                    maps[j] = up[pos[r], j].to(torch.float16)
+        self.source_activation = maps
+
+    def get_extra_state(self) -> dict:
+        return {"source_case_ids": list(self.source_case_ids), "push_images_per_second": self.push_images_per_second,
+                "n_pushes": self.n_pushes}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.source_case_ids = [str(c) for c in state["source_case_ids"]]
+        self.push_images_per_second = float(state["push_images_per_second"])
+        self.n_pushes = int(state["n_pushes"])
+
+    # ------------------------------------------------------------------ explanations
+    def _source(self, j: int) -> tuple[str, tuple[int, int, int, int]]:
+        if int(self.source_row[j]) < 0:
+            return "", (0, 0, 0, 0)
+        return self.source_case_ids[j], tuple(int(v) for v in self.source_box[j].tolist())
+
+    @torch.no_grad()
+    def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None,
+                case_ids: np.ndarray | None = None, top_k: int = 3,
+                batch_size: int = 64) -> list[PrototypeEvidence | Heatmap]:
+        """Per case, the ``top_k`` prototypes by contribution to the explained class, and the top one's map.
+
+        The contribution of prototype j to class c is its similarity score times the last-layer weight w[c, j];
+        the explained class is ``target`` (default: the predicted class). Returns ``[PrototypeEvidence, Heatmap]``;
+        the heatmap (method ``prototype_activation``) is the similarity map of the top prototype, bilinearly
+        upsampled to the input. Before any push the source fields read ``""`` and ``(0, 0, 0, 0)``.
+        """
+        was_training = self.training
+        self.eval()
+        k = max(1, min(int(top_k), self.n_prototypes))
+        weight = self.last_layer.weight.float()  # [C, P]
+        matches: list[list[PrototypeMatch]] = []
+        preds, targets, heat = [], [], []
+        try:
+            for i in range(0, len(x), batch_size):
+                xb = as_tensor(x[i:i + batch_size], self.device)
+                sim_maps = self.prototype_activations(xb)  # [B, P, h, w]
+                scores = sim_maps.flatten(2).amax(dim=2)  # [B, P]
+                pred = self.last_layer(scores).argmax(dim=1)
+                tb = pred if target is None else torch.as_tensor(np.asarray(target)[i:i + batch_size],
+                                                                 device=xb.device, dtype=torch.long)
+                contrib = scores * weight[tb]  # [B, P]
+                order = contrib.argsort(dim=1, descending=True, stable=True)[:, :k]
+                maps = F.interpolate(sim_maps, size=xb.shape[-2:], mode="bilinear", align_corners=False)
+                for n in range(len(xb)):
+                    case = []
+                    for j in order[n].tolist():
+                        src, box = self._source(j)
+                        case.append(PrototypeMatch(
+                            prototype=j, prototype_class=int(self.prototype_class[j]),
+                            similarity=float(scores[n, j]), contribution=float(contrib[n, j]),
+                            source_case_id=src, source_box=box,
+                            activation_map=maps[n, j].cpu().numpy().astype(np.float32)))
+                    matches.append(case)
+                heat.append(maps[torch.arange(len(xb)), order[:, 0]].cpu().numpy())
+                preds.append(pred.cpu().numpy())
+                targets.append(tb.cpu().numpy())
+        finally:
+            self.train(was_training)
+        evidence = PrototypeEvidence(matches=matches, predicted=np.concatenate(preds), case_ids=case_ids)
+        hm = Heatmap(maps=np.concatenate(heat), method="prototype_activation", target=np.concatenate(targets),
+                     case_ids=case_ids)
+        return [evidence, hm]
+
+    def explain_global(self) -> GlobalExplanation:
+        """The prototype gallery: per prototype its class, source case and box, and last-layer weights."""
+        weight = self.last_layer.weight.detach().float().cpu().numpy()
+        gallery = []
+        for j in range(self.n_prototypes):
+            src, box = self._source(j)
+            gallery.append({"prototype": j, "class": int(self.prototype_class[j]), "source_case_id": src,
+                            "source_row": int(self.source_row[j]), "source_box": list(box),
+                            "push_distance": float(self.push_distance[j]),
+                            "last_layer_weights": weight[:, j].tolist()})
+        content = {"pushed": self.pushed, "n_pushes": self.n_pushes, "n_prototypes": self.n_prototypes,
+                   "prototypes_per_class": self.prototypes_per_class, "prototypes": gallery}
+        return GlobalExplanation(form="prototype_gallery", content=content)
+
+    @torch.no_grad()
+    def class_purity(self, caseset: Any, k: int = 5) -> float:
+        """Mean over prototypes of the fraction of its ``k`` nearest training images (by nearest patch) that are
+        of the prototype's class; one batched pass keeping a running top-k."""
+        rows = np.asarray(caseset.indices("train"))
+        labels = torch.as_tensor(np.asarray(caseset.labels), dtype=torch.long, device=self.device)
+        was_training = self.training
+        self.eval()
+        top_d = torch.empty(self.n_prototypes, 0, device=self.device)
+        top_y = torch.empty(self.n_prototypes, 0, dtype=torch.long, device=self.device)
+        try:
+            for i in range(0, len(rows), self.push_batch_size):
+                r = rows[i:i + self.push_batch_size]
+                d = self.prototype_distances(as_tensor(caseset.images[r], self.device)).flatten(2).amin(2).T  # [P, B]
+                y = labels[torch.as_tensor(r, device=self.device)].expand(self.n_prototypes, -1)
+                cat_d, cat_y = torch.cat([top_d, d], 1), torch.cat([top_y, y], 1)
+                keep = cat_d.topk(min(k, cat_d.shape[1]), dim=1, largest=False).indices
+                top_d, top_y = cat_d.gather(1, keep), cat_y.gather(1, keep)
+        finally:
+            self.train(was_training)
+        return float((top_y == self.prototype_class[:, None]).float().mean())
+
+    def explanation_metrics(self, caseset: Any) -> dict:
+        """Prototype-quality figures under ``prototype_quality``: counts, push throughput, where sources lie,
+        class purity of each prototype's 5 nearest training images, last-layer sparsity."""
+        out: dict[str, Any] = {"n_prototypes": self.n_prototypes, "pushed": self.pushed}
+        if self.pushed:
+            pairs = {(int(r), tuple(b)) for r, b in zip(self.source_row.tolist(), self.source_box.tolist())}
+            out["n_distinct_prototypes"] = len(pairs)
+        else:
+            out["n_distinct_prototypes"] = int(torch.unique(self.prototypes.detach().flatten(1), dim=0).shape[0])
+        out["push_images_per_second"] = self.push_images_per_second
+        masks = getattr(caseset, "masks", None)
+        if self.pushed and masks is not None and np.asarray(masks).any():
+            row_of = {str(c): i for i, c in enumerate(caseset.case_ids)}
+            hits = []
+            for j, cid in enumerate(self.source_case_ids):
+                if cid in row_of:
+                    r0, c0, r1, c1 = self.source_box[j].tolist()
+                    hits.append(bool(masks[row_of[cid]][r0:r1, c0:c1].any()))
+            if hits:
+                out["fraction_source_in_lesion"] = float(np.mean(hits))
+        out["class_purity"] = self.class_purity(caseset, k=5)
+        out["last_layer_sparsity"] = float((self.last_layer.weight.detach().abs() < 1e-3).float().mean())
+        return {"prototype_quality": out}
+
+
+class ProtoPNetSchedule(Callback):
+    """Runs ProtoPNet's stages in a Lightning fit: freezes parts per epoch and pushes at the scheduled epochs.
+
+    Args:
+        model: the :class:`ProtoPNet` being trained.
+        caseset: the run's CaseSet (the push reads its training split only).
+    """
+
+    def __init__(self, model: ProtoPNet, caseset: Any) -> None:
+        self.model = model
+        self.caseset = caseset
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        need = self.model.total_epochs
+        if trainer.max_epochs != need:
+            raise ValueError(
+                f"protopnet: training.max_epochs must equal the stage schedule's {need} epochs "
+                f"(warm-up + joint + last-layer epochs after each of {len(self.model.push_epochs)} push(es)), "
+                f"got {trainer.max_epochs}; set the model's training: {{max_epochs: {need}}}")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Warn when the learning-rate scheduler replaced the per-part learning rates of :meth:`param_groups`."""
+        for opt in trainer.optimizers:
+            groups = [g for g in opt.param_groups if g.get("lr_ratio")]
+            peaks = [g.get("max_lr", g.get("initial_lr", g["lr"])) / g["lr_ratio"] for g in groups]
+            if peaks and not np.allclose(peaks, peaks[0], rtol=1e-6):
+                warnings.warn("protopnet: the scheduler overrides the per-part learning rates (e.g. onecycle with "
+                              "one max_lr for every group): backbone and last layer train at the add-on's lr; "
+                              "use scheduler cosine or none to keep features_lr_ratio / last_layer_lr_ratio",
+                              stacklevel=2)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = int(trainer.current_epoch)
+        if epoch in self.model.push_epochs:
+            self.model.push(self.caseset)
+        self.model.set_stage(self.model.stage_of(epoch))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.model.set_stage(None)
+
+
+@register_model(
+    "protopnet",
+    family="prototype",
+    input_kind="image",
+    explanations=("prototype_evidence", "heatmap"),
+    paper=PAPER,
+    test_kwargs={"backbone": "resnet18", "prototypes_per_class": 2, "prototype_dim": 16},
+)
+def protopnet(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28, backbone: str = "resnet18",
+              stem: str = "auto", feature_stage: int = 3, prototypes_per_class: int = 10, prototype_dim: int = 16,
+              warmup_epochs: int = 1, joint_epochs: int = 11, last_layer_epochs: int = 2, push_every: int = 0,
+              features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0, cluster_weight: float = 0.8,
+              separation_weight: float = -0.08, l1_weight: float = 1e-4, epsilon: float = 1e-4,
+              push_batch_size: int = 256, recalibrate_bn: bool = True) -> ProtoPNet:
+    """ProtoPNet (Chen et al., NeurIPS 2019) on a timm backbone stage; see :class:`ProtoPNet`."""
+    return ProtoPNet(num_classes, in_chans, img_size, backbone, stem, feature_stage, prototypes_per_class,
+                     prototype_dim, warmup_epochs, joint_epochs, last_layer_epochs, push_every, features_lr_ratio,
+                     last_layer_lr_ratio, cluster_weight, separation_weight, l1_weight, epsilon, push_batch_size,
+                     recalibrate_bn)

@@ -1,0 +1,416 @@
+"""ProtoPNet: hand-computed distances, similarities, logits, costs and push; the staged schedule; explanations."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from glasszoo.models import GlobalExplanation, Heatmap, ProtoPNet, PrototypeEvidence, create_model
+from glasszoo.models.protopnet import cell_box
+from glasszoo.training.caseset import CaseSet
+from glasszoo.training.config import parse_config, read_yaml
+from glasszoo.training.data import load_caseset
+from glasszoo.training.datamodule import CaseSetDataModule
+from glasszoo.training.module import ClassifierModule
+from glasszoo.training.runner import run_experiment
+from glasszoo.training.train import SelectableEarlyStopping, build_image_model, load_checkpoint
+
+torch.set_num_threads(2)
+ROOT = Path(__file__).resolve().parents[1]
+EPS = 1e-4
+W = np.array([[1.0, -0.5], [-0.5, 1.0]])  # the paper's last-layer initialisation, one prototype per class
+U = np.array([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]])  # bilinear 2 -> 4 (align_corners=False)
+
+
+def _sim(d):
+    return np.log((np.asarray(d) + 1) / (np.asarray(d) + EPS))
+
+
+def _blocks(*values: float) -> np.ndarray:
+    """A [1, 4, 4] image made of four constant 2x2 blocks (row-major)."""
+    return np.kron(np.array(values, np.float32).reshape(2, 2), np.ones((2, 2), np.float32))[None]
+
+
+def _tiny() -> ProtoPNet:
+    """Two classes, one prototype each (0.2 for class 0, 0.85 for class 1); the patch grid of a 4x4 image is its
+    2x2 block means (features = 2x2 average pooling, no add-on), so D = 1 and everything is computable by hand."""
+    torch.manual_seed(0)
+    model = ProtoPNet(2, 1, 4, prototypes_per_class=1, prototype_dim=1, warmup_epochs=1, joint_epochs=1,
+                      last_layer_epochs=1)
+    model.features = nn.AvgPool2d(2)
+    model.add_on = nn.Identity()
+    with torch.no_grad():
+        model.prototypes.copy_(torch.tensor([0.2, 0.85]).view(2, 1, 1, 1))
+    return model.eval()
+
+
+def _hand_caseset() -> CaseSet:
+    """Train rows 0-3; val and test rows hold exact copies of the prototypes (distance 0) the push must not see."""
+    images = np.stack([
+        _blocks(0.1, 0.5, 0.8, 1.0),  # 0 train, class 0
+        _blocks(0.7, 0.0, 0.0, 0.0),  # 1 train, class 1
+        _blocks(0.6, 0.25, 0.9, 0.3),  # 2 train, class 0
+        _blocks(0.3, 0.4, 0.95, 0.5),  # 3 train, class 1
+        _blocks(0.2, 0.2, 0.2, 0.2), _blocks(0.85, 0.85, 0.85, 0.85),  # 4, 5 val
+        _blocks(0.2, 0.2, 0.2, 0.2), _blocks(0.85, 0.85, 0.85, 0.85),  # 6, 7 test
+    ])
+    return CaseSet(images=images, labels=np.array([0, 1, 0, 1, 0, 1, 0, 1]), class_names=["a", "b"],
+                   case_ids=[f"c{i}" for i in range(8)], split=["train"] * 4 + ["val"] * 2 + ["test"] * 2)
+
+
+def _random_caseset(n: int = 40, side: int = 16, seed: int = 0, masks: bool = False) -> CaseSet:
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) // 6) % 2
+    images = rng.random((n, 1, side, side), dtype=np.float32)
+    images[labels == 1, :, side // 4:side // 2, side // 4:side // 2] = 1.0  # a learnable bright square
+    split = np.array(["train", "train", "train", "train", "val", "test"] * (n // 6 + 1))[:n]
+    m = np.zeros((n, side, side), np.uint8)
+    m[:, side // 4:side // 2, side // 4:side // 2] = 1
+    return CaseSet(images=images, labels=labels, class_names=["a", "b"], case_ids=[f"r{i}" for i in range(n)],
+                   split=split, masks=m if masks else None)
+
+
+def _small(**kw) -> ProtoPNet:
+    """A real ProtoPNet on 16 px inputs: ResNet-18 cut at stage 2 (stride 8) gives a 2x2 grid."""
+    torch.manual_seed(0)
+    args = dict(stem="standard", feature_stage=2, prototypes_per_class=3, prototype_dim=8)
+    return ProtoPNet(2, 1, 16, **{**args, **kw})
+
+
+# ---------------------------------------------------------------------- known answers
+def test_distances_similarities_logits_by_hand():
+    model = _tiny()
+    x = torch.from_numpy(_blocks(0.1, 0.5, 0.8, 1.0)[None])
+    d = model.prototype_distances(x)[0].detach().numpy().reshape(2, 4)
+    d_hand = np.array([[0.01, 0.09, 0.36, 0.64], [0.5625, 0.1225, 0.0025, 0.0225]])
+    np.testing.assert_allclose(d, d_hand, atol=1e-6)
+    sim = model.prototype_activations(x)[0].detach().numpy().reshape(2, 4)
+    np.testing.assert_allclose(sim, _sim(d_hand), rtol=1e-4)
+    scores = _sim([0.01, 0.0025])  # similarity of each prototype's nearest patch
+    np.testing.assert_allclose(model(x)[0].detach().numpy(), W @ scores, rtol=1e-4)
+    np.testing.assert_allclose(scores, [np.log(100.0), np.log(1.0025 / 0.0026)], rtol=1e-6)
+
+
+def test_extra_losses_by_hand_with_and_without_the_cache():
+    model = _tiny()
+    batch = {"image": torch.from_numpy(np.stack([_blocks(0.1, 0.5, 0.8, 1.0), _blocks(0.3, 0.4, 0.95, 0.5)])),
+             "label": torch.tensor([0, 1])}
+    # own-class nearest distances: 0.01 (p0 on case 0), 0.01 (p1 on case 1); other class: 0.0025, 0.01
+    hand = {"cluster": 0.8 * 0.01, "separation": -0.08 * (0.0025 + 0.01) / 2, "l1": 1e-4 * 1.0}
+    cached = model.extra_losses(batch, model(batch["image"]))
+    other_logits = model(batch["image"]).clone()  # not the forward's own tensor: recomputed
+    recomputed = model.extra_losses(batch, other_logits)
+    for losses in (cached, recomputed):
+        assert set(losses) == set(hand)
+        for k, v in hand.items():
+            assert float(losses[k].detach()) == pytest.approx(v, rel=1e-4, abs=1e-9), k
+
+
+def test_explain_by_hand_before_push():
+    model = _tiny()
+    x = _blocks(0.1, 0.5, 0.8, 1.0)[None]
+    evidence, hm = model.explain(x, case_ids=np.array(["q"]), top_k=2)
+    scores = _sim([0.01, 0.0025])
+    assert list(evidence.predicted) == [1]  # logits W @ scores = [1.63, 3.65]
+    (m1, m0), = evidence.matches
+    assert (m1.prototype, m0.prototype) == (1, 0)  # ordered by contribution to class 1: 5.96 > -2.30
+    assert m1.contribution == pytest.approx(scores[1], rel=1e-4)
+    assert m0.contribution == pytest.approx(-0.5 * scores[0], rel=1e-4)
+    assert m0.similarity == pytest.approx(scores[0], rel=1e-4) and m0.prototype_class == 0
+    assert (m1.source_case_id, m1.source_box) == ("", (0, 0, 0, 0))  # not projected yet
+    sim_map = _sim([[0.5625, 0.1225], [0.0025, 0.0225]])
+    np.testing.assert_allclose(m1.activation_map, U @ sim_map @ U.T, rtol=1e-4)
+    np.testing.assert_allclose(hm.maps[0], U @ sim_map @ U.T, rtol=1e-4)
+    assert hm.method == "prototype_activation" and list(hm.target) == [1] and list(hm.case_ids) == ["q"]
+    # explaining class 0 instead: contributions s0 * 1 = 4.61 and s1 * -0.5 = -2.98
+    evidence, hm = model.explain(x, target=np.array([0]), top_k=1)
+    assert [m.prototype for m in evidence.matches[0]] == [0]
+    assert evidence.matches[0][0].contribution == pytest.approx(scores[0], rel=1e-4)
+    assert list(hm.target) == [0]
+
+
+def test_push_by_hand_ignores_val_and_test():
+    model = _tiny()
+    cs = _hand_caseset()
+    stats = model.push(cs, batch_size=3)
+    # p0 (class 0; rows 0, 2): nearest 0.25 at row 2, cell (0, 1); p1 (class 1; rows 1, 3): 0.95 at row 3, (1, 0)
+    assert model.source_row.tolist() == [2, 3]
+    assert model.source_box.tolist() == [[0, 2, 2, 4], [2, 0, 4, 2]]
+    assert model.source_case_ids == ["c2", "c3"]
+    np.testing.assert_allclose(model.prototypes.detach().flatten().numpy(), [0.25, 0.95], atol=1e-6)
+    np.testing.assert_allclose(model.push_distance.numpy(), [0.0025, 0.01], atol=1e-6)
+    assert model.pushed and stats["images"] == 4 and model.push_images_per_second > 0
+    # the activation map over the source image uses the projected prototype: p0 = 0.25 on row 2
+    sim_map = _sim([[0.35 ** 2, 0.0], [0.65 ** 2, 0.05 ** 2]])
+    np.testing.assert_allclose(model.source_activation[0].float().numpy(), U @ sim_map @ U.T, rtol=2e-3)
+    # explanations now name the source
+    evidence, _ = model.explain(_blocks(0.1, 0.5, 0.8, 1.0)[None], top_k=2)
+    got = {m.prototype: (m.source_case_id, m.source_box) for m in evidence.matches[0]}
+    assert got == {0: ("c2", (0, 2, 2, 4)), 1: ("c3", (2, 0, 4, 2))}
+
+
+def test_cell_box_scales_the_grid_cell_to_the_input():
+    assert cell_box(0, 0, (3, 3), (48, 48)) == (0, 0, 16, 16)
+    assert cell_box(2, 1, (3, 3), (48, 48)) == (32, 16, 48, 32)
+    assert cell_box(3, 3, (4, 4), (28, 28)) == (21, 21, 28, 28)
+    assert cell_box(1, 0, (2, 2), (5, 5)) == (2, 0, 5, 3)  # uneven: cells overlap by the rounding pixel
+
+
+# ---------------------------------------------------------------------- push on a real network
+def test_push_is_batch_size_invariant_and_projects_onto_own_class_train_patches():
+    cs = _random_caseset()
+    model = _small().eval()
+    start = copy.deepcopy(model.state_dict())
+    model.push(cs, batch_size=1)
+    one = {k: v.clone() for k, v in model.state_dict().items() if k != "_extra_state"}
+    ids_one = list(model.source_case_ids)
+    model.load_state_dict(start)
+    model.push(cs, batch_size=1000)
+    assert model.source_row.tolist() == one["source_row"].tolist()
+    assert model.source_box.tolist() == one["source_box"].tolist()
+    assert model.source_case_ids == ids_one
+    torch.testing.assert_close(model.prototypes, one["prototypes"])
+
+    train = set(cs.indices("train").tolist())
+    with torch.no_grad():
+        z = model.prototype_features(torch.from_numpy(cs.images)).numpy()  # [N, D, 2, 2]
+    protos = model.prototypes.detach().flatten(1).numpy()
+    d_all = ((z[:, None] - protos[None, :, :, None, None]) ** 2).sum(2)  # [N, P, 2, 2]
+    for j in range(model.n_prototypes):
+        row = int(model.source_row[j])
+        assert row in train and cs.labels[row] == int(model.prototype_class[j])
+        r0, c0, _, _ = model.source_box[j].tolist()
+        np.testing.assert_allclose(protos[j], z[row, :, r0 // 8, c0 // 8], rtol=1e-5, atol=1e-6)
+        # it is the nearest patch among all training images of its class (checked by brute force after the push)
+        own = [r for r in train if cs.labels[r] == cs.labels[row]]
+        assert d_all[own, j].min() == pytest.approx(0.0, abs=1e-6)
+        # the upsampled similarity map over the source image peaks inside the source box
+        act = model.source_activation[j].float().numpy()
+        pr, pc = np.unravel_index(np.argmax(act), act.shape)
+        r0, c0, r1, c1 = model.source_box[j].tolist()
+        assert r0 <= pr < r1 and c0 <= pc < c1
+
+
+# ---------------------------------------------------------------------- staged schedule
+class _Snapshots(Callback):
+    def __init__(self) -> None:
+        self.start: list[dict] = []
+        self.end: list[dict] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start.append(copy.deepcopy(pl_module.model.state_dict()))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.end.append(copy.deepcopy(pl_module.model.state_dict()))
+
+
+def _fit(model: ProtoPNet, cs: CaseSet, max_epochs: int, extra: list | None = None) -> _Snapshots:
+    snaps = _Snapshots()
+    module = ClassifierModule(model, lr=1e-2, weight_decay=0.5, optimizer="adamw", scheduler="none",
+                              max_epochs=max_epochs)
+    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        deterministic=True, callbacks=[*model.training_callbacks(cs), snaps, *(extra or [])])
+    trainer.fit(module, datamodule=CaseSetDataModule(cs, batch_size=8, seed=0))
+    return snaps
+
+
+def _changed(a: dict, b: dict, prefix: str) -> bool:
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys, prefix
+    return any(not torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_stages_freeze_the_right_parts_even_with_weight_decay():
+    cs = _random_caseset()
+    model = _small(warmup_epochs=1, joint_epochs=1, last_layer_epochs=2)
+    assert model.total_epochs == 4 and model.push_epochs == [2]
+    assert [model.selectable_epoch(e) for e in range(4)] == [False, False, True, True]
+    snaps = _fit(model, cs, 4)
+    s, e = snaps.start, snaps.end
+    # warm-up: backbone (weights and BatchNorm statistics) and last layer untouched, add-on and prototypes learn
+    assert not _changed(s[0], e[0], "features.") and not _changed(s[0], e[0], "last_layer.")
+    assert _changed(s[0], e[0], "add_on.") and _changed(s[0], e[0], "prototypes")
+    # joint: the backbone learns, the last layer stays at its initialisation (as in the paper)
+    assert _changed(s[1], e[1], "features.") and not _changed(s[1], e[1], "last_layer.")
+    # push at the start of epoch 2, then only the last layer changes (AdamW's decay of 0.5 moves nothing else)
+    assert (s[2]["source_row"] >= 0).all() and (e[1]["source_row"] < 0).all()
+    for prefix in ("features.", "add_on.", "prototypes", "source_"):
+        assert not _changed(s[2], e[3], prefix), prefix
+    assert _changed(s[2], e[2], "last_layer.") and _changed(s[3], e[3], "last_layer.")
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again after fit
+
+
+def test_push_every_schedule():
+    model = _small(warmup_epochs=1, joint_epochs=5, last_layer_epochs=2, push_every=2)
+    stages = [model.stage_of(e) for e in range(model.total_epochs)]
+    assert stages == ["warmup", "joint", "joint", "last_layer", "last_layer", "joint", "joint", "last_layer",
+                      "last_layer", "joint", "last_layer", "last_layer"]
+    assert model.push_epochs == [3, 7, 10] and model.total_epochs == 12
+    assert not model.selectable_epoch(9) and model.selectable_epoch(10)
+
+
+def test_frozen_parts_stay_in_eval_mode():
+    model = _small()
+    model.set_stage("last_layer")
+    model.train()
+    assert not model.features.training and not model.add_on.training and model.last_layer.training
+    assert not any(p.requires_grad for p in model.features.parameters()) and not model.prototypes.requires_grad
+    model.set_stage("warmup")
+    assert not model.features.training and model.add_on.training and model.prototypes.requires_grad
+    model.set_stage(None)
+    assert model.features.training
+
+
+def test_epoch_count_is_checked_and_early_stopping_waits_for_the_push():
+    cs = _random_caseset()
+    with pytest.raises(ValueError, match=r"max_epochs must equal the stage schedule's 3 epochs"):
+        _fit(_small(warmup_epochs=1, joint_epochs=1, last_layer_epochs=1), cs, 5)
+    # epochs before the push report val_select = -1; the pipeline's early stopping must not count them
+    model = _small(warmup_epochs=2, joint_epochs=2, last_layer_epochs=1)
+    stopper = SelectableEarlyStopping(monitor="val_select", mode="max", patience=1)
+    _fit(model, cs, 5, [stopper])
+    assert stopper.stopped_epoch == 0  # never stopped: the push (epoch 4) was reached
+    content = model.explain_global().content
+    assert content["pushed"] and content["prototypes"][0]["source_case_id"] != ""
+
+
+def test_param_groups_follow_the_ratios():
+    assert {g["lr"] for g in _small().param_groups(3e-3, 1e-4)} == {3e-3}  # from scratch: one lr by default
+    model = _small(features_lr_ratio=1 / 30, last_layer_lr_ratio=1 / 30)  # the paper's ratios
+    groups = {g["name"]: g for g in model.param_groups(3e-3, 1e-4)}
+    assert groups["features"]["lr"] == pytest.approx(1e-4) and groups["add_on"]["lr"] == pytest.approx(3e-3)
+    assert groups["prototypes"]["lr"] == pytest.approx(3e-3) and groups["last_layer"]["lr"] == pytest.approx(1e-4)
+    assert groups["prototypes"]["weight_decay"] == 0.0
+    n = sum(len(g["params"]) for g in groups.values())
+    assert n == len(list(model.parameters()))
+
+
+# ---------------------------------------------------------------------- state dict and explanations
+def test_state_dict_round_trip_keeps_push_records():
+    model = _tiny()
+    model.push(_hand_caseset())
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    twin = _tiny()
+    twin.load_state_dict(torch.load(buf, weights_only=True))
+    assert twin.pushed and twin.source_case_ids == ["c2", "c3"]
+    assert twin.source_box.tolist() == [[0, 2, 2, 4], [2, 0, 4, 2]] and twin.source_row.tolist() == [2, 3]
+    assert twin.push_images_per_second == model.push_images_per_second and twin.n_pushes == 1
+    torch.testing.assert_close(twin.source_activation, model.source_activation)
+    assert twin.explain_global().content == model.explain_global().content
+
+
+def test_explain_shapes_order_and_global():
+    cs = _random_caseset()
+    model = _small().eval()
+    model.push(cs)
+    x = cs.images[cs.indices("test")]
+    evidence, hm = model.explain(x, case_ids=cs.case_ids[cs.indices("test")], top_k=4)
+    assert isinstance(evidence, PrototypeEvidence) and isinstance(hm, Heatmap)
+    assert hm.maps.shape == (len(x), 16, 16) and len(evidence.matches) == len(x)
+    weight = model.last_layer.weight.detach().numpy()
+    for n, case in enumerate(evidence.matches):
+        assert len(case) == 4
+        contrib = [m.contribution for m in case]
+        assert contrib == sorted(contrib, reverse=True)
+        for m in case:
+            assert m.contribution == pytest.approx(m.similarity * weight[hm.target[n], m.prototype], rel=1e-5)
+            assert m.activation_map.shape == (16, 16) and m.source_case_id in set(cs.case_ids[cs.indices("train")])
+        np.testing.assert_allclose(hm.maps[n], case[0].activation_map)
+    assert PrototypeEvidence.from_dict(json.loads(json.dumps(evidence.to_dict()))).matches[0][0].prototype \
+        == evidence.matches[0][0].prototype
+    glob = model.explain_global()
+    assert isinstance(glob, GlobalExplanation) and glob.form == "prototype_gallery"
+    protos = glob.content["prototypes"]
+    assert len(protos) == 6 and [p["class"] for p in protos] == [0, 0, 0, 1, 1, 1]
+    assert protos[4]["last_layer_weights"] == pytest.approx(weight[:, 4].tolist())
+    assert protos[4]["source_case_id"] == model.source_case_ids[4] and len(protos[4]["source_box"]) == 4
+
+
+def test_explanation_metrics():
+    cs = _random_caseset(masks=True)
+    model = _tiny()
+    before = model.explanation_metrics(_hand_caseset())["prototype_quality"]
+    assert before["pushed"] is False and before["n_distinct_prototypes"] == 2 and "fraction_source_in_lesion" \
+        not in before
+    model.push(_hand_caseset())
+    q = model.explanation_metrics(_hand_caseset())["prototype_quality"]
+    # nearest train images of p0 = 0.25: rows 2 (0.0), 3 (0.0025), 0 (0.0225), 1 (0.0625): classes 0, 1, 0, 1
+    assert q["class_purity"] == pytest.approx(0.5)  # k = 5 > 4 train images: each prototype sees all of them
+    assert q["n_prototypes"] == 2 and q["n_distinct_prototypes"] == 2 and q["last_layer_sparsity"] == 0.0
+    real = _small()
+    real.push(cs)
+    q = real.explanation_metrics(cs)["prototype_quality"]
+    assert 0.0 <= q["fraction_source_in_lesion"] <= 1.0 and 0.0 <= q["class_purity"] <= 1.0
+    hits = [bool(cs.masks[int(r)][b[0]:b[2], b[1]:b[3]].any())
+            for r, b in zip(real.source_row.tolist(), real.source_box.tolist())]
+    assert q["fraction_source_in_lesion"] == pytest.approx(np.mean(hits))
+
+
+def test_registry_factory():
+    model = create_model("protopnet", num_classes=3, in_chans=3, img_size=48, stem="standard",
+                         prototypes_per_class=2, prototype_dim=16)
+    assert model.n_prototypes == 6 and model.prototype_features(torch.rand(1, 3, 48, 48)).shape == (1, 16, 3, 3)
+    with pytest.raises(ValueError, match="feature_stage=7"):
+        create_model("protopnet", num_classes=2, feature_stage=7)
+
+
+# ---------------------------------------------------------------------- end to end
+def test_run_experiment_with_blackbox_and_protopnet(tmp_path):
+    raw = read_yaml(ROOT / "configs" / "quickstart.yaml")
+    raw["data"].update(n_cases=120, img_size=32)
+    raw["training"].update(max_epochs=1, progress_bar=False)
+    raw["evaluation"].update(bootstrap=100, explain_cases=8)
+    raw["output_dir"] = str(tmp_path)
+    raw["models"] = [
+        {"name": "blackbox", "params": {"backbone": "resnet18", "stem": "standard"}},
+        {"name": "protopnet", "params": {"stem": "standard", "feature_stage": 2, "prototypes_per_class": 2,
+                                         "prototype_dim": 16, "warmup_epochs": 1, "joint_epochs": 1,
+                                         "last_layer_epochs": 1},
+         "training": {"max_epochs": 3}},
+    ]
+    cfg = parse_config(raw, "quickstart-test")
+    run_dir = run_experiment(cfg)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    block = m["models"]["protopnet"]
+    assert block["family"] == "prototype" and 0.0 <= block["task"]["auc"]["value"] <= 1.0
+    exp = block["explanation"]
+    assert exp["prototype_evidence"]["n_cases"] == 8
+    assert 0.0 <= exp["prototype_activation"]["pointing_game"]["value"] <= 1.0
+    q = exp["prototype_quality"]
+    assert q["pushed"] and q["n_prototypes"] == 4 and q["push_images_per_second"] > 0
+    assert {"n_distinct_prototypes", "fraction_source_in_lesion", "class_purity", "last_layer_sparsity"} <= set(q)
+    assert block["training"]["best_epoch"] == 2  # the only selectable epoch: the one after the push
+    assert (run_dir / "figures" / "protopnet_prototype_activation.png").exists()
+    assert "gradcam" in m["models"]["blackbox"]["explanation"]
+    # the chosen checkpoint carries the push records (weights_only loading); sources are training cases
+    splits = pd.read_csv(run_dir / "splits.csv")
+    train_ids = set(splits.loc[splits["split"] == "train", "case_id"])
+    fresh = build_image_model("protopnet", cfg.models[1].params, load_caseset(cfg.data, seed=cfg.seed))
+    load_checkpoint(fresh, run_dir / "models" / "protopnet" / "checkpoint.ckpt")
+    assert fresh.pushed and set(fresh.source_case_ids) <= train_ids
+
+
+def test_batchnorm_recalibration_uses_the_training_split_statistics():
+    cs = _random_caseset()
+    model = _small(push_batch_size=1000)
+    bn = model.features.bn1
+    with torch.no_grad():
+        bn.running_mean.fill_(5.0)
+        out = model.features.conv1(torch.from_numpy(cs.images[cs.indices("train")]))  # [N, 64, h, w]
+    assert model.recalibrate_batchnorm(cs) == sum(isinstance(m, nn.BatchNorm2d) for m in model.features.modules())
+    torch.testing.assert_close(bn.running_mean, out.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, out.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1 and model.training  # restored
