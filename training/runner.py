@@ -114,13 +114,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     features: tuple[np.ndarray, list[str]] | None = None
     curves: dict[str, np.ndarray] = {}
     ev = cfg.evaluation
+    explain_rows = _explain_sample(cs, ev.explain_cases, cfg.seed)  # the same test cases for every model
 
     for i, spec in enumerate(cfg.models, 1):
         info = model_info(spec.model)
         mdir = run_dir / "models" / spec.name
         mdir.mkdir(parents=True, exist_ok=True)
         _log(f"[{i}/{len(cfg.models)}] {spec.name} ({info.family}, {info.input_kind})")
-        explain_rows = _explain_sample(cs, ev.explain_cases, cfg.seed)
         extra: dict[str, Any] = {}
         if info.input_kind == "image":
             torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only, not on the models before
@@ -193,8 +193,6 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
         _log(f"    test AUC {task['auc']['value']:.3f} [{task['auc']['ci'][0]:.3f}, {task['auc']['ci'][1]:.3f}], "
              f"trained in {train_seconds:.1f}s")
-        if isinstance(model, ImageModel):
-            del model
 
     write_tradeoff(metrics, run_dir / "tradeoff.csv")
     plot_roc(y_test, curves, cs.class_names, cs.positive_class, run_dir / "figures" / "roc.png")
