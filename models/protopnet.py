@@ -293,7 +293,7 @@ class ProtoPNet(ImageModel):
         parts = self._parts()
         spec = [("features", self.features_lr_ratio, weight_decay), ("add_on", 1.0, weight_decay),
                 ("prototypes", 1.0, 0.0), ("last_layer", self.last_layer_lr_ratio, 0.0)]
-        return [{"params": parts[name], "lr": lr * ratio, "weight_decay": wd, "name": name, "lr_ratio": ratio}
+        return [{"params": parts[name], "lr": lr * ratio, "weight_decay": wd, "name": name}
                 for name, ratio, wd in spec]
 
     def training_callbacks(self, caseset: Any) -> list:
@@ -572,17 +572,6 @@ class ProtoPNetSchedule(Callback):
                 f"protopnet: training.max_epochs must equal the stage schedule's {need} epochs "
                 f"(warm-up + joint + last-layer epochs after each of {len(self.model.push_epochs)} push(es)), "
                 f"got {trainer.max_epochs}; set the model's training: {{max_epochs: {need}}}")
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Warn when the learning-rate scheduler replaced the per-part learning rates of :meth:`param_groups`."""
-        for opt in trainer.optimizers:
-            groups = [g for g in opt.param_groups if g.get("lr_ratio")]
-            peaks = [g.get("max_lr", g.get("initial_lr", g["lr"])) / g["lr_ratio"] for g in groups]
-            if peaks and not np.allclose(peaks, peaks[0], rtol=1e-6):
-                warnings.warn("protopnet: the scheduler overrides the per-part learning rates (e.g. onecycle with "
-                              "one max_lr for every group): backbone and last layer train at the add-on's lr; "
-                              "use scheduler cosine or none to keep features_lr_ratio / last_layer_lr_ratio",
-                              stacklevel=2)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = int(trainer.current_epoch)

@@ -285,6 +285,20 @@ def test_epoch_count_is_checked_and_early_stopping_waits_for_the_push():
     assert content["pushed"] and content["prototypes"][0]["source_case_id"] != ""
 
 
+def test_onecycle_keeps_the_per_part_learning_rates():
+    """The shared one-cycle schedule peaks each parameter group at its own lr, so the ratios survive."""
+    cs = _random_caseset()
+    model = _small(warmup_epochs=1, joint_epochs=1, last_layer_epochs=1, features_lr_ratio=0.1)
+    module = ClassifierModule(model, lr=1e-2, weight_decay=0.0, optimizer="adamw", scheduler="onecycle",
+                              max_epochs=3)
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=model.training_callbacks(cs))
+    trainer.fit(module, datamodule=CaseSetDataModule(cs, batch_size=8, seed=0))
+    peaks = {g["name"]: g["max_lr"] for g in trainer.optimizers[0].param_groups}
+    assert peaks["features"] == pytest.approx(1e-3) and peaks["add_on"] == pytest.approx(1e-2)
+
+
 def test_param_groups_follow_the_ratios():
     assert {g["lr"] for g in _small().param_groups(3e-3, 1e-4)} == {3e-3}  # from scratch: one lr by default
     model = _small(features_lr_ratio=1 / 30, last_layer_lr_ratio=1 / 30)  # the paper's ratios
