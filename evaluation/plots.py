@@ -67,3 +67,18 @@ def plot_heatmaps(cs: CaseSet, rows: np.ndarray, maps: np.ndarray, path: str | P
     if title:
         fig.suptitle(title, fontsize=9)
     _save(fig, path)
+
+
+def plot_intervention(curves: dict[str, dict], path: str | Path, title: str = "") -> None:
+    """Test AUC and accuracy as 0, 1, ..., K concepts per case are set to their true values (one line per order)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for order, c in curves.items():
+        for ax, key in zip(axes, ("auc", "accuracy")):
+            ax.plot(c["n_corrected"], c[key], marker="o", ms=3, label=order.replace("_", " "))
+    for ax, key in zip(axes, ("test AUC", "test accuracy")):
+        ax.set(xlabel="concepts corrected per case", ylabel=key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save(fig, path)

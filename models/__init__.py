@@ -4,6 +4,7 @@ from glasszoo.models import blackbox as _blackbox  # noqa: F401  (registers the 
 from glasszoo.models._registry import ModelInfo, check_kwargs, create_model, list_models, model_info, register_model
 from glasszoo.models.base import ImageModel, TabularModel
 from glasszoo.models.blackbox import BlackBoxCNN
+from glasszoo.models.cbm import ConceptBottleneck  # (registers cbm)
 from glasszoo.models.explanations import (
     EXPLANATION_KINDS,
     ConceptEvidence,
@@ -18,6 +19,7 @@ from glasszoo.models.protopnet import ProtoPNet  # (registers protopnet)
 __all__ = [
     "EXPLANATION_KINDS",
     "BlackBoxCNN",
+    "ConceptBottleneck",
     "ConceptEvidence",
     "FeatureAttribution",
     "GlobalExplanation",

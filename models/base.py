@@ -46,6 +46,11 @@ class ImageModel(nn.Module):
         """
         return {}
 
+    @property
+    def task_loss_weight(self) -> float:
+        """Weight of the cross-entropy on the logits (e.g. 0 when only a concept head trains by SGD)."""
+        return 1.0
+
     def param_groups(self, lr: float, weight_decay: float) -> list[dict] | None:
         """Optimizer parameter groups (e.g. per-part learning rates); None means one group of all parameters."""
         return None

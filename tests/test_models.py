@@ -41,7 +41,10 @@ def test_every_parameter_gets_a_gradient(name):
     x = torch.rand(4, 1, 32, 32)
     y = torch.tensor([0, 1, 0, 1])
     logits = model(x)
-    batch = {"image": x, "label": y}
+    batch = {"image": x, "label": y, "mask": (torch.rand(4, 32, 32) > 0.5).to(torch.uint8)}
+    n_concepts = len(model_info(name).test_kwargs.get("concept_names", []))
+    if n_concepts:
+        batch["concepts"] = (torch.rand(4, n_concepts) > 0.5).float()
     loss = torch.nn.functional.cross_entropy(logits, y) + sum(model.extra_losses(batch, logits).values())
     loss.backward()
     # every parameter is reached by backprop (timm zero-initialises the last BN of residual blocks, so some

@@ -65,6 +65,7 @@ class EvaluationConfig:
     ci_level: float = 0.95
     explain_cases: int = 64  # test cases explained per model (0 = none, -1 = all)
     figure_cases: int = 8  # cases shown in each model's explanation figure
+    case_figures_per_class: int = 2  # explained test cases per true class that get a per-case figure per model
 
 
 @dataclass

@@ -22,7 +22,8 @@ def auc_score(y: np.ndarray, proba: np.ndarray) -> float:
 
 
 class ClassifierModule(L.LightningModule):
-    """Wraps any :class:`ImageModel`: weighted cross-entropy plus the model's own ``extra_losses``.
+    """Wraps any :class:`ImageModel`: weighted cross-entropy (times the model's ``task_loss_weight``) plus the
+    model's own ``extra_losses``.
 
     Logs ``train_loss`` (and each extra term), ``val_loss``, ``val_auc`` and ``val_select`` (``val_auc`` on epochs
     the model's ``selectable_epoch`` allows, else -1: what early stopping and checkpoint selection watch).
@@ -57,7 +58,7 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.model(batch["image"])
-        ce = self._loss(batch, logits)
+        ce = self._loss(batch, logits) * self.model.task_loss_weight
         extras = self.model.extra_losses(batch, logits)
         loss = ce + sum(extras.values()) if extras else ce
         bs = len(batch["label"])

@@ -17,6 +17,7 @@ import yaml
 
 from glasszoo.models import Heatmap, ImageModel, create_model, model_info
 from glasszoo.training.caseset import CaseSet
+from glasszoo.training.cli import package_version
 from glasszoo.training.config import ExperimentConfig
 from glasszoo.training.data import load_caseset
 from glasszoo.training.errors import ConfigError
@@ -65,6 +66,45 @@ def _explain_sample(cs: CaseSet, n: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(test, size=n, replace=False))
 
 
+def _case_figure_rows(cs: CaseSet, rows: np.ndarray, per_class: int) -> np.ndarray:
+    """The first ``per_class`` of ``rows`` of each true class (the cases that get a per-case figure)."""
+    picked = [rows[cs.labels[rows] == c][:per_class] for c in range(cs.num_classes)]
+    return np.sort(np.concatenate(picked)) if picked else rows[:0]
+
+
+def safe_filename(case_id: str) -> str:
+    """A file name for a case id (ids of folder sources are relative paths with '/' and spaces)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(case_id)).strip("._") or "case"
+
+
+def training_image_lookup(cs: CaseSet):
+    """case id -> its image [C, H, W] if the case is in the training split, else None (prototype sources)."""
+    train = cs.indices("train")
+    row_of = {str(cs.case_ids[r]): int(r) for r in train}
+
+    def source_image(case_id: str) -> np.ndarray | None:
+        r = row_of.get(str(case_id))
+        return None if r is None else cs.images[r]
+
+    return source_image
+
+
+def write_case_figures(model: ImageModel, cs: CaseSet, rows: np.ndarray, out_dir: Path) -> list[Path]:
+    """Per case in ``rows``, the figure of :func:`glasszoo.evaluation.case_figures.explain_case`."""
+    from glasszoo.evaluation.case_figures import explain_case
+
+    source_image = training_image_lookup(cs)
+    paths = []
+    for r in rows:
+        path = out_dir / f"{safe_filename(cs.case_ids[r])}.png"
+        mask = cs.masks[r] if cs.masks is not None else None
+        concepts = cs.concepts[r] if cs.concepts is not None else None
+        explain_case(model, cs.images[r], cs.class_names, path, source_image, str(cs.case_ids[r]),
+                     int(cs.labels[r]), mask, true_concepts=concepts)
+        paths.append(path)
+    return paths
+
+
 def _as_list(exp: Any) -> list:
     return list(exp) if isinstance(exp, (list, tuple)) else [exp]
 
@@ -93,12 +133,15 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     rewritten (atomically) after each model, so an interrupted run keeps what it finished.
     """
     from glasszoo.evaluation.metrics import bootstrap_ci
-    from glasszoo.evaluation.plots import plot_heatmaps, plot_roc
+    from glasszoo.evaluation.plots import plot_heatmaps, plot_intervention, plot_roc
     from glasszoo.evaluation.results import format_table, write_tradeoff
 
     run_dir = resolve_run_dir(cfg, out, overwrite)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    # where relative data paths resolve from, so the run can be reopened from anywhere (glasszoo explain)
+    atomic_write_text(run_dir / "run.json", json.dumps({"cwd": os.getcwd(), "glasszoo_version": package_version(),
+                                                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
     _log(f"glasszoo: run '{cfg.experiment}' -> {run_dir}")
 
     t0 = time.perf_counter()
@@ -180,6 +223,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
                 explanation[key] = block
         if isinstance(model, ImageModel):
             explanation.update(model.explanation_metrics(cs))
+            if "intervention" in explanation.get("concepts", {}):
+                plot_intervention(explanation["concepts"]["intervention"], run_dir / "figures" /
+                                  f"{spec.name}_intervention.png", title=f"{spec.name}: test-time intervention")
+            case_rows = _case_figure_rows(cs, explain_rows, ev.case_figures_per_class)
+            write_case_figures(model, cs, case_rows, run_dir / "figures" / "cases" / spec.name)
 
         metrics["models"][spec.name] = {
             "family": info.family,

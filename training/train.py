@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from glasszoo.models import ImageModel, create_model
+from glasszoo.models import ImageModel, create_model, model_info
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.config import TrainingConfig
 from glasszoo.training.datamodule import CaseSetDataModule
@@ -46,8 +46,15 @@ class TrainResult:
 
 
 def build_image_model(model_name: str, params: dict, cs: CaseSet) -> ImageModel:
-    """The registered model ``model_name`` sized for the CaseSet (classes, channels, image size)."""
-    return create_model(model_name, num_classes=cs.num_classes, in_chans=cs.in_chans, img_size=cs.img_size, **params)
+    """The registered model ``model_name`` sized for the CaseSet (classes, channels, image size, and the concepts
+    of the training split for models that take ``concept_names``)."""
+    data_params: dict = {}
+    if "concept_names" in model_info(model_name).parameters:
+        from glasszoo.models.cbm import concept_spec
+
+        data_params = concept_spec(cs)
+    return create_model(model_name, num_classes=cs.num_classes, in_chans=cs.in_chans, img_size=cs.img_size,
+                        **{**data_params, **params})
 
 
 def _quiet_lightning() -> None:

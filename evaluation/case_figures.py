@@ -1,0 +1,228 @@
+"""One figure per explained case, for people: what the model predicted and the evidence it shows for it.
+
+``explain_case`` asks any zoo image model for its explanations of one image and draws what they hold:
+
+* a prototype network ("this looks like that", Chen et al. 2019): per top prototype, where on the test image it
+  fires, the training case it was projected onto with the prototype patch boxed, the patch enlarged, and the
+  similarity x weight = points it adds to the explained class;
+* a concept bottleneck model (Koh et al. 2020): each concept's predicted value (and the true one when known) with
+  the points it adds to the explained class, the heatmap of the top concept, and the prediction before and after
+  correcting the most wrong concept (test-time intervention);
+* every model: its heatmap(s) over the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glasszoo.evaluation.plots import _save, plt
+from glasszoo.models.explanations import ConceptEvidence, Heatmap, PrototypeEvidence, PrototypeMatch
+
+_BOX_PERCENTILE = 95.0  # the test-image box encloses the pixels at or above this percentile of the activation
+
+
+def _show(ax: plt.Axes, img: np.ndarray) -> None:
+    img = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
+    ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _rect(ax: plt.Axes, box: tuple[int, int, int, int], color: str = "yellow") -> None:
+    r0, c0, r1, c1 = box
+    ax.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor=color, linewidth=1.5))
+
+
+def activation_box(act: np.ndarray, percentile: float = _BOX_PERCENTILE) -> tuple[int, int, int, int]:
+    """Bounding box (row0, col0, row1, col1; end exclusive) of the pixels at or above ``percentile`` of ``act``
+    (the paper's way of boxing where a prototype fires on a test image)."""
+    rows, cols = np.nonzero(act >= np.percentile(act, percentile))
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def _outline(ax: plt.Axes, mask: np.ndarray | None) -> None:
+    if mask is not None and np.asarray(mask).any():
+        ax.contour(mask, levels=[0.5], colors="lime", linewidths=0.8)
+
+
+def _header(proba: np.ndarray, class_names: list[str], case_id: str | None, label: int | None) -> str:
+    k = int(proba.argmax())
+    lines = [f"case {case_id}" if case_id is not None else "new image",
+             f"predicted: {class_names[k]} (p = {proba[k]:.2f})"]
+    if label is not None:
+        lines.append(f"true: {class_names[label]}")
+    return "\n".join(lines)
+
+
+def plot_prototype_case(image: np.ndarray, matches: list[PrototypeMatch], class_names: list[str],
+                        proba: np.ndarray, logits: np.ndarray, explained: int, path: str | Path,
+                        source_image: Callable[[str], np.ndarray | None], case_id: str | None = None,
+                        label: int | None = None, mask: np.ndarray | None = None) -> None:
+    """The "this looks like that" figure of one case.
+
+    Args:
+        image: the test image [C, H, W] in [0, 1].
+        matches: its top prototypes (from :class:`PrototypeEvidence`), by contribution to class ``explained``.
+        class_names: class names.
+        proba: predicted probabilities [classes]; logits: the logits [classes] (total points per class).
+        explained: the class the contributions are for.
+        path: the PNG to write.
+        source_image: case id -> that training image [C, H, W] (None if unavailable).
+        case_id, label, mask: the case's id, true class and lesion mask, when known.
+    """
+    n = len(matches)
+    fig, axes = plt.subplots(n + 1, 4, figsize=(8.4, 2.1 * (n + 1)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1, 1.25]})
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    ax = axes[0, 0]
+    ax.set_axis_on()
+    _show(ax, image)
+    _outline(ax, mask)
+    ax.set_title("test image" + (" (lesion outlined)" if mask is not None and np.any(mask) else ""), fontsize=7)
+    points = ", ".join(f"{c}: {v:.2f}" for c, v in zip(class_names, logits))
+    shown = sum(m.contribution for m in matches)
+    axes[0, 1].text(0, 0.5, _header(proba, class_names, case_id, label) +
+                    f"\n\ntotal points per class: {points}\nthe {n} prototypes below add {shown:.2f} points "
+                    f"to '{class_names[explained]}'", fontsize=8, va="center", transform=axes[0, 1].transAxes)
+    for i, m in enumerate(matches, 1):
+        ax = axes[i, 0]
+        ax.set_axis_on()
+        _show(ax, image)
+        act = np.asarray(m.activation_map, dtype=np.float32)
+        ax.imshow(act, cmap="jet", alpha=0.45, interpolation="bilinear")
+        _rect(ax, activation_box(act))
+        ax.set_title("this part of the image ...", fontsize=7)
+        src = source_image(m.source_case_id) if m.source_case_id else None
+        if src is not None:
+            ax = axes[i, 1]
+            ax.set_axis_on()
+            _show(ax, src)
+            _rect(ax, m.source_box)
+            ax.set_title(f"... looks like this patch\nof training case {m.source_case_id}", fontsize=7)
+            r0, c0, r1, c1 = m.source_box
+            ax = axes[i, 2]
+            ax.set_axis_on()
+            _show(ax, src[:, r0:r1, c0:c1])
+            ax.set_title(f"prototype {m.prototype} (enlarged)", fontsize=7)
+        else:
+            axes[i, 1].text(0.5, 0.5, "prototype not projected\n(no source case)", ha="center", fontsize=7,
+                            transform=axes[i, 1].transAxes)
+        weight = m.contribution / m.similarity if m.similarity else float("nan")
+        axes[i, 3].text(0, 0.5, f"prototype of class\n'{class_names[m.prototype_class]}'\n"
+                                f"similarity {m.similarity:.2f}\nx weight {weight:.2f}\n"
+                                f"= {m.contribution:+.2f} points\nfor '{class_names[explained]}'",
+                        fontsize=8, va="center", transform=axes[i, 3].transAxes)
+    fig.suptitle("Why the model decided so: the nearest prototype cases (\"this looks like that\")", fontsize=9)
+    _save(fig, path)
+
+
+def plot_heatmap_case(image: np.ndarray, heatmaps: list[tuple[str, np.ndarray]], class_names: list[str],
+                      proba: np.ndarray, path: str | Path, case_id: str | None = None, label: int | None = None,
+                      mask: np.ndarray | None = None) -> None:
+    """One case: the image and each named heatmap over it (each scaled to its own maximum)."""
+    fig, axes = plt.subplots(1, 1 + len(heatmaps), figsize=(2.3 * (1 + len(heatmaps)), 2.8), squeeze=False)
+    _show(axes[0, 0], image)
+    _outline(axes[0, 0], mask)
+    axes[0, 0].set_title(_header(proba, class_names, case_id, label), fontsize=7)
+    for ax, (name, m) in zip(axes[0, 1:], heatmaps):
+        _show(ax, image)
+        mx = float(np.abs(m).max())
+        ax.imshow(m / mx if mx > 0 else m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        _outline(ax, mask)
+        ax.set_title(name, fontsize=7)
+    _save(fig, path)
+
+
+def plot_concept_case(image: np.ndarray, evidence: ConceptEvidence, heatmap: np.ndarray, class_names: list[str],
+                      proba: np.ndarray, path: str | Path, case_id: str | None = None, label: int | None = None,
+                      mask: np.ndarray | None = None, corrected: tuple[str, np.ndarray] | None = None) -> None:
+    """The concept-bottleneck figure of one case (``evidence`` holds exactly one case).
+
+    Args:
+        heatmap: [H, W] map of the top contributing concept.
+        corrected: (name of the corrected concept, probabilities after the correction), when true concepts are known.
+    """
+    names = evidence.concept_names
+    contrib = np.asarray(evidence.contribution[0], dtype=float)
+    pred = np.asarray(evidence.predicted[0], dtype=float)
+    true = None if evidence.true is None else np.asarray(evidence.true[0], dtype=float)
+    explained = class_names[int(evidence.target[0])]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.4 * len(names) + 2.4), gridspec_kw={"width_ratios": [1, 1.6, 1]},
+                             layout="constrained")
+    _show(axes[0], image)
+    mx = float(np.abs(heatmap).max())
+    axes[0].imshow(heatmap / mx if mx > 0 else heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    _outline(axes[0], mask)
+    axes[0].set_title(f"where '{names[int(contrib.argmax())]}' is seen\n(Grad-CAM of the top concept)", fontsize=7)
+    ax = axes[1]
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, contrib, color=["tab:red" if c > 0 else "tab:blue" for c in contrib])
+    ax.axvline(0, color="black", lw=0.6)
+    labels = [f"{n}: {p:.2f}" + ("" if true is None else f" (true {t:g})") for n, p, t in
+              zip(names, pred, true if true is not None else pred)]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel(f"points added to '{explained}' (weight x concept)", fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title("predicted concepts and what each adds", fontsize=8)
+    axes[2].set_axis_off()
+    text = _header(proba, class_names, case_id, label)
+    if corrected is not None:
+        cname, p_after = corrected
+        k = int(p_after.argmax())
+        text += (f"\n\ncorrecting the most wrong concept\n'{cname}' to its true value:\n"
+                 f"predicted {class_names[k]} (p = {p_after[k]:.2f})")
+    axes[2].text(0, 0.5, text, fontsize=8, va="center", transform=axes[2].transAxes)
+    fig.suptitle("Concept bottleneck: the diagnosis is read from these concepts only", fontsize=9)
+    _save(fig, path)
+
+
+@torch.no_grad()
+def explain_case(model, image: np.ndarray, class_names: list[str], path: str | Path,
+                 source_image: Callable[[str], np.ndarray | None] | None = None, case_id: str | None = None,
+                 label: int | None = None, mask: np.ndarray | None = None, top_k: int = 3,
+                 true_concepts: np.ndarray | None = None) -> list:
+    """Explain one image [C, H, W] with ``model`` and write its figure to ``path``; returns the explanations.
+
+    A model that gives :class:`PrototypeEvidence` gets the prototype figure (``top_k`` prototypes), one that gives
+    :class:`ConceptEvidence` the concept figure (with ``true_concepts`` [K], when known, the correction of the most
+    wrong concept); any other image model gets its heatmaps drawn over the image.
+    """
+    x = np.asarray(image, dtype=np.float32)[None]
+    kinds = getattr(model, "explanation_kinds", ())
+    kwargs: dict = {}
+    if "prototype_evidence" in kinds:
+        kwargs["top_k"] = top_k
+    if "concept_evidence" in kinds and true_concepts is not None:
+        kwargs["true_concepts"] = np.asarray(true_concepts, dtype=np.float32)[None]
+    exps = model.explain(x, case_ids=None if case_id is None else np.array([case_id], dtype=object), **kwargs)
+    exps = list(exps) if isinstance(exps, (list, tuple)) else [exps]
+    proba = model.predict_proba(x)[0]
+    evidence = next((e for e in exps if isinstance(e, PrototypeEvidence)), None)
+    if evidence is not None:
+        model.eval()
+        logits = model(torch.as_tensor(x, device=model.device)).float().cpu().numpy()[0]
+        heat = next(e for e in exps if isinstance(e, Heatmap))
+        plot_prototype_case(image, evidence.matches[0], class_names, proba, logits, int(heat.target[0]), path,
+                            source_image or (lambda _cid: None), case_id, label, mask)
+    elif any(isinstance(e, ConceptEvidence) for e in exps):
+        ev = next(e for e in exps if isinstance(e, ConceptEvidence))
+        heat = next(e for e in exps if isinstance(e, Heatmap))
+        corrected = None
+        if true_concepts is not None:
+            acts = model.predict_concepts(x)
+            truth = model.standardise(torch.as_tensor(np.asarray(true_concepts, np.float32)[None])).numpy()
+            worst = int(np.abs(truth - acts)[0].argmax())
+            fix = np.zeros_like(acts, dtype=bool)
+            fix[0, worst] = True
+            logits = model.intervene(acts, np.asarray(true_concepts, np.float32)[None], fix)
+            corrected = (ev.concept_names[worst], torch.softmax(torch.as_tensor(logits), 1).numpy()[0])
+        plot_concept_case(image, ev, heat.maps[0], class_names, proba, path, case_id, label, mask, corrected)
+    else:
+        maps = [(e.method, e.maps[0]) for e in exps if isinstance(e, Heatmap)]
+        plot_heatmap_case(image, maps, class_names, proba, path, case_id, label, mask)
+    return exps

@@ -1,0 +1,409 @@
+"""Concept bottleneck models: predict named clinical concepts, then the diagnosis from the concepts alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from glasszoo.models._backbones import create_backbone, last_feature_module
+from glasszoo.models._registry import register_model
+from glasszoo.models.base import ImageModel, as_tensor
+from glasszoo.models.explanations import ConceptEvidence, GlobalExplanation, Heatmap
+from glasszoo.training.errors import DataError
+
+PAPER = 'Koh et al., "Concept Bottleneck Models", ICML 2020'
+MODES = ("joint", "sequential", "independent")
+CONCEPT_KINDS = ("binary", "continuous")
+
+
+def concept_spec(caseset: Any) -> dict:
+    """The concept description a CBM is built with, from the CaseSet's *training* split.
+
+    A concept whose training values are all 0 or 1 is ``binary`` (predicted as a probability); any other is
+    ``continuous`` (predicted standardised by the training mean and standard deviation). Raises
+    :class:`DataError` when the data has no concepts, saying what is needed.
+    """
+    if getattr(caseset, "concepts", None) is None or not len(caseset.concept_names):
+        raise DataError(
+            f"data set '{caseset.name}' has no concepts, which a concept bottleneck model needs: give concept "
+            f"columns (folder source: numeric CSV columns, data.concept_columns), or lesion masks with "
+            f"data.concepts: derived (concepts computed from the masks)")
+    c = np.asarray(caseset.concepts, dtype=np.float64)[caseset.indices("train")]
+    kinds, center, scale = [], [], []
+    for k in range(c.shape[1]):
+        binary = bool(np.isin(c[:, k], (0.0, 1.0)).all())
+        kinds.append("binary" if binary else "continuous")
+        center.append(0.0 if binary else float(c[:, k].mean()))
+        sd = float(c[:, k].std())
+        scale.append(1.0 if binary else (sd if sd > 0 else 1.0))
+    return {"concept_names": list(caseset.concept_names), "concept_kinds": kinds, "concept_center": center,
+            "concept_scale": scale}
+
+
+@torch.no_grad()
+def fit_sparse_linear(c: torch.Tensor, y: torch.Tensor, num_classes: int, l1: float, steps: int = 500,
+                      class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression with an L1 penalty on the weights, by FISTA (accelerated proximal gradient).
+
+    Minimises ``CE(c W^T + b, y) + l1 * sum |W|`` over W [C, K] and b [C], where CE is the (class-weighted) mean
+    cross-entropy, with the analytic gradient ``sum_i v_i (softmax_i - onehot_i) x_i^T / sum_i v_i`` and step
+    ``1 / L``, ``L = ||x||_2^2 / (2 N)`` (x = [c, 1]) bounding the curvature for unit weights. Deterministic; runs
+    under ``no_grad`` (and inside Lightning's validation loop).
+    """
+    n, k = c.shape
+    x = torch.cat([c.detach().double().cpu(), torch.ones(n, 1, dtype=torch.float64)], 1)
+    onehot = F.one_hot(y.detach().long().cpu(), num_classes).double()
+    v = torch.ones(n, dtype=torch.float64)
+    if class_weights is not None and class_weights.numel():
+        v = class_weights.detach().double().cpu()[y.long().cpu()]
+    v = v / v.sum()
+    lip = float(torch.linalg.matrix_norm(x, ord=2) ** 2) / (2 * n) * float(v.max() * n) + 1e-12
+    step = 1.0 / lip
+    wb = torch.zeros(num_classes, k + 1, dtype=torch.float64)
+    z, t = wb.clone(), 1.0
+    for _ in range(steps):
+        p = torch.softmax(x @ z.T, dim=1)
+        grad = ((p - onehot) * v[:, None]).T @ x
+        nxt = z - step * grad
+        w = nxt[:, :k]
+        nxt[:, :k] = torch.sign(w) * (w.abs() - step * l1).clamp_min(0)  # soft-threshold (no L1 on the bias)
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        z = nxt + ((t - 1) / t_next) * (nxt - wb)
+        wb, t = nxt, t_next
+    return wb[:, :k].float(), wb[:, k].float()
+
+
+class ConceptBottleneck(ImageModel):
+    """Concept bottleneck model: image -> K concepts -> label, the label from the concepts only.
+
+    Koh et al., "Concept Bottleneck Models", ICML 2020. A timm CNN predicts the concepts (its classifier has K
+    outputs: a logit per binary concept, a standardised value per continuous one). The label head is one linear
+    layer on the *concept activations* ``a`` (the probability of each binary concept, the standardised value of each
+    continuous one), so each concept adds ``w[c, k] * a_k`` to the logit of class c: the weights are the global
+    explanation, and correcting a concept changes the logit by exactly ``w[c, k] * (true - predicted)``.
+
+    Training modes (the paper's three):
+
+    * ``joint``: backbone, concept head and label head together on ``CE(label) + concept_weight * concept loss``
+      (binary cross-entropy / mean squared error), with an L1 penalty ``label_l1`` on the label weights.
+    * ``sequential``: the concept model trains on the concept loss only; the label head is then fitted on the
+      concept model's *predicted* activations of the training split.
+    * ``independent``: the concept model as in sequential; the label head is fitted on the *true* training
+      concepts (and at test time reads the predicted ones).
+
+    In the sequential and independent modes the label head is not trained by SGD: it is the L1-penalised logistic
+    regression of :func:`fit_sparse_linear` (convex, fitted exactly), refitted before every validation so each
+    epoch's validation AUC (what selects the checkpoint) is the AUC of the full concept-to-label model.
+
+    Args:
+        num_classes, in_chans, img_size: task and input.
+        concept_names, concept_kinds, concept_center, concept_scale: the concepts (from :func:`concept_spec`,
+            filled in from the data by the pipeline).
+        backbone: timm model name (trained from scratch). stem: see ``glasszoo.models._backbones``.
+        mode: ``joint``, ``sequential`` or ``independent``.
+        concept_weight: lambda, the concept-loss weight of the joint mode (the paper tunes it; 1.0 by default).
+        label_l1: L1 penalty on the label-head weights (sparsity, readability).
+    """
+
+    explanation_kinds = ("concept_evidence", "heatmap")
+
+    def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28,
+                 concept_names: list[str] | None = None, concept_kinds: list[str] | None = None,
+                 concept_center: list[float] | None = None, concept_scale: list[float] | None = None,
+                 backbone: str = "resnet18", stem: str = "auto", mode: str = "joint", concept_weight: float = 1.0,
+                 label_l1: float = 1e-3) -> None:
+        super().__init__(num_classes, in_chans, img_size)
+        if not concept_names:
+            raise ValueError("a concept bottleneck model needs at least one concept (concept_names)")
+        k = len(concept_names)
+        kinds = list(concept_kinds or ["binary"] * k)
+        center = list(concept_center or [0.0] * k)
+        scale = list(concept_scale or [1.0] * k)
+        if not len(kinds) == len(center) == len(scale) == k:
+            raise ValueError(f"concept_kinds, concept_center and concept_scale need {k} entries each")
+        bad = [t for t in kinds if t not in CONCEPT_KINDS]
+        if bad:
+            raise ValueError(f"concept kind {bad[0]!r} is not one of {CONCEPT_KINDS}")
+        if len(set(concept_names)) != k:
+            raise ValueError(f"concept names must be unique, got {concept_names}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if concept_weight < 0 or label_l1 < 0:
+            raise ValueError("concept_weight and label_l1 must be >= 0")
+        self.concept_names = [str(c) for c in concept_names]
+        self.concept_kinds = kinds
+        self.mode = mode
+        self.concept_weight = float(concept_weight)
+        self.label_l1 = float(label_l1)
+        self.backbone_name = backbone
+        self.net, self.stem = create_backbone(backbone, k, in_chans, self.img_size, stem)
+        self.label_head = nn.Linear(k, num_classes)
+        self.register_buffer("binary", torch.tensor([t == "binary" for t in kinds]), persistent=False)
+        self.register_buffer("concept_center", torch.tensor(center, dtype=torch.float32))
+        self.register_buffer("concept_scale", torch.tensor(scale, dtype=torch.float32))
+        self._cache: torch.Tensor | None = None
+        if mode != "joint":
+            self.label_head.requires_grad_(False)
+
+    @property
+    def n_concepts(self) -> int:
+        return len(self.concept_names)
+
+    # ------------------------------------------------------------------ the network
+    def concept_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw concept outputs [N, K]: logits of binary concepts, standardised values of continuous ones."""
+        return self.net(x)
+
+    def activations(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Concept activations the label head reads: sigmoid of binary logits, continuous values as they are."""
+        return torch.where(self.binary, torch.sigmoid(outputs), outputs)
+
+    def standardise(self, concepts: torch.Tensor) -> torch.Tensor:
+        """True concepts in data units -> activations (binary unchanged, continuous standardised)."""
+        return (concepts - self.concept_center) / self.concept_scale
+
+    def to_data_units(self, activations: torch.Tensor) -> torch.Tensor:
+        """Activations -> data units (binary: probabilities; continuous: de-standardised values)."""
+        return activations * self.concept_scale + self.concept_center
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.concept_outputs(x)
+        self._cache = out if self.training else None
+        return self.label_head(self.activations(out))
+
+    @property
+    def task_loss_weight(self) -> float:
+        return 1.0 if self.mode == "joint" else 0.0
+
+    def concept_loss(self, outputs: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+        """Mean over concepts of the binary cross-entropy (binary) or squared error (standardised continuous)."""
+        target = self.standardise(concepts.float())
+        bce = F.binary_cross_entropy_with_logits(outputs, target.clamp(0, 1), reduction="none")
+        mse = (outputs - target) ** 2
+        return torch.where(self.binary, bce, mse).mean()
+
+    def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``concept``: the weighted concept loss (weight 1 in the two-stage modes, ``concept_weight`` in joint);
+        ``label_l1``: the L1 penalty on the label weights (joint mode; the other modes fit it in closed form)."""
+        if "concepts" not in batch:
+            raise DataError("the batch has no concepts: a concept bottleneck model needs data with concepts")
+        out = self._cache if self._cache is not None else self.concept_outputs(batch["image"])
+        weight = self.concept_weight if self.mode == "joint" else 1.0
+        terms = {"concept": weight * self.concept_loss(out, batch["concepts"])}
+        if self.mode == "joint" and self.label_l1 > 0:
+            terms["label_l1"] = self.label_l1 * self.label_head.weight.abs().sum()
+        return terms
+
+    def training_callbacks(self, caseset: Any) -> list:
+        return [] if self.mode == "joint" else [LabelHeadFit(self, caseset)]
+
+    # ------------------------------------------------------------------ concept prediction and intervention
+    @torch.no_grad()
+    def predict_concepts(self, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Concept activations [N, K] (binary: probability; continuous: standardised value)."""
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for i in range(0, len(x), batch_size):
+                out.append(self.activations(self.concept_outputs(as_tensor(x[i:i + batch_size], self.device))))
+        finally:
+            self.train(was_training)
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.n_concepts), np.float32)
+
+    @torch.no_grad()
+    def intervene(self, activations: np.ndarray, true_concepts: np.ndarray, corrected: np.ndarray) -> np.ndarray:
+        """Label logits after replacing the predicted activations by the true concepts where ``corrected``.
+
+        Args:
+            activations: predicted activations [N, K] (from :meth:`predict_concepts`).
+            true_concepts: true (or clinician-given) concepts [N, K] in data units.
+            corrected: boolean [N, K] (or [K] for every case): which concepts to replace.
+        Returns:
+            logits [N, classes]; the logit of class c moves by exactly ``w[c, k] * (true_k - predicted_k)`` per
+            corrected concept k.
+        """
+        a = torch.as_tensor(np.asarray(activations), dtype=torch.float32, device=self.device)
+        t = self.standardise(torch.as_tensor(np.asarray(true_concepts), dtype=torch.float32, device=self.device))
+        m = torch.as_tensor(np.broadcast_to(np.asarray(corrected, dtype=bool), a.shape).copy(), device=self.device)
+        return self.label_head(torch.where(m, t, a)).cpu().numpy()
+
+    def intervention_curve(self, activations: np.ndarray, true_concepts: np.ndarray, labels: np.ndarray,
+                           positive_class: int = 1, order: str = "random", seed: int = 0) -> dict:
+        """Task AUC and accuracy as 0, 1, ..., K concepts per case are corrected.
+
+        ``order="random"``: each case's concepts in a seeded random order. ``order="uncertain_first"``: binary
+        concepts by ascending ``|p - 0.5|`` (least certain first), continuous concepts after them (the model gives
+        no uncertainty for those) in random order.
+        """
+        from glasszoo.training.module import auc_score
+
+        n, k = activations.shape
+        rng = np.random.default_rng(seed)
+        ranks = np.argsort(rng.random((n, k)), axis=1)  # random order per case
+        if order == "uncertain_first":
+            binary = self.binary.cpu().numpy()
+            certainty = np.where(binary[None, :], np.abs(activations - 0.5), np.inf)
+            tiebreak = rng.random((n, k))
+            ranks = np.lexsort((tiebreak, certainty), axis=1)
+        elif order != "random":
+            raise ValueError(f"order must be 'random' or 'uncertain_first', got {order!r}")
+        position = np.empty_like(ranks)
+        np.put_along_axis(position, ranks, np.arange(k)[None, :].repeat(n, 0), axis=1)
+        out: dict[str, list] = {"n_corrected": [], "auc": [], "accuracy": []}
+        for j in range(k + 1):
+            logits = self.intervene(activations, true_concepts, position < j)
+            proba = torch.softmax(torch.as_tensor(logits), 1).numpy()
+            out["n_corrected"].append(j)
+            out["auc"].append(auc_score(labels, proba))
+            out["accuracy"].append(float((proba.argmax(1) == labels).mean()))
+        return out
+
+    # ------------------------------------------------------------------ explanations
+    def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None,
+                case_ids: np.ndarray | None = None, true_concepts: np.ndarray | None = None,
+                batch_size: int = 64) -> list[ConceptEvidence | Heatmap]:
+        """Per case the concepts, what each adds to the explained class's logit, and a Grad-CAM of the top concept.
+
+        Returns ``[ConceptEvidence, Heatmap]``. ``ConceptEvidence.predicted`` is in data units (probability for
+        binary concepts), ``contribution[n, k] = w[target_n, k] * a_nk`` (the logit is their sum plus the bias).
+        The heatmap (method ``concept_gradcam``) is Grad-CAM (Selvaraju et al. 2017) of the concept output with the
+        largest positive contribution, on the backbone's last feature stage, upsampled to the input.
+        """
+        was_training = self.training
+        self.eval()
+        acts = self.predict_concepts(x, batch_size)
+        a = torch.as_tensor(acts, device=self.device)
+        with torch.no_grad():
+            logits = self.label_head(a)
+        tgt = logits.argmax(1) if target is None else torch.as_tensor(np.asarray(target), device=self.device).long()
+        contrib = (self.label_head.weight[tgt] * a).detach()  # [N, K]
+        top = contrib.argmax(1)
+        cam = LayerGradCam(self.concept_outputs, last_feature_module(self.net))
+        maps = []
+        try:
+            for i in range(0, len(x), batch_size):
+                xb = as_tensor(x[i:i + batch_size], self.device)
+                attr = cam.attribute(xb, target=top[i:i + batch_size], relu_attributions=True)
+                maps.append(F.interpolate(attr, size=xb.shape[-2:], mode="bilinear",
+                                          align_corners=False)[:, 0].detach().cpu().numpy())
+        finally:
+            self.train(was_training)
+        with torch.no_grad():
+            predicted = self.to_data_units(a).cpu().numpy()
+        evidence = ConceptEvidence(concept_names=list(self.concept_names), predicted=predicted,
+                                   contribution=contrib.cpu().numpy(), target=tgt.cpu().numpy(),
+                                   true=None if true_concepts is None else np.asarray(true_concepts, np.float32),
+                                   case_ids=case_ids)
+        hm = Heatmap(maps=np.concatenate(maps) if maps else np.zeros((0, *self.img_size), np.float32),
+                     method="concept_gradcam", target=tgt.cpu().numpy(), case_ids=case_ids)
+        return [evidence, hm]
+
+    def explain_global(self) -> GlobalExplanation:
+        """The label head: per class, each concept's weight and the bias (zero weights: concepts not used)."""
+        w = self.label_head.weight.detach().cpu().numpy()
+        b = self.label_head.bias.detach().cpu().numpy()
+        content = {"concepts": list(self.concept_names), "kinds": list(self.concept_kinds),
+                   "weights": w.tolist(), "bias": b.tolist(), "mode": self.mode}
+        lines = []
+        for c in range(w.shape[0]):
+            terms = " ".join(f"{w[c, k]:+.2f} x {name}" for k, name in enumerate(self.concept_names)
+                             if abs(w[c, k]) > 1e-6)
+            lines.append(f"logit[class {c}] = {b[c]:+.2f} {terms}")
+        return GlobalExplanation(form="weights", content=content, text="\n".join(lines))
+
+    def explanation_metrics(self, caseset: Any) -> dict:
+        """Concept accuracy on the test split and the intervention curves, under ``concepts``."""
+        from glasszoo.training.module import auc_score
+
+        test = caseset.indices("test")
+        if not len(test) or caseset.concepts is None:
+            return {}
+        acts = self.predict_concepts(caseset.images[test])
+        true = np.asarray(caseset.concepts, dtype=np.float32)[test]
+        labels = np.asarray(caseset.labels)[test]
+        per: dict[str, dict] = {}
+        accs = []
+        for k, name in enumerate(self.concept_names):
+            if self.concept_kinds[k] == "binary":
+                y = true[:, k].astype(int)
+                acc = float(((acts[:, k] >= 0.5) == y).mean())
+                accs.append(acc)
+                per[name] = {"kind": "binary", "accuracy": acc,
+                             "auc": auc_score(y, np.stack([1 - acts[:, k], acts[:, k]], 1)),
+                             "prevalence": float(y.mean())}
+            else:
+                pred = acts[:, k] * float(self.concept_scale[k]) + float(self.concept_center[k])
+                per[name] = {"kind": "continuous", "rmse": float(np.sqrt(np.mean((pred - true[:, k]) ** 2))),
+                             "accuracy_rounded": float((np.round(pred) == true[:, k]).mean())}
+        pos = int(getattr(caseset, "positive_class", 1))
+        curves = {o: self.intervention_curve(acts, true, labels, pos, order=o)
+                  for o in ("random", "uncertain_first")}
+        return {"concepts": {"mode": self.mode, "per_concept": per,
+                             "mean_concept_accuracy": float(np.mean(accs)) if accs else float("nan"),
+                             "intervention": curves,
+                             "label_head_nonzero": int((self.label_head.weight.abs() > 1e-6).sum())}}
+
+
+class LabelHeadFit(Callback):
+    """Sequential / independent CBM: fit the label head (sparse logistic regression) before each validation.
+
+    Sequential: on the concept model's predicted activations of the training split (refitted every epoch, since the
+    concept model changes). Independent: on the true training concepts (fitted once).
+    """
+
+    def __init__(self, model: ConceptBottleneck, caseset: Any) -> None:
+        self.model = model
+        self.caseset = caseset
+        self._fitted_on_truth = False
+
+    def fit(self) -> None:
+        m, cs = self.model, self.caseset
+        train = cs.indices("train")
+        if m.mode == "independent":
+            if self._fitted_on_truth:
+                return
+            c = m.standardise(torch.as_tensor(np.asarray(cs.concepts)[train], dtype=torch.float32,
+                                              device=m.device)).cpu()
+            self._fitted_on_truth = True
+        else:
+            c = torch.as_tensor(m.predict_concepts(cs.images[train]))
+        y = torch.as_tensor(np.asarray(cs.labels)[train], dtype=torch.long)
+        w, b = fit_sparse_linear(c, y, m.num_classes, m.label_l1)
+        with torch.no_grad():
+            m.label_head.weight.copy_(w)
+            m.label_head.bias.copy_(b)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self.fit()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit()  # a run without validation still ends with a fitted head
+
+
+@register_model(
+    "cbm",
+    family="concept",
+    input_kind="image",
+    explanations=("concept_evidence", "heatmap"),
+    paper=PAPER,
+    test_kwargs={"backbone": "resnet18", "concept_names": ["a", "b", "c"], "concept_kinds":
+                 ["binary", "binary", "continuous"], "concept_center": [0.0, 0.0, 1.0],
+                 "concept_scale": [1.0, 1.0, 0.5]},
+)
+def cbm(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28,
+        concept_names: list[str] | None = None, concept_kinds: list[str] | None = None,
+        concept_center: list[float] | None = None, concept_scale: list[float] | None = None,
+        backbone: str = "resnet18", stem: str = "auto", mode: str = "joint", concept_weight: float = 1.0,
+        label_l1: float = 1e-3) -> ConceptBottleneck:
+    """Concept bottleneck model (Koh et al., ICML 2020); see :class:`ConceptBottleneck`."""
+    return ConceptBottleneck(num_classes, in_chans, img_size, concept_names, concept_kinds, concept_center,
+                             concept_scale, backbone, stem, mode, concept_weight, label_l1)

@@ -1,0 +1,182 @@
+"""Reopening a finished run, explaining its cases and new images later, the per-case figures, the push benchmark."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+
+from glasszoo.evaluation.bench import bench_push, format_section, write_markdown
+from glasszoo.evaluation.case_figures import activation_box
+from glasszoo.models import ProtoPNet, PrototypeEvidence
+from glasszoo.training.cli import main
+from glasszoo.training.config import parse_config
+from glasszoo.training.errors import DataError
+from glasszoo.training.runner import run_experiment, safe_filename
+from glasszoo.training.saved import open_run
+
+torch.set_num_threads(2)
+SIDE = 32
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("explain")
+    cfg = parse_config({
+        "experiment": "explain", "seed": 0, "output_dir": str(tmp),
+        "data": {"source": "synthetic", "n_cases": 120, "img_size": SIDE},
+        "training": {"max_epochs": 1, "batch_size": 32, "progress_bar": False},
+        "evaluation": {"bootstrap": 50, "explain_cases": 12, "case_figures_per_class": 2},
+        "models": [
+            {"name": "blackbox", "params": {"backbone": "resnet18", "stem": "standard"}},
+            {"name": "protopnet", "params": {"stem": "standard", "feature_stage": 2, "prototypes_per_class": 2,
+                                             "prototype_dim": 16, "warmup_epochs": 1, "joint_epochs": 1,
+                                             "last_layer_epochs": 1},
+             "training": {"max_epochs": 3}},
+        ],
+    }, "explain-test")
+    return run_experiment(cfg)
+
+
+def write_png(path: Path, arr: np.ndarray) -> Path:
+    sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=arr.ndim == 3), str(path))
+    return path
+
+
+def test_run_writes_case_figures_for_each_class(run_dir):
+    splits = pd.read_csv(run_dir / "splits.csv").set_index("case_id")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert Path(info["cwd"]).is_dir() and info["glasszoo_version"]
+    for model in ("protopnet", "blackbox"):
+        figs = sorted((run_dir / "figures" / "cases" / model).glob("*.png"))
+        assert len(figs) == 4  # 2 per class, the same cases for every model
+        labels = splits.loc[[f.stem for f in figs], "label"]
+        assert sorted(labels.tolist()) == [0, 0, 1, 1]
+        assert (splits.loc[[f.stem for f in figs], "split"] == "test").all()
+
+
+def test_reloaded_model_reproduces_the_run_without_retraining(run_dir):
+    run = open_run(run_dir)
+    assert run.model_names == ["blackbox", "protopnet"]
+    model = run.load_model("protopnet")
+    assert isinstance(model, ProtoPNet) and model.pushed
+    cs = run.caseset
+    pred = pd.read_csv(run_dir / "models" / "protopnet" / "predictions.csv")
+    rows = [run.case_row(c) for c in pred["case_id"]]
+    proba = model.predict_proba(cs.images[rows])
+    np.testing.assert_allclose(proba[:, 1], pred[f"p_{cs.class_names[1]}"], atol=1e-5)
+    # every prototype's source is a training case of the prototype's class
+    train = set(cs.case_ids[cs.indices("train")])
+    for j, cid in enumerate(model.source_case_ids):
+        assert cid in train and cs.labels[run.case_row(cid)] == int(model.prototype_class[j])
+
+
+def test_cli_explains_a_case_with_its_nearest_prototypes(run_dir, capsys, tmp_path):
+    run = open_run(run_dir)
+    case = str(pd.read_csv(run_dir / "models" / "protopnet" / "predictions.csv")["case_id"][0])
+    assert main(["explain", str(run_dir), "--model", "protopnet", "--case", case, "--top-k", "2",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    fig = tmp_path / f"{safe_filename(case)}.png"
+    assert fig.is_file() and fig.stat().st_size > 10_000
+    # the printed evidence is the model's: same prototypes, sources and points
+    model = run.load_model("protopnet")
+    ev = model.explain(run.caseset.images[[run.case_row(case)]], top_k=2)[0]
+    assert isinstance(ev, PrototypeEvidence)
+    printed = re.findall(r"prototype (\d+) \(\w+\): similarity ([\d.]+), ([+-][\d.]+) points; "
+                         r"looks like training case (\S+)", out)
+    assert len(printed) == 2
+    for (j, sim, pts, src), m in zip(printed, ev.matches[0]):
+        assert int(j) == m.prototype and src == m.source_case_id
+        assert float(sim) == pytest.approx(m.similarity, abs=0.006)
+        assert float(pts) == pytest.approx(m.contribution, abs=0.006)
+
+
+def test_cli_explains_image_files_and_rejects_bad_input(run_dir, capsys, tmp_path):
+    run = open_run(run_dir)
+    row = run.case_row(str(pd.read_csv(run_dir / "splits.csv")["case_id"][0]))
+    img8 = np.round(run.caseset.images[row, 0] * 255).astype(np.uint8)
+    good = write_png(tmp_path / "good.png", img8)
+    big = write_png(tmp_path / "big.png", np.zeros((SIDE + 8, SIDE + 8), np.uint8))
+    rgb = write_png(tmp_path / "rgb.png", np.zeros((SIDE, SIDE, 3), np.uint8))
+    out = tmp_path / "figs"
+    assert main(["explain", str(run_dir), "--model", "protopnet", "--image", str(good), "--out", str(out)]) == 0
+    assert (out / "good.png").is_file()
+    # the file's prediction is the in-memory case's (up to 8-bit quantisation)
+    p_file = float(re.search(r"p = ([\d.]+)", capsys.readouterr().out).group(1))
+    proba = run.load_model("protopnet").predict_proba(run.caseset.images[[row]])[0]
+    assert p_file == pytest.approx(proba.max(), abs=0.02)
+
+    def err(*args):
+        assert main(["explain", str(run_dir), *args, "--out", str(out)]) == 2
+        return capsys.readouterr().err
+
+    assert "case id 'no-such-case' is not in the data" in err("--model", "protopnet", "--case", "no-such-case")
+    e = err("--model", "protopnet", "--image", str(big))
+    assert f"is {SIDE + 8}x{SIDE + 8} pixels but the models of this run take {SIDE}x{SIDE}" in e and "--resize" in e
+    assert "is colour (3 channels) but the models of this run take grey (1 channel)" in err(
+        "--model", "protopnet", "--image", str(rgb))
+    assert "image file not found" in err("--model", "protopnet", "--image", str(tmp_path / "missing.png"))
+    assert "no finished model named 'proto'" in err("--model", "proto", "--case", "x")
+    assert "several models; choose one with --model (blackbox, protopnet)" in err("--case", "x")
+    assert "nothing to explain" in err("--model", "protopnet")
+    # with --resize the large image is accepted; the black box explains with its heatmap
+    assert main(["explain", str(run_dir), "--model", "blackbox", "--image", str(big), "--resize",
+                 "--out", str(out)]) == 0
+    assert "heatmap 'gradcam'" in capsys.readouterr().out and (out / "big.png").is_file()
+
+
+def test_changed_data_is_detected(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    splits = pd.read_csv(copy / "splits.csv")
+    splits.loc[0, "split"] = "test" if splits.loc[0, "split"] != "test" else "train"
+    splits.to_csv(copy / "splits.csv", index=False)
+    with pytest.raises(DataError, match="has changed since the run"):
+        _ = open_run(copy).caseset
+    with pytest.raises(DataError, match="not found: RUN_DIR must be a directory written by 'glasszoo run'"):
+        open_run(tmp_path)
+
+
+def test_a_run_with_relative_data_paths_reopens_from_another_directory(tmp_path, monkeypatch):
+    from test_runner import learnable_npz
+
+    (tmp_path / "proj").mkdir()
+    learnable_npz(tmp_path / "proj" / "tiny.npz")
+    monkeypatch.chdir(tmp_path / "proj")
+    cfg = parse_config({"experiment": "rel", "output_dir": "runs", "data": {"source": "medmnist", "path": "tiny.npz"},
+                        "evaluation": {"bootstrap": 20, "explain_cases": 0}, "models": ["test_logreg"]}, "rel")
+    run_dir = run_experiment(cfg).resolve()
+    monkeypatch.chdir(tmp_path)
+    run = open_run(run_dir)
+    assert run.caseset.n_cases == 120
+    model = run.load_model("test_logreg")
+    assert model.predict_proba(np.zeros((1, len(model.feature_names_)))).shape == (1, 2)
+
+
+def test_activation_box_encloses_the_top_percentile():
+    act = np.zeros((10, 10), np.float32)
+    act[2:4, 5:8] = 1.0  # 6 of 100 pixels >= the 95th percentile
+    assert activation_box(act) == (2, 5, 4, 8)
+    act[9, 0] = 2.0
+    assert activation_box(act, percentile=99.5) == (9, 0, 10, 1)
+
+
+def test_bench_push_counts_the_training_images_and_writes_markdown():
+    sec = bench_push(n_cases=100, img_size=32, batch_size=32, repeats=1)
+    n_train = sec.rows[0].images
+    assert [r.images for r in sec.rows] == [n_train] * 3 and 55 <= n_train <= 75
+    assert sec.rows[0].ratio == 1.0
+    for r in sec.rows[1:]:
+        assert r.ratio == pytest.approx(r.seconds / sec.rows[0].seconds)
+    md = write_markdown([sec], "glasszoo bench --only push")
+    assert "| push: projection pass only |" in md and "glasszoo bench --only push" in md
+    assert format_section(sec) in md

@@ -1,0 +1,177 @@
+"""Open a finished run again: its config, its data (same split), its trained models, and new images to explain.
+
+Nothing is retrained. The data is rebuilt from the run's resolved ``config.yaml`` (relative paths against the
+directory the run was started from, recorded in ``run.json``) and checked case by case against ``splits.csv``, so
+an explanation made later refers to exactly the cases the run trained and tested on.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from glasszoo.training.caseset import CaseSet
+from glasszoo.training.config import ExperimentConfig, ModelSpec, load_config
+from glasszoo.training.errors import DataError
+
+RUN_INFO = "run.json"
+
+
+def _preview(values: list[str], n: int = 5) -> str:
+    shown = ", ".join(values[:n])
+    return f"{shown}, ... ({len(values)} in all)" if len(values) > n else shown
+
+
+@dataclass
+class SavedRun:
+    """A run directory written by ``glasszoo run``, opened for reuse.
+
+    Attributes:
+        run_dir: the directory.
+        config: the run's resolved experiment config.
+        metrics: the run's ``metrics.json``.
+        info: the run's ``run.json`` (start directory, glasszoo version), empty for runs written before it existed.
+    """
+
+    run_dir: Path
+    config: ExperimentConfig
+    metrics: dict
+    info: dict = field(default_factory=dict)
+    _caseset: CaseSet | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ models
+    @property
+    def model_names(self) -> list[str]:
+        """Names of the models the run finished (those in ``metrics.json``), in config order."""
+        done = self.metrics.get("models", {})
+        return [s.name for s in self.config.models if s.name in done]
+
+    def spec(self, name: str) -> ModelSpec:
+        names = self.model_names
+        for s in self.config.models:
+            if s.name == name and name in names:
+                return s
+        raise DataError(f"{self.run_dir}: no finished model named '{name}' in this run; "
+                        f"finished models: {', '.join(names) or 'none'}")
+
+    def load_model(self, name: str):
+        """The trained model ``name`` with the weights the run selected (no retraining).
+
+        Image models are rebuilt from the config and their ``checkpoint.ckpt`` is loaded with ``weights_only=True``;
+        tabular models are unpickled from ``model.pkl`` (a file this run wrote; do not open runs you do not trust).
+        """
+        from glasszoo.models import model_info
+        from glasszoo.training.train import build_image_model, load_checkpoint
+
+        spec = self.spec(name)
+        mdir = self.run_dir / "models" / name
+        if model_info(spec.model).input_kind == "image":
+            ckpt = mdir / "checkpoint.ckpt"
+            if not ckpt.is_file():
+                raise DataError(f"{ckpt} not found: the run's checkpoint of '{name}' is missing")
+            model = build_image_model(spec.model, spec.params, self.caseset)
+            try:
+                load_checkpoint(model, ckpt)
+            except (RuntimeError, KeyError) as exc:
+                raise DataError(f"{ckpt}: does not fit model '{name}' as configured in "
+                                f"{self.run_dir / 'config.yaml'} ({str(exc).splitlines()[0]})") from None
+            return model.eval()
+        path = mdir / "model.pkl"
+        if not path.is_file():
+            raise DataError(f"{path} not found: the run's fitted '{name}' is missing")
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+
+    # ------------------------------------------------------------------ data
+    @property
+    def caseset(self) -> CaseSet:
+        """The run's data, rebuilt and verified against ``splits.csv`` (loaded once)."""
+        if self._caseset is None:
+            self._caseset = self._load_caseset()
+        return self._caseset
+
+    def _load_caseset(self) -> CaseSet:
+        from glasszoo.training.data import load_caseset
+
+        base = self.info.get("cwd")
+        try:
+            cs = load_caseset(self.config.data, seed=self.config.seed, base_dir=base)
+        except DataError as exc:
+            raise DataError(f"cannot rebuild the data of run {self.run_dir}: {exc}") from None
+        splits_csv = self.run_dir / "splits.csv"
+        if splits_csv.is_file():
+            saved = pd.read_csv(splits_csv, dtype={"case_id": str, "split": str})
+            same = (len(saved) == cs.n_cases and np.array_equal(saved["case_id"].to_numpy(dtype=str),
+                                                                  cs.case_ids.astype(str))
+                    and np.array_equal(saved["split"].to_numpy(dtype=str), cs.split.astype(str)))
+            if not same:
+                raise DataError(f"the data of run {self.run_dir} has changed since the run: its cases or split no "
+                                f"longer match {splits_csv} ({len(saved)} cases then, {cs.n_cases} now)")
+        return cs
+
+    def case_row(self, case_id: str) -> int:
+        """The row of ``case_id`` in :attr:`caseset`; a clear error (with examples of valid ids) if it is unknown."""
+        ids = self.caseset.case_ids.astype(str)
+        hit = np.flatnonzero(ids == str(case_id))
+        if not len(hit):
+            test = ids[self.caseset.indices("test")].tolist()
+            raise DataError(f"case id '{case_id}' is not in the data of run {self.run_dir}; "
+                            f"test case ids are e.g. {_preview(test)} (all ids: {self.run_dir / 'splits.csv'})")
+        return int(hit[0])
+
+    def read_image(self, path: str | Path, resize: bool = False) -> np.ndarray:
+        """An image file as the run's models take it: float32 [C, H, W] in [0, 1].
+
+        The intensity scaling of the run's folder source is applied (``dtype`` for other sources). The image must
+        have the models' channel count and size; with ``resize`` it is resized to the models' size as the folder
+        source does (its ``resize`` mode). Otherwise a wrong size or channel count is a :class:`DataError`.
+        """
+        from glasszoo.training._imageio import fit_square, read_array, to_unit_range
+
+        path = Path(path)
+        data = self.config.data
+        where = f"image {path}"
+        plane = read_array(path, where, slice_index=data.get("slice_index", "middle"))
+        x = to_unit_range(plane, data.get("intensity", "dtype"), path, where)
+        cs = self.caseset
+        want_c, (want_h, want_w) = cs.in_chans, cs.img_size
+        if x.shape[0] != want_c:
+            have = "colour (3 channels)" if x.shape[0] == 3 else "grey (1 channel)"
+            need = "colour (3 channels)" if want_c == 3 else "grey (1 channel)"
+            raise DataError(f"{path}: the image is {have} but the models of this run take {need}; "
+                            f"convert the image first")
+        if x.shape[1:] != (want_h, want_w):
+            if not resize:
+                raise DataError(f"{path}: the image is {x.shape[1]}x{x.shape[2]} pixels but the models of this run "
+                                f"take {want_h}x{want_w}; resize it first, or pass --resize to resize it as the run's "
+                                f"data source does")
+            if want_h != want_w:
+                raise DataError(f"{path}: cannot resize to the non-square input {want_h}x{want_w}")
+            x = fit_square(x, want_h, data.get("resize", "stretch"))
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def open_run(run_dir: str | Path) -> SavedRun:
+    """Open the run in ``run_dir`` (a directory written by ``glasszoo run``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"run directory {run_dir} not found")
+    cfg_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
+    for p in (cfg_path, metrics_path):
+        if not p.is_file():
+            raise DataError(f"{p} not found: RUN_DIR must be a directory written by 'glasszoo run'")
+    cfg = load_config(cfg_path)
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{metrics_path}: not valid JSON ({exc})") from None
+    info: dict[str, Any] = {}
+    if (run_dir / RUN_INFO).is_file():
+        info = json.loads((run_dir / RUN_INFO).read_text())
+    return SavedRun(run_dir=run_dir, config=cfg, metrics=metrics, info=info)
