@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from glasszoo.models._backbones import create_backbone, last_feature_module
+from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor
 from glasszoo.models.explanations import ConceptEvidence, GlobalExplanation, Heatmap
@@ -45,39 +46,6 @@ def concept_spec(caseset: Any) -> dict:
         scale.append(1.0 if binary else (sd if sd > 0 else 1.0))
     return {"concept_names": list(caseset.concept_names), "concept_kinds": kinds, "concept_center": center,
             "concept_scale": scale}
-
-
-@torch.no_grad()
-def fit_sparse_linear(c: torch.Tensor, y: torch.Tensor, num_classes: int, l1: float, steps: int = 500,
-                      class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression with an L1 penalty on the weights, by FISTA (accelerated proximal gradient).
-
-    Minimises ``CE(c W^T + b, y) + l1 * sum |W|`` over W [C, K] and b [C], where CE is the (class-weighted) mean
-    cross-entropy, with the analytic gradient ``sum_i v_i (softmax_i - onehot_i) x_i^T / sum_i v_i`` and step
-    ``1 / L``, ``L = ||x||_2^2 / (2 N)`` (x = [c, 1]) bounding the curvature for unit weights. Deterministic; runs
-    under ``no_grad`` (and inside Lightning's validation loop).
-    """
-    n, k = c.shape
-    x = torch.cat([c.detach().double().cpu(), torch.ones(n, 1, dtype=torch.float64)], 1)
-    onehot = F.one_hot(y.detach().long().cpu(), num_classes).double()
-    v = torch.ones(n, dtype=torch.float64)
-    if class_weights is not None and class_weights.numel():
-        v = class_weights.detach().double().cpu()[y.long().cpu()]
-    v = v / v.sum()
-    lip = float(torch.linalg.matrix_norm(x, ord=2) ** 2) / (2 * n) * float(v.max() * n) + 1e-12
-    step = 1.0 / lip
-    wb = torch.zeros(num_classes, k + 1, dtype=torch.float64)
-    z, t = wb.clone(), 1.0
-    for _ in range(steps):
-        p = torch.softmax(x @ z.T, dim=1)
-        grad = ((p - onehot) * v[:, None]).T @ x
-        nxt = z - step * grad
-        w = nxt[:, :k]
-        nxt[:, :k] = torch.sign(w) * (w.abs() - step * l1).clamp_min(0)  # soft-threshold (no L1 on the bias)
-        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-        z = nxt + ((t - 1) / t_next) * (nxt - wb)
-        wb, t = nxt, t_next
-    return wb[:, :k].float(), wb[:, k].float()
 
 
 class ConceptBottleneck(ImageModel):

@@ -109,6 +109,8 @@ class ProtoPNet(ImageModel):
         l1_weight: weight of the L1 penalty on wrong-class last-layer weights (paper: 1e-4).
         epsilon: the epsilon of the similarity ``log((d + 1) / (d + epsilon))`` (paper: 1e-4).
         push_batch_size: images per batch during the push and the prototype metrics.
+        fit_last_layer: after each push, solve the last-layer objective on the training split (see
+            :meth:`fit_last_layer`) instead of relying on the scheduled learning rate alone.
         recalibrate_bn: before each push, re-estimate the backbone's BatchNorm statistics on the training split (a
             deviation from the paper; see :meth:`recalibrate_batchnorm`).
     """
@@ -121,7 +123,8 @@ class ProtoPNet(ImageModel):
                  joint_epochs: int = 11, last_layer_epochs: int = 2, push_every: int = 0,
                  features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0,
                  cluster_weight: float = 0.8, separation_weight: float = -0.08, l1_weight: float = 1e-4,
-                 epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True) -> None:
+                 epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True,
+                 fit_last_layer: bool = True) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if prototypes_per_class < 1 or prototype_dim < 1:
             raise ValueError("prototypes_per_class and prototype_dim must be >= 1")
@@ -163,6 +166,7 @@ class ProtoPNet(ImageModel):
         self.last_layer_lr_ratio = last_layer_lr_ratio
         self.push_batch_size = push_batch_size
         self.recalibrate_bn = recalibrate_bn
+        self.fit_last_layer_after_push = fit_last_layer
         self.schedule = self._build_schedule(warmup_epochs, joint_epochs, last_layer_epochs, push_every)
         self._stage: str | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -406,6 +410,42 @@ class ProtoPNet(ImageModel):
               f"({rate:.0f} images/s)", file=sys.stderr, flush=True)
         return {"images": len(rows), "seconds": seconds, "images_per_second": rate}
 
+    @torch.no_grad()
+    def similarity_scores(self, x: np.ndarray | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Each prototype's similarity score (max over the image's patches) [N, P], in eval mode."""
+        bs = batch_size or self.push_batch_size
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for i in range(0, len(x), bs):
+                out.append(self.prototype_activations(as_tensor(x[i:i + bs], self.device)).flatten(2).amax(2))
+        finally:
+            self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, self.n_prototypes, device=self.device)
+
+    @torch.no_grad()
+    def fit_last_layer(self, caseset: Any, steps: int = 1000) -> None:
+        """Solve the last-layer stage's convex problem on the training split, starting from the current weights.
+
+        With the backbone, add-on layers and prototypes frozen, the paper's last-layer objective — mean cross-entropy
+        of ``scores W^T`` plus ``l1_weight * sum |W|`` over the wrong-class connections — is a convex, bias-free
+        multinomial logistic regression on the prototypes' similarity scores. The paper runs Adam on it for a few
+        epochs; here it is solved with :func:`glasszoo.models._linear.fit_sparse_linear` (FISTA), so the result does
+        not depend on where the learning-rate schedule happens to be when the push comes (with a cosine or one-cycle
+        schedule over the whole run the rate is near zero by then). The last-layer epochs that follow continue from
+        the solution.
+        """
+        from glasszoo.models._linear import fit_sparse_linear
+
+        rows = np.asarray(caseset.indices("train"))
+        scores = self.similarity_scores(caseset.images[rows]).float().cpu()
+        y = torch.as_tensor(np.asarray(caseset.labels)[rows], dtype=torch.long)
+        w, _ = fit_sparse_linear(scores, y, self.num_classes, self.loss_weights["l1"], steps=steps,
+                                 l1_mask=self._wrong_class.cpu(), fit_bias=False,
+                                 init=self.last_layer.weight.detach().cpu())
+        self.last_layer.weight.copy_(w.to(self.last_layer.weight))
+
     def _record_sources(self, caseset: Any, rows: torch.Tensor, cells: torch.Tensor, dist: torch.Tensor,
                         grid: tuple[int, int], size: tuple[int, int]) -> None:
         """Store each prototype's source row, case id, box and similarity map over its source image."""
@@ -577,6 +617,8 @@ class ProtoPNetSchedule(Callback):
         epoch = int(trainer.current_epoch)
         if epoch in self.model.push_epochs:
             self.model.push(self.caseset)
+            if self.model.fit_last_layer_after_push:
+                self.model.fit_last_layer(self.caseset)
         self.model.set_stage(self.model.stage_of(epoch))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -596,9 +638,9 @@ def protopnet(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, in
               warmup_epochs: int = 1, joint_epochs: int = 11, last_layer_epochs: int = 2, push_every: int = 0,
               features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0, cluster_weight: float = 0.8,
               separation_weight: float = -0.08, l1_weight: float = 1e-4, epsilon: float = 1e-4,
-              push_batch_size: int = 256, recalibrate_bn: bool = True) -> ProtoPNet:
+              push_batch_size: int = 256, recalibrate_bn: bool = True, fit_last_layer: bool = True) -> ProtoPNet:
     """ProtoPNet (Chen et al., NeurIPS 2019) on a timm backbone stage; see :class:`ProtoPNet`."""
     return ProtoPNet(num_classes, in_chans, img_size, backbone, stem, feature_stage, prototypes_per_class,
                      prototype_dim, warmup_epochs, joint_epochs, last_layer_epochs, push_every, features_lr_ratio,
                      last_layer_lr_ratio, cluster_weight, separation_weight, l1_weight, epsilon, push_batch_size,
-                     recalibrate_bn)
+                     recalibrate_bn, fit_last_layer)

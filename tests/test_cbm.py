@@ -11,7 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from glasszoo.models import ConceptBottleneck, ConceptEvidence, Heatmap, create_model
-from glasszoo.models.cbm import concept_spec, fit_sparse_linear
+from glasszoo.models._linear import fit_sparse_linear
+from glasszoo.models.cbm import concept_spec
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.config import parse_config
 from glasszoo.training.errors import DataError

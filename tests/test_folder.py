@@ -303,6 +303,66 @@ def test_bad_concept_value(small: dict) -> None:
     assert _load(small).concepts is None  # "auto" skips the non-numeric column
 
 
+@pytest.mark.parametrize("value,problem", [("", "is missing"), ("NaN", "is missing"), ("abc", "is not a number"),
+                                           ("inf", "is not a number")])
+@pytest.mark.parametrize("concept_columns", ["auto", ["age"]])
+def test_concept_value_errors_name_file_row_column(small: dict, value: str, problem: str, concept_columns) -> None:
+    small["header"].append("age")
+    for i, row in enumerate(small["rows"]):
+        row.append(value if i == 4 else str(40 + i))
+    if concept_columns == "auto" and problem == "is not a number":
+        assert _load(small).concepts is None  # "auto" only picks columns whose values are all numbers
+        return
+    with pytest.raises(DataError, match=rf"^bad\.csv row 6, column 'age': concept value '{value}' {problem}$"):
+        _load(small, concept_columns=concept_columns)
+
+
+@pytest.mark.parametrize("column,role", [
+    ("image", r"image column \(data\.image_column\)"), ("label", r"label column \(data\.label_column\)"),
+    ("mask", r"mask column \(data\.mask_column\)"), ("split", r"split column \(data\.split_column\)"),
+    ("pid", r"id column \(data\.id_column\)")])
+def test_concept_column_with_another_role(small: dict, column: str, role: str) -> None:
+    small["header"] += ["pid", "age"]
+    for i, row in enumerate(small["rows"]):
+        row += [str(i), str(40 + i)]
+    assert _load(small, id_column="pid").concept_names == ["age"]  # "auto" never picks a column with a role
+    with pytest.raises(DataError, match=rf"concept column '{column}' \(data\.concept_columns\) is also the {role} "
+                                        rf"in .*bad\.csv; a column can have only one role"):
+        _load(small, id_column="pid", concept_columns=["age", column])
+
+
+def test_concept_column_listed_twice(small: dict) -> None:
+    small["header"] += ["age", "size"]
+    for row in small["rows"]:
+        row += ["40", "2"]
+    assert _load(small, concept_columns=["age", "size"]).concept_names == ["age", "size"]
+    with pytest.raises(DataError, match=r"concept column 'age' is listed twice in data.concept_columns "
+                                        r"\['age', 'size', 'age'\]"):
+        _load(small, concept_columns=["age", "size", "age"])
+
+
+def test_duplicated_header_columns(small: dict) -> None:
+    small["header"] += ["note", "age", "note", "age"]
+    for i, row in enumerate(small["rows"]):
+        row += [f"n{i}", "40", "x", "41"]
+    # unused duplicates are harmless
+    assert _load(small, concept_columns=None).concepts is None
+    assert _load(small, concept_columns=[]).concepts is None
+    # a used duplicate is ambiguous: explicit concept, "auto" concept, or any other role
+    with pytest.raises(DataError, match=r"concept column 'age' \(data.concept_columns\) appears 2 times in the "
+                                        r"header of .*bad\.csv \(columns 6, 8\), so it is ambiguous"):
+        _load(small, concept_columns=["age"])
+    with pytest.raises(DataError, match=r"numeric column 'age' .*concept_columns: auto.* appears 2 times .*"
+                                        r"\(columns 6, 8\)"):
+        _load(small)
+    with pytest.raises(DataError, match=r"column 'note' \(data.id_column\) appears 2 times .*\(columns 5, 7\)"):
+        _load(small, concept_columns=None, id_column="note")
+    small["header"][4] = "label"
+    with pytest.raises(DataError, match=r"column 'label' \(data.label_column\) appears 2 times .*"
+                                        r"\(columns 3, 5\)"):
+        _load(small, concept_columns=None)
+
+
 def test_class_missing_from_a_split(small: dict) -> None:
     small["rows"][5][2] = "a"  # the only 'b' in test becomes 'a'
     with pytest.raises(DataError, match=r"class \['b'\] has no examples in split 'test'"):

@@ -428,3 +428,35 @@ def test_batchnorm_recalibration_uses_the_training_split_statistics():
     torch.testing.assert_close(bn.running_mean, out.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bn.running_var, out.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5)
     assert bn.momentum == 0.1 and model.training  # restored
+
+
+def test_fit_last_layer_solves_the_last_layer_objective():
+    from glasszoo.training.synthetic import make_synthetic
+
+    torch.manual_seed(0)
+    cs = make_synthetic(n_cases=80, img_size=32, seed=0)
+    model = create_model("protopnet", num_classes=2, in_chans=1, img_size=32, stem="standard", feature_stage=2,
+                         prototypes_per_class=2, prototype_dim=8, l1_weight=1e-4)
+    train = cs.indices("train")
+    scores = model.similarity_scores(cs.images[train])
+    y = torch.as_tensor(cs.labels[train])
+
+    def objective(w):
+        ce = torch.nn.functional.cross_entropy(scores @ w.T, y)
+        return float(ce + 1e-4 * (w * model._wrong_class).abs().sum())
+
+    before = objective(model.last_layer.weight.detach())
+    model.fit_last_layer(cs)
+    after = objective(model.last_layer.weight.detach())
+    assert after < before
+    # the solution is stationary: a step of plain gradient descent on the smooth part does not lower it further
+    w = model.last_layer.weight.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(scores @ w.T, y).backward()
+    for eps in (1e-3, 1e-2):
+        assert objective((w - eps * w.grad).detach()) >= after - 1e-6
+    # a huge penalty removes every wrong-class connection and leaves own-class ones
+    model.loss_weights["l1"] = 1e3
+    model.fit_last_layer(cs)
+    weight = model.last_layer.weight.detach()
+    assert (weight[model._wrong_class.bool()] == 0).all()
+    assert (weight[~model._wrong_class.bool()] != 0).any()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from glasszoo.training.caseset import CaseSet
+from glasszoo.training.concepts import DERIVED_CONCEPTS, EMPTY_MASK_POLICIES, derive_concepts
 from glasszoo.training.errors import ConfigError, DataError
 
 SOURCES = ("synthetic", "medmnist", "folder")
+CONCEPT_MODES = ("data", "derived")
+GENERIC_KEYS = ("concepts", "concepts_empty_mask")  # data keys of every source, handled here
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.2,
@@ -62,21 +66,48 @@ def load_caseset(data_cfg: dict[str, Any], seed: int = 0, base_dir: str | Path |
     ``data_cfg`` holds ``source`` plus the keyword arguments of that source's loader (``make_synthetic``,
     ``load_medmnist``, ``load_folder``); unknown keys raise :class:`ConfigError` naming ``data.<key>``. Relative
     paths are resolved against ``base_dir`` (the directory the config was run from).
+
+    Two keys apply to every source:
+
+    * ``concepts``: ``"data"`` (default: the concepts the source gives, if any) or ``"derived"``: binary lesion
+      concepts computed from the lesion masks after loading (:func:`glasszoo.training.concepts.derive_concepts`,
+      thresholds at the training median; replaces any concepts of the source). Each derived concept's rule and
+      threshold is printed to stderr.
+    * ``concepts_empty_mask``: with ``concepts: derived``, what to do with cases whose lesion mask is empty:
+      ``"error"`` (default) or ``"zero"`` (all their concepts 0).
     """
     cfg = dict(data_cfg)
     source = cfg.pop("source", None)
     if source is None:
         raise ConfigError(f"data.source is required (one of {SOURCES})")
+    concepts = cfg.pop("concepts", "data")
+    if concepts not in CONCEPT_MODES:
+        raise ConfigError(f"data.concepts must be one of {CONCEPT_MODES}, got {concepts!r}")
+    empty_mask = cfg.pop("concepts_empty_mask", None)
+    if empty_mask is not None and concepts != "derived":
+        raise ConfigError("data.concepts_empty_mask only applies with data.concepts: derived")
+    empty_mask = "error" if empty_mask is None else empty_mask
+    if empty_mask not in EMPTY_MASK_POLICIES:
+        raise ConfigError(f"data.concepts_empty_mask must be one of {EMPTY_MASK_POLICIES}, got {empty_mask!r}")
     fn = _source_function(source)
     params = inspect.signature(fn).parameters
     unknown = sorted(set(cfg) - set(params))
     if unknown:
         raise ConfigError(f"data.{unknown[0]}: unknown key for source '{source}'; "
-                          f"accepted keys: {sorted(k for k in params if k != 'seed')}")
+                          f"accepted keys: {sorted([k for k in params if k != 'seed'] + list(GENERIC_KEYS))}")
     if "seed" in params and "seed" not in cfg:
         cfg["seed"] = seed
     if base_dir is not None:
         for key in ("path", "csv", "root"):
             if key in params and cfg.get(key) and not Path(str(cfg[key])).expanduser().is_absolute():
                 cfg[key] = str(Path(base_dir) / str(cfg[key]))
-    return fn(**cfg)
+    cs = fn(**cfg)
+    if concepts == "derived":
+        cs, info = derive_concepts(cs, empty_mask=empty_mask)
+        fixed = {c.name: c.fixed_threshold is not None for c in DERIVED_CONCEPTS}
+        for name, rule in info.items():
+            basis = "fixed" if fixed[name] else "training median"
+            sign = ">" if rule["direction"] == "above" else "<"
+            print(f"data: derived concept {name} = {rule['measure']} {sign} {rule['threshold']:.4g} ({basis})",
+                  file=sys.stderr, flush=True)
+    return cs

@@ -52,7 +52,9 @@ def _as_int(value: str) -> int | None:
 
 
 def _read_manifest(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and rows of the CSV; each row is (spreadsheet row number, stripped cells). Blank lines are skipped."""
+    """Header and rows of the CSV; each row is (spreadsheet row number, stripped cells). Blank lines are skipped.
+
+    Duplicated column names are allowed here; a duplicated column that is used is rejected by :func:`_unique`."""
     header: list[str] | None = None
     rows: list[tuple[int, list[str]]] = []
     try:
@@ -76,18 +78,26 @@ def _read_manifest(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise DataError(f"cannot read CSV manifest {path}: {err}") from None
     if header is None:
         raise DataError(f"CSV manifest {path} is empty (no header row)")
-    dupes = sorted({c for c in header if header.count(c) > 1})
-    if dupes:
-        raise DataError(f"CSV manifest {path}: duplicated column names {dupes}")
     if not rows:
         raise DataError(f"CSV manifest {path} has a header but no rows")
     return header, rows
 
 
+def _unique(name: str, what: str, header: list[str], path: Path) -> str:
+    """``name`` when the header holds it once; a DataError naming the positions when it holds it more than once."""
+    positions = [j + 1 for j, c in enumerate(header) if c == name]
+    if len(positions) > 1:
+        raise DataError(f"{what} appears {len(positions)} times in the header of {path} (columns "
+                        f"{', '.join(map(str, positions))}), so it is ambiguous; rename the copies")
+    return name
+
+
 def _optional_column(name: str | None, default: str, key: str, header: list[str], path: Path) -> str | None:
     """Resolve an optional column: the default name may be absent (-> None), a name the user chose may not."""
-    if name is None or name in header:
-        return name
+    if name is None:
+        return None
+    if name in header:
+        return _unique(name, f"column '{name}' (data.{key})", header, path)
     if name == default:
         return None
     raise DataError(f"column '{name}' (data.{key}) not found in {path}; columns present: {header}")
@@ -96,7 +106,7 @@ def _optional_column(name: str | None, default: str, key: str, header: list[str]
 def _required_column(name: str, key: str, header: list[str], path: Path) -> str:
     if name not in header:
         raise DataError(f"column '{name}' (data.{key}) not found in {path}; columns present: {header}")
-    return name
+    return _unique(name, f"column '{name}' (data.{key})", header, path)
 
 
 def _check_options(img_size: int, channels: int | str, intensity: str, slice_index: int | str, resize: str) -> None:
@@ -113,26 +123,35 @@ def _check_options(img_size: int, channels: int | str, intensity: str, slice_ind
         raise ConfigError(f"data.slice_index must be 'middle' or a non-negative integer, got {slice_index!r}")
 
 
-def _concept_columns(concept_columns: list[str] | str | None, header: list[str], used: set[str],
+def _concept_columns(concept_columns: list[str] | str | None, header: list[str], roles: dict[str, str],
                      rows: list[tuple[int, list[str]]], path: Path) -> list[str]:
-    """The concept column names: ``"auto"`` picks every numeric column not otherwise used (unnamed columns such as a
-    saved pandas index are skipped)."""
+    """The concept column names: ``"auto"`` picks every numeric column without another role (``roles``: column ->
+    its role, e.g. ``"image column (data.image_column)"``); unnamed columns such as a saved pandas index are skipped.
+    An explicit list may not repeat a name nor name a column with another role; a used name must occur once in the
+    header."""
     if concept_columns is None:
         return []
     if concept_columns == "auto":
         names = []
         for j, col in enumerate(header):
-            if col in used or not col or col.startswith("Unnamed:"):
+            if col in roles or not col or col.startswith("Unnamed:"):
                 continue
             values = [cells[j] for _, cells in rows if not _is_missing(cells[j])]
             if values and all(_as_float(v) is not None for v in values):
-                names.append(col)
+                names.append(_unique(col, f"numeric column '{col}' (a concept under data.concept_columns: auto)",
+                                     header, path))
         return names
     names = [concept_columns] if isinstance(concept_columns, str) else [str(c) for c in concept_columns]
-    for col in names:
+    for i, col in enumerate(names):
+        if col in names[:i]:
+            raise DataError(f"concept column '{col}' is listed twice in data.concept_columns {names}")
         if col not in header:
             raise DataError(f"concept column '{col}' (data.concept_columns) not found in {path}; "
                             f"columns present: {header}")
+        if col in roles:
+            raise DataError(f"concept column '{col}' (data.concept_columns) is also the {roles[col]} in {path}; "
+                            f"a column can have only one role")
+        _unique(col, f"concept column '{col}' (data.concept_columns)", header, path)
     return names
 
 
@@ -215,7 +234,9 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
         split_column: column of ``train``/``val``/``test``. If the default ``"split"`` is absent, a seeded stratified
             split is made with ``val_fraction``, ``test_fraction`` and ``seed``.
         id_column: column of unique case ids; default: the image path relative to the CSV folder.
-        concept_columns: ``"auto"`` (every numeric column not used above), a list of column names, or None.
+        concept_columns: ``"auto"`` (every numeric column not used above), a list of column names, or None. A
+            listed column may not be listed twice nor be one of the columns above. Duplicated names in the header
+            are allowed only for columns that are not used.
         class_names: class order; default: sorted unique label strings, or ``"0".."K-1"`` for integer labels.
         positive_class: index or name of the positive class.
         img_size: output side; images are resized to ``img_size`` x ``img_size`` (unless already that size).
@@ -246,8 +267,12 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
     split_column = _optional_column(split_column, "split", "split_column", header, path)
     if id_column is not None:
         id_column = _required_column(id_column, "id_column", header, path)
-    used = {c for c in (image_column, label_column, mask_column, split_column, id_column) if c is not None}
-    concept_names = _concept_columns(concept_columns, header, used, rows, path)
+    roles: dict[str, str] = {}
+    for key, column in (("id_column", id_column), ("split_column", split_column), ("mask_column", mask_column),
+                        ("label_column", label_column), ("image_column", image_column)):
+        if column is not None:
+            roles[column] = f"{key.split('_')[0]} column (data.{key})"
+    concept_names = _concept_columns(concept_columns, header, roles, rows, path)
     col = {c: j for j, c in enumerate(header)}
     row_nos = [r for r, _ in rows]
 
