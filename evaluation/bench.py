@@ -76,8 +76,9 @@ def bench_push(n_cases: int = 2000, img_size: int = 48, batch_size: int = 256, r
 
     The network is the quickstart's ProtoPNet (ResNet-18 stage 3, 10 prototypes of 16 dimensions per class) on
     synthetic phantoms; its weights do not change the cost. Rows: the forward pass (reference), the push pass alone
-    (running minima; ``recalibrate_bn=False``), and the full push as trained (BatchNorm re-estimation on the
-    training split first, then the pass, then recording each prototype's source map).
+    (running minima; ``recalibrate_bn=False``), the full push as trained (BatchNorm re-estimation on the
+    training split first, then the pass, then recording each prototype's source map), and the last-layer fit that
+    follows it.
     """
     from glasszoo.training.synthetic import make_synthetic
 
@@ -95,12 +96,15 @@ def bench_push(n_cases: int = 2000, img_size: int = 48, batch_size: int = 256, r
         bare = median_seconds(lambda: model.push(cs), repeats)
         model.recalibrate_bn = True
         full = median_seconds(lambda: model.push(cs), repeats)
+    fit = median_seconds(lambda: model.fit_last_layer(cs), repeats)
     rows = [
         BenchRow("forward pass (eval, no grad)", n, fwd, "forward pass", 1.0),
         BenchRow("push: projection pass only", n, bare, "forward pass", bare / fwd,
                  "running minima per prototype; memory independent of N"),
         BenchRow("push as trained (BN re-estimation + pass + source maps)", n, full, "forward pass", full / fwd,
                  "what each scheduled push costs"),
+        BenchRow("last-layer fit after the push (scores pass + FISTA)", n, fit, "forward pass", fit / fwd,
+                 "fit_last_layer"),
     ]
     summary = (f"Push over {n} training images: {bare / fwd:.2f}x a forward pass (projection alone), "
                f"{full / fwd:.2f}x with the BatchNorm re-estimation it runs first.")

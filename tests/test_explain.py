@@ -39,6 +39,7 @@ def run_dir(tmp_path_factory) -> Path:
                                              "prototype_dim": 16, "warmup_epochs": 1, "joint_epochs": 1,
                                              "last_layer_epochs": 1},
              "training": {"max_epochs": 3}},
+            {"name": "cbm", "params": {"stem": "standard", "mode": "independent"}},
         ],
     }, "explain-test")
     return run_experiment(cfg)
@@ -53,7 +54,7 @@ def test_run_writes_case_figures_for_each_class(run_dir):
     splits = pd.read_csv(run_dir / "splits.csv").set_index("case_id")
     info = json.loads((run_dir / "run.json").read_text())
     assert Path(info["cwd"]).is_dir() and info["glasszoo_version"]
-    for model in ("protopnet", "blackbox"):
+    for model in ("protopnet", "blackbox", "cbm"):
         figs = sorted((run_dir / "figures" / "cases" / model).glob("*.png"))
         assert len(figs) == 4  # 2 per class, the same cases for every model
         labels = splits.loc[[f.stem for f in figs], "label"]
@@ -63,7 +64,7 @@ def test_run_writes_case_figures_for_each_class(run_dir):
 
 def test_reloaded_model_reproduces_the_run_without_retraining(run_dir):
     run = open_run(run_dir)
-    assert run.model_names == ["blackbox", "protopnet"]
+    assert run.model_names == ["blackbox", "protopnet", "cbm"]
     model = run.load_model("protopnet")
     assert isinstance(model, ProtoPNet) and model.pushed
     cs = run.caseset
@@ -124,7 +125,7 @@ def test_cli_explains_image_files_and_rejects_bad_input(run_dir, capsys, tmp_pat
         "--model", "protopnet", "--image", str(rgb))
     assert "image file not found" in err("--model", "protopnet", "--image", str(tmp_path / "missing.png"))
     assert "no finished model named 'proto'" in err("--model", "proto", "--case", "x")
-    assert "several models; choose one with --model (blackbox, protopnet)" in err("--case", "x")
+    assert "several models; choose one with --model (blackbox, protopnet, cbm)" in err("--case", "x")
     assert "nothing to explain" in err("--model", "protopnet")
     # with --resize the large image is accepted; the black box explains with its heatmap
     assert main(["explain", str(run_dir), "--model", "blackbox", "--image", str(big), "--resize",
@@ -173,10 +174,30 @@ def test_activation_box_encloses_the_top_percentile():
 def test_bench_push_counts_the_training_images_and_writes_markdown():
     sec = bench_push(n_cases=100, img_size=32, batch_size=32, repeats=1)
     n_train = sec.rows[0].images
-    assert [r.images for r in sec.rows] == [n_train] * 3 and 55 <= n_train <= 75
+    assert [r.images for r in sec.rows] == [n_train] * 4 and 55 <= n_train <= 75
     assert sec.rows[0].ratio == 1.0
     for r in sec.rows[1:]:
         assert r.ratio == pytest.approx(r.seconds / sec.rows[0].seconds)
     md = write_markdown([sec], "glasszoo bench --only push")
     assert "| push: projection pass only |" in md and "glasszoo bench --only push" in md
     assert format_section(sec) in md
+
+
+def test_cli_explains_a_case_with_its_concepts(run_dir, capsys, tmp_path):
+    run = open_run(run_dir)
+    cs = run.caseset
+    case = str(cs.case_ids[cs.indices("test")[0]])
+    assert main(["explain", str(run_dir), "--model", "cbm", "--case", case, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / f"{safe_filename(case)}.png").is_file()
+    printed = re.findall(r"concept (\w+): ([\d.]+) \(true ([\d.]+)\), ([+-][\d.]+) points", out)
+    assert [p[0] for p in printed] == cs.concept_names
+    true = cs.concepts[run.case_row(case)]
+    assert [float(p[2]) for p in printed] == pytest.approx(true.tolist())
+    # the printed points add up to the explained logit minus the bias
+    model = run.load_model("cbm")
+    with torch.no_grad():
+        logits = model(torch.as_tensor(cs.images[[run.case_row(case)]]))[0]
+    k = int(logits.argmax())
+    total = sum(float(p[3]) for p in printed) + float(model.label_head.bias[k])
+    assert total == pytest.approx(float(logits[k]), abs=0.03)
