@@ -23,14 +23,14 @@ def _as_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return (image[0], "gray") if image.shape[0] == 1 else (np.moveaxis(image, 0, -1).clip(0, 1), None)
 
 
-def _outline(ax: plt.Axes, mask: np.ndarray | None, color: str) -> bool:
+def _outline(ax: plt.Axes, mask: np.ndarray | None, color: str, width: float) -> bool:
     """Draw the 0.5 contour of a binary mask; False when there is nothing to draw."""
     if mask is None:
         return False
     mask = np.asarray(mask)
     if not mask.any():
         return False
-    ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=1.0)
+    ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=width)
     return True
 
 
@@ -69,8 +69,8 @@ def plot_segmentation_case(image: np.ndarray, pred_mask: np.ndarray | None, true
         ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-    has_pred = _outline(axes[0], pred_mask, PRED_COLOR)
-    has_true = _outline(axes[0], true_mask, TRUE_COLOR)
+    has_true = _outline(axes[0], true_mask, TRUE_COLOR, 1.4)
+    has_pred = _outline(axes[0], pred_mask, PRED_COLOR, 0.9)  # on top, thinner: both stay visible where they agree
     legend = [f"predicted ({PRED_COLOR})" + ("" if has_pred else ": empty"),
               "ground truth (" + TRUE_COLOR + ")" + ("" if has_true else (": empty" if true_mask is not None
                                                                          else ": unknown"))]

@@ -2,6 +2,7 @@
 
 from glasszoo.models import blackbox as _blackbox  # noqa: F401  (registers the models)
 from glasszoo.models._registry import ModelInfo, check_kwargs, create_model, list_models, model_info, register_model
+from glasszoo.models.attention_unet import AttentionGate, AttentionGatedClassifier, AttentionUNet  # (registers)
 from glasszoo.models.base import ImageModel, TabularModel
 from glasszoo.models.blackbox import BlackBoxCNN
 from glasszoo.models.cbm import ConceptBottleneck  # (registers cbm)
@@ -18,6 +19,9 @@ from glasszoo.models.protopnet import ProtoPNet  # (registers protopnet)
 
 __all__ = [
     "EXPLANATION_KINDS",
+    "AttentionGate",
+    "AttentionGatedClassifier",
+    "AttentionUNet",
     "BlackBoxCNN",
     "ConceptBottleneck",
     "ConceptEvidence",
