@@ -8,6 +8,8 @@
 * a concept bottleneck model (Koh et al. 2020): each concept's predicted value (and the true one when known) with
   the points it adds to the explained class, the heatmap of the top concept, and the prediction before and after
   correcting the most wrong concept (test-time intervention);
+* an attention-gated model (Oktay et al. 2018, Schlemper et al. 2019): the predicted lesion outline next to the
+  ground truth, and each gate's attention map;
 * every model: its heatmap(s) over the image.
 """
 
@@ -222,6 +224,18 @@ def explain_case(model, image: np.ndarray, class_names: list[str], path: str | P
             logits = model.intervene(acts, np.asarray(true_concepts, np.float32)[None], fix)
             corrected = (ev.concept_names[worst], torch.softmax(torch.as_tensor(logits), 1).numpy()[0])
         plot_concept_case(image, ev, heat.maps[0], class_names, proba, path, case_id, label, mask, corrected)
+    elif hasattr(model, "attention_maps"):
+        from glasszoo.evaluation.seg_figures import plot_segmentation_case
+
+        xt = torch.as_tensor(x, device=model.device)
+        model.eval()
+        gates = [g[0].float().cpu().numpy() for g in model.attention_maps(xt)]
+        pred = model.predict_masks(x)[0] if hasattr(model, "predict_masks") else None
+        k = int(proba.argmax())
+        title = (f"{'case ' + case_id if case_id is not None else 'new image'}: predicted {class_names[k]} "
+                 f"(p = {proba[k]:.2f})" + (f", true {class_names[label]}" if label is not None else ""))
+        plot_segmentation_case(image, pred, mask, gates, path, title=title,
+                               gate_names=[f"gate {i + 1}" for i in range(len(gates))])
     else:
         maps = [(e.method, e.maps[0]) for e in exps if isinstance(e, Heatmap)]
         plot_heatmap_case(image, maps, class_names, proba, path, case_id, label, mask)

@@ -364,6 +364,10 @@ class AttentionUNet(ImageModel):
         self._cache = (logits, seg) if self.training else None
         return logits
 
+    @property
+    def requires_masks(self) -> bool:
+        return True
+
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Lesion logits [N, 1, H, W] (input size)."""
         return self._run(x)[1]
@@ -578,6 +582,10 @@ class AttentionGatedClassifier(ImageModel):
     def head_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each evidence head's own logits [N, K] by name (empty for ``aggregation="concat"``)."""
         return dict(zip(self.head_names, self._run(x)[1]))
+
+    @property
+    def requires_masks(self) -> bool:
+        return self.seg_weight > 0
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Lesion logits [N, 1, H, W]; only with ``seg_weight > 0``."""

@@ -47,6 +47,11 @@ class ImageModel(nn.Module):
         return {}
 
     @property
+    def requires_masks(self) -> bool:
+        """Whether training needs lesion masks (checked before training starts). Default: no."""
+        return False
+
+    @property
     def task_loss_weight(self) -> float:
         """Weight of the cross-entropy on the logits (e.g. 0 when only a concept head trains by SGD)."""
         return 1.0

@@ -229,6 +229,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             case_rows = _case_figure_rows(cs, explain_rows, ev.case_figures_per_class)
             write_case_figures(model, cs, case_rows, run_dir / "figures" / "cases" / spec.name)
 
+        if hasattr(model, "segmentation_metrics") and getattr(model, "requires_masks", False) \
+                and cs.masks is not None:
+            extra["segmentation"] = model.segmentation_metrics(cs, n_boot=ev.bootstrap, seed=cfg.seed)
         metrics["models"][spec.name] = {
             "family": info.family,
             "registry_name": spec.model,

@@ -74,6 +74,11 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
 
     Writes Lightning CSV logs to ``out_dir/logs`` and the best checkpoint to ``out_dir/checkpoint.ckpt``.
     """
+    if model.requires_masks and (cs.masks is None or not cs.masks[cs.indices("train")].any()):
+        from glasszoo.training.errors import DataError
+
+        raise DataError(f"model '{name}' needs lesion masks for training, and data set '{cs.name}' has "
+                        f"{'none' if cs.masks is None else 'only empty ones in its training split'}")
     _quiet_lightning()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
