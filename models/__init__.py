@@ -15,6 +15,7 @@ from glasszoo.models.explanations import (
     PrototypeEvidence,
     PrototypeMatch,
 )
+from glasszoo.models.glassbox import EBM, PointScore, ShallowTree, SparseLogReg  # (registers the glass-box models)
 from glasszoo.models.protopnet import ProtoPNet  # (registers protopnet)
 
 __all__ = [
@@ -25,14 +26,18 @@ __all__ = [
     "BlackBoxCNN",
     "ConceptBottleneck",
     "ConceptEvidence",
+    "EBM",
     "FeatureAttribution",
     "GlobalExplanation",
     "Heatmap",
     "ImageModel",
     "ModelInfo",
+    "PointScore",
     "ProtoPNet",
     "PrototypeEvidence",
     "PrototypeMatch",
+    "ShallowTree",
+    "SparseLogReg",
     "TabularModel",
     "check_kwargs",
     "create_model",

@@ -158,7 +158,8 @@ class FeatureAttribution(_Explanation):
         values: [N, F] feature values as the model saw them.
         contribution: [N, F] contribution of each feature.
         target: [N] explained class.
-        intercept: the part of the score not attributed to any feature.
+        intercept: the part of the score not attributed to any feature: a float, or [N] when it depends on the
+            explained class and the cases explain different classes.
     """
 
     kind: ClassVar[str] = "feature_attribution"
@@ -168,7 +169,7 @@ class FeatureAttribution(_Explanation):
     values: np.ndarray
     contribution: np.ndarray
     target: np.ndarray
-    intercept: float = 0.0
+    intercept: float | np.ndarray = 0.0
     case_ids: np.ndarray | None = None
 
 

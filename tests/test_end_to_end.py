@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from glasszoo.models import list_models
 from glasszoo.training.config import load_config
 from glasszoo.training.runner import run_experiment
 
@@ -19,15 +20,20 @@ QUICK = ["training.progress_bar=false", "evaluation.bootstrap=100", "evaluation.
 def test_quickstart_config_runs_scaled_down(tmp_path):
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",
                       [*QUICK, "data.n_cases=120", "data.img_size=32", "training.max_epochs=1",
-                       f"output_dir={tmp_path}"])
+                       f"output_dir={tmp_path}", f"features.cache_dir={tmp_path / 'cache'}",
+                       "features.progress_bar=false"])
     run_dir = run_experiment(cfg)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dataset"]["name"] == "synthetic" and m["dataset"]["has_masks"]
     assert m["dataset"]["concept_names"] == ["large", "irregular_margin", "heterogeneous", "bright",
                                              "calcifications"]
-    # every registered model of the quickstart produced the contract's blocks
+    # every registered model is in the quickstart and produced the contract's blocks
+    assert sorted(m["models"]) == list_models()
     for name, block in m["models"].items():
         assert 0.0 <= block["task"]["auc"]["value"] <= 1.0, name
+        if block["input"] == "features":
+            assert block["explanation"]["feature_attribution"]["n_cases"] == 8 and block["complexity"], name
+            continue
         heatmaps = [b for b in block["explanation"].values() if isinstance(b, dict) and b.get("kind") == "heatmap"]
         assert heatmaps, f"{name} gave no heatmap"
         # synthetic data has masks, so every model's heatmap is scored for localisation

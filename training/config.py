@@ -68,12 +68,62 @@ class EvaluationConfig:
     case_figures_per_class: int = 2  # explained test cases per true class that get a per-case figure per model
 
 
+def _default_feature_classes() -> list[str]:
+    from glasszoo.training.radiomics import DEFAULT_FEATURE_CLASSES
+
+    return list(DEFAULT_FEATURE_CLASSES)
+
+
 @dataclass
 class FeaturesConfig:
-    """The feature table read by tabular models (radiomics fills it in; ``intensity`` is the built-in set)."""
+    """The feature table read by tabular models: ``intensity`` (built-in first-order set) or ``radiomics``
+    (pyradiomics; see ``glasszoo.training.radiomics`` for every policy).
+
+    Attributes:
+        kind: ``"intensity"`` or ``"radiomics"``.
+        region: ``"mask"`` (the lesion mask when the data has masks, else the whole image), ``"image"``, or (radiomics
+            only) ``"otsu"`` (foreground by Otsu's threshold).
+        settings: pyradiomics settings merged over ``radiomics.DEFAULT_SETTINGS`` (``binWidth: 8`` on the 0..255
+            grey image, ``label: 1``, no normalisation, no resampling); validated by pyradiomics' schema.
+        feature_classes: pyradiomics feature classes (default: firstorder, shape2D, glcm, glrlm, glszm, ngtdm, gldm).
+        image_types: pyradiomics image types (default ``["Original"]``; ``LoG`` needs ``settings.sigma``).
+        n_jobs: worker processes for the extraction (-1: all cores).
+        cache: keep the extracted table on disk, keyed by the data content, settings and pyradiomics version.
+        cache_dir: where (default ``$GLASSZOO_CACHE/radiomics`` or ``~/.cache/glasszoo/radiomics``).
+        on_failure: cases whose features cannot be computed: ``"impute"`` (training-split median),
+            ``"drop_feature"`` or ``"error"``.
+        empty_mask: an empty lesion mask is a failure (``"fail"``, handled by ``on_failure``) or uses the whole image
+            (``"image"``).
+        progress_bar: show a progress bar during the extraction.
+    """
 
     kind: str = "intensity"
-    region: str = "mask"  # "mask" when the data has masks, else the whole image; or "image"
+    region: str = "mask"
+    settings: dict = field(default_factory=dict)
+    feature_classes: list[str] = field(default_factory=_default_feature_classes)
+    image_types: list[str] = field(default_factory=lambda: ["Original"])
+    n_jobs: int = 1
+    cache: bool = True
+    cache_dir: str | None = None
+    on_failure: str = "impute"
+    empty_mask: str = "fail"
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        kinds = ("intensity", "radiomics")
+        if self.kind not in kinds:
+            raise ConfigError(f"features.kind: must be one of {list(kinds)}, got {self.kind!r}")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            raise ConfigError(f"features.cache_dir: expected a path string or null, got {self.cache_dir!r}")
+        if self.kind == "intensity":
+            if self.region not in ("mask", "image"):
+                raise ConfigError(f"features.region: must be 'mask' or 'image' for kind 'intensity', "
+                                  f"got {self.region!r}")
+            return
+        from glasszoo.training.radiomics import validate_options
+
+        validate_options(self.settings, self.feature_classes, self.image_types, self.region, self.empty_mask,
+                         self.on_failure, self.n_jobs)
 
 
 @dataclass

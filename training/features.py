@@ -1,7 +1,7 @@
 """Feature tables for the tabular models: one row per case, named columns, on the CaseSet's split.
 
-``intensity`` is the built-in first-order set (fast, no extra dependency). The radiomics issue adds pyradiomics
-feature classes behind the same function.
+``intensity`` is the built-in first-order set (fast, no extra dependency); ``radiomics`` is the pyradiomics table of
+:mod:`glasszoo.training.radiomics` (2-D first-order, shape, GLCM, GLRLM, GLSZM, NGTDM, GLDM; cached on disk).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import numpy as np
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.config import FeaturesConfig
 from glasszoo.training.errors import ConfigError
+
+FEATURE_KINDS = ("intensity", "radiomics")
 
 INTENSITY_FEATURES = {
     "mean": "mean intensity in the region",
@@ -54,8 +56,31 @@ def intensity_features(cs: CaseSet, region: str = "mask") -> tuple[np.ndarray, l
     return np.asarray(rows, dtype=np.float64), list(INTENSITY_FEATURES)
 
 
-def feature_table(cs: CaseSet, cfg: FeaturesConfig) -> tuple[np.ndarray, list[str]]:
-    """The [N, F] feature matrix and its column names for ``cfg.kind``."""
+def feature_table(cs: CaseSet, cfg: FeaturesConfig, return_info: bool = False):
+    """The [N, F] float64 feature matrix and its column names for ``cfg.kind``.
+
+    Returns ``(X, names)``; with ``return_info=True`` ``(X, names, info)``, where ``info`` is a JSON-ready dict
+    describing how the table was made (for ``radiomics``: the effective settings, region policy, cache hit/miss,
+    extraction time, failures, imputed counts and dropped features -- see
+    :func:`glasszoo.training.radiomics.extract_radiomics`).
+    """
     if cfg.kind == "intensity":
-        return intensity_features(cs, cfg.region)
-    raise ConfigError(f"features.kind must be one of ['intensity'], got {cfg.kind!r}")
+        X, names = intensity_features(cs, cfg.region)
+        info = {"kind": "intensity", "region": cfg.region, "n_features": len(names)}
+    elif cfg.kind == "radiomics":
+        from glasszoo.training.radiomics import extract_radiomics
+
+        X, names, info = extract_radiomics(
+            cs, settings=cfg.settings, feature_classes=cfg.feature_classes, image_types=cfg.image_types,
+            region=cfg.region, empty_mask=cfg.empty_mask, n_jobs=cfg.n_jobs, cache=cfg.cache,
+            cache_dir=cfg.cache_dir, on_failure=cfg.on_failure, progress_bar=cfg.progress_bar)
+    else:
+        raise ConfigError(f"features.kind must be one of {list(FEATURE_KINDS)}, got {cfg.kind!r}")
+    return (X, names, info) if return_info else (X, names)
+
+
+def feature_descriptions(names: list[str]) -> dict[str, str]:
+    """A plain-language description of every feature name (intensity names, else pyradiomics names)."""
+    from glasszoo.training.radiomics import describe_feature
+
+    return {n: INTENSITY_FEATURES.get(n) or describe_feature(n) for n in names}

@@ -179,7 +179,12 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             x_explain = cs.images[explain_rows]
         else:
             if features is None:
-                features = feature_table(cs, cfg.features)
+                t = time.perf_counter()
+                X, names, finfo = feature_table(cs, cfg.features, return_info=True)
+                features = (X, names)
+                metrics["dataset"]["features"] = {"kind": cfg.features.kind, "n_features": len(names),
+                                                  "seconds": time.perf_counter() - t, **(finfo or {})}
+                _log(f"features: {cfg.features.kind}, {len(names)} columns ({time.perf_counter() - t:.1f}s)")
             X, names = features
             np.random.seed(cfg.seed)  # for estimators that draw from the global numpy RNG
             model = create_model(spec.model, **spec.params)
@@ -195,6 +200,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             infer_ms = 1000 * (time.perf_counter() - t) / len(test)
             x_explain = X[explain_rows]
 
+        if hasattr(model, "complexity_"):
+            extra["complexity"] = model.complexity_()
         pred = proba.argmax(1)
         pdf = pd.DataFrame({"case_id": cs.case_ids[test], "label": y_test, "pred": pred})
         for k, cname in enumerate(cs.class_names):
