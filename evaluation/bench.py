@@ -113,7 +113,40 @@ def bench_push(n_cases: int = 2000, img_size: int = 48, batch_size: int = 256, r
     return BenchSection("push", "ProtoPNet push", settings, rows, summary)
 
 
-SECTIONS: dict[str, Callable[..., BenchSection]] = {"push": bench_push}
+def bench_radiomics(n_cases: int = 2000, img_size: int = 48, repeats: int = 1, seed: int = 0,
+                    max_cases: int = 600) -> BenchSection:
+    """pyradiomics extraction (the 7 default 2-D feature classes inside the lesion mask) with 1 and 2 workers, and
+    the cost of a second run served from the on-disk cache. Uses at most ``max_cases`` synthetic cases."""
+    import tempfile
+
+    from glasszoo.training.radiomics import extract_radiomics
+    from glasszoo.training.synthetic import make_synthetic
+
+    n = min(n_cases, max_cases)
+    cs = make_synthetic(n_cases=n, img_size=img_size, seed=seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for jobs in (1, 2):
+            sec = median_seconds(lambda j=jobs: extract_radiomics(cs, n_jobs=j, cache=False, progress_bar=False),
+                                 repeats)
+            rows.append(BenchRow(f"extraction, {jobs} worker{'s' if jobs > 1 else ''}", n, sec, "1 worker"))
+        extract_radiomics(cs, n_jobs=1, cache=True, cache_dir=tmp, progress_bar=False)  # fill the cache
+        hit = median_seconds(lambda: extract_radiomics(cs, n_jobs=1, cache=True, cache_dir=tmp,
+                                                       progress_bar=False), repeats)
+        rows.append(BenchRow("second run (cache hit)", n, hit, "1 worker"))
+    for r in rows:
+        r.ratio = r.seconds / rows[0].seconds
+    rows[0].note = f"{rows[0].images_per_second:.0f} cases/s per core"
+    rows[1].note = f"{rows[1].images_per_second / 2:.0f} cases/s per core (joblib start-up included)"
+    settings = {"data": f"synthetic, {n} cases, {img_size} px, lesion masks", "feature classes": "7 (2-D)",
+                "repeats": repeats}
+    summary = (f"Extraction: {rows[0].images_per_second:.0f} cases/s with 1 worker, "
+               f"{rows[1].images_per_second:.0f} with 2; a cached re-run takes {hit:.2f} s "
+               f"({100 * hit / rows[0].seconds:.1f}% of an extraction).")
+    return BenchSection("radiomics", "Radiomics extraction", settings, rows, summary)
+
+
+SECTIONS: dict[str, Callable[..., BenchSection]] = {"push": bench_push, "radiomics": bench_radiomics}
 
 
 def machine_description() -> dict:

@@ -201,3 +201,15 @@ def test_cli_explains_a_case_with_its_concepts(run_dir, capsys, tmp_path):
     k = int(logits.argmax())
     total = sum(float(p[3]) for p in printed) + float(model.label_head.bias[k])
     assert total == pytest.approx(float(logits[k]), abs=0.03)
+
+
+def test_bench_radiomics_rows_and_cache_hit():
+    from glasszoo.evaluation.bench import bench_radiomics
+
+    sec = bench_radiomics(n_cases=40, img_size=32, repeats=1)
+    assert [r.operation for r in sec.rows] == ["extraction, 1 worker", "extraction, 2 workers",
+                                               "second run (cache hit)"]
+    assert all(r.images == 40 for r in sec.rows) and sec.rows[0].ratio == 1.0
+    for r in sec.rows:
+        assert r.ratio == pytest.approx(r.seconds / sec.rows[0].seconds)
+    assert "cached re-run" in sec.summary  # (cache hits themselves are tested by counting calls in test_radiomics)
