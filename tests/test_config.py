@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from glasszoo.training.config import apply_overrides, load_config, parse_config
@@ -65,11 +67,13 @@ def test_overrides():
         apply_overrides(BASE, ["training.max_epochs"])
 
 
-@pytest.mark.parametrize("path", ["configs/quickstart.yaml", "configs/breastmnist.yaml", "configs/pneumoniamnist.yaml",
-                                  "configs/busi.yaml", "configs/ph2.yaml"])
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(Path(__file__).resolve().parents[1]))
+                                         for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(path):
-    from pathlib import Path
+    from glasszoo.models import check_kwargs
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / path)
     assert cfg.models and cfg.experiment
+    for spec in cfg.models:  # every model name and keyword of every shipped config exists
+        check_kwargs(spec.model, spec.params)
