@@ -147,7 +147,7 @@ def test_changed_data_is_detected(run_dir, tmp_path):
         open_run(tmp_path)
 
 
-def test_a_run_with_relative_data_paths_reopens_from_another_directory(tmp_path, monkeypatch):
+def test_a_run_with_relative_data_paths_reopens_from_another_directory(tmp_path, monkeypatch, capsys):
     from test_runner import learnable_npz
 
     (tmp_path / "proj").mkdir()
@@ -161,6 +161,9 @@ def test_a_run_with_relative_data_paths_reopens_from_another_directory(tmp_path,
     assert run.caseset.n_cases == 120
     model = run.load_model("test_logreg")
     assert model.predict_proba(np.zeros((1, len(model.feature_names_)))).shape == (1, 2)
+    case = str(run.caseset.case_ids[0])
+    assert main(["explain", str(run_dir), "--model", "test_logreg", "--case", case]) == 2
+    assert "'test_logreg' is a tabular model" in capsys.readouterr().err
 
 
 def test_activation_box_encloses_the_top_percentile():

@@ -104,7 +104,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if len(run.model_names) != 1:
             raise DataError(f"the run has several models; choose one with --model ({', '.join(run.model_names)})")
         name = run.model_names[0]
-    run.spec(name)  # unknown model name -> clear error before the data is rebuilt
+    from glasszoo.models import model_info
+
+    spec = run.spec(name)  # unknown model name -> clear error before the data is rebuilt
+    if model_info(spec.model).input_kind != "image":
+        raise DataError(f"'{name}' is a tabular model: it explains feature tables, not images; its per-case "
+                        f"feature contributions come from model.explain(X) (see docs/models/glassbox.md) and its "
+                        f"whole logic from model.explain_global()")
     cs = run.caseset
     items = []  # (label for the file, image, case id, true label, mask, true concepts)
     for cid in args.case:
