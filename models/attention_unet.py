@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glasszoo.models._registry import register_model
-from glasszoo.models.base import ImageModel, as_tensor
+from glasszoo.models.base import ImageModel, batched_no_grad
 from glasszoo.models.explanations import Heatmap
 from glasszoo.training.errors import DataError
 
@@ -236,20 +236,6 @@ def dice_bce_loss(seg_logits: torch.Tensor, mask: torch.Tensor, smooth: float = 
     return dice.mean() + F.binary_cross_entropy_with_logits(logits, t)
 
 
-def _batched(model: ImageModel, x: np.ndarray | torch.Tensor, batch_size: int, fn) -> list:
-    """Apply ``fn(xb)`` to batches of x in eval mode without gradients (the training mode is restored)."""
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                out.append(fn(as_tensor(x[i:i + batch_size], model.device)))
-    finally:
-        model.train(was_training)
-    return out
-
-
 def _targets(logits: torch.Tensor, target: np.ndarray | None, start: int) -> np.ndarray:
     if target is None:
         return logits.argmax(1).cpu().numpy()
@@ -393,7 +379,7 @@ class AttentionUNet(ImageModel):
     # ------------------------------------------------------------------ predictions and explanations
     def predict_masks(self, x: np.ndarray | torch.Tensor, threshold: float = 0.5, batch_size: int = 64) -> np.ndarray:
         """Predicted lesion masks uint8 [N, H, W]: ``sigmoid(lesion logits) > threshold``."""
-        out = _batched(self, x, batch_size, lambda xb: (torch.sigmoid(self.segment(xb)[:, 0]) > threshold))
+        out = batched_no_grad(self, x, batch_size, lambda xb: (torch.sigmoid(self.segment(xb)[:, 0]) > threshold))
         if not out:
             return np.zeros((0, *self.img_size), np.uint8)
         return torch.cat(out).cpu().numpy().astype(np.uint8)
@@ -407,7 +393,7 @@ class AttentionUNet(ImageModel):
         heatmap is ``sigmoid(lesion logits)``, the soft lesion the classifier pools over. Both are class-agnostic:
         ``target`` (default: the predicted class) is only recorded.
         """
-        rows = _batched(self, x, batch_size, self._run)
+        rows = batched_no_grad(self, x, batch_size, self._run)
         att, seg, tgt = [], [], []
         start = 0
         for logits, s, alphas in rows:
@@ -625,7 +611,7 @@ class AttentionGatedClassifier(ImageModel):
         normalised per image to maximum 1 (:func:`combine_gate_maps`) -- plus ``Heatmap(method="segmentation")``
         (sigmoid of the lesion logits) when the model has a segmentation head. Class-agnostic: ``target`` (default:
         the predicted class) is only recorded."""
-        rows = _batched(self, x, batch_size, lambda xb: (self._run(xb), tuple(xb.shape[-2:])))
+        rows = batched_no_grad(self, x, batch_size, lambda xb: (self._run(xb), tuple(xb.shape[-2:])))
         att, seg, tgt = [], [], []
         start = 0
         for (logits, _, s, alphas), size in rows:

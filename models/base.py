@@ -15,6 +15,21 @@ def as_tensor(x: np.ndarray | torch.Tensor, device: torch.device | str | None = 
     return t.to(device=device, dtype=torch.float32)
 
 
+def batched_no_grad(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int, fn) -> list:
+    """Apply ``fn(xb)`` to batches of ``x`` (as float tensors on the model's device) in eval mode without gradients;
+    the model's training mode is restored. Returns the list of per-batch results."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                out.append(fn(as_tensor(x[i:i + batch_size], next(model.parameters()).device)))
+    finally:
+        model.train(was_training)
+    return out
+
+
 class ImageModel(nn.Module):
     """Base class of the zoo's image models.
 
@@ -79,18 +94,9 @@ class ImageModel(nn.Module):
         model's ``explanation`` key after training. Default: none."""
         return {}
 
-    @torch.no_grad()
     def predict_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Class probabilities [N, classes] for images [N, C, H, W] in [0, 1]."""
-        was_training = self.training
-        self.eval()
-        out = []
-        try:
-            for i in range(0, len(x), batch_size):
-                xb = as_tensor(x[i:i + batch_size], self.device)
-                out.append(torch.softmax(self(xb).float(), dim=1).cpu().numpy())
-        finally:
-            self.train(was_training)
+        out = batched_no_grad(self, x, batch_size, lambda xb: torch.softmax(self(xb).float(), dim=1).cpu().numpy())
         return np.concatenate(out, axis=0) if out else np.zeros((0, self.num_classes), np.float32)
 
     def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None,

@@ -15,7 +15,7 @@ from torch import nn
 from glasszoo.models._backbones import create_backbone, last_feature_module
 from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._registry import register_model
-from glasszoo.models.base import ImageModel, as_tensor
+from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
 from glasszoo.models.explanations import ConceptEvidence, GlobalExplanation, Heatmap
 from glasszoo.training.errors import DataError
 
@@ -173,17 +173,9 @@ class ConceptBottleneck(ImageModel):
         return [] if self.mode == "joint" else [LabelHeadFit(self, caseset)]
 
     # ------------------------------------------------------------------ concept prediction and intervention
-    @torch.no_grad()
     def predict_concepts(self, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Concept activations [N, K] (binary: probability; continuous: standardised value)."""
-        was_training = self.training
-        self.eval()
-        out = []
-        try:
-            for i in range(0, len(x), batch_size):
-                out.append(self.activations(self.concept_outputs(as_tensor(x[i:i + batch_size], self.device))))
-        finally:
-            self.train(was_training)
+        out = batched_no_grad(self, x, batch_size, lambda xb: self.activations(self.concept_outputs(xb)))
         return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.n_concepts), np.float32)
 
     @torch.no_grad()

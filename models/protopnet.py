@@ -18,7 +18,7 @@ from torch import nn
 
 from glasszoo.models._backbones import adapt_stem, resolve_stem
 from glasszoo.models._registry import register_model
-from glasszoo.models.base import ImageModel, as_tensor
+from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
 from glasszoo.models.explanations import GlobalExplanation, Heatmap, PrototypeEvidence, PrototypeMatch
 
 PAPER = 'Chen et al., "This Looks Like That: Deep Learning for Interpretable Image Recognition", NeurIPS 2019'
@@ -410,18 +410,10 @@ class ProtoPNet(ImageModel):
               f"({rate:.0f} images/s)", file=sys.stderr, flush=True)
         return {"images": len(rows), "seconds": seconds, "images_per_second": rate}
 
-    @torch.no_grad()
     def similarity_scores(self, x: np.ndarray | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Each prototype's similarity score (max over the image's patches) [N, P], in eval mode."""
-        bs = batch_size or self.push_batch_size
-        was_training = self.training
-        self.eval()
-        out = []
-        try:
-            for i in range(0, len(x), bs):
-                out.append(self.prototype_activations(as_tensor(x[i:i + bs], self.device)).flatten(2).amax(2))
-        finally:
-            self.train(was_training)
+        out = batched_no_grad(self, x, batch_size or self.push_batch_size,
+                              lambda xb: self.prototype_activations(xb).flatten(2).amax(2))
         return torch.cat(out) if out else torch.zeros(0, self.n_prototypes, device=self.device)
 
     @torch.no_grad()
