@@ -1,27 +1,54 @@
-"""``glasszoo bench``: what the zoo's operations cost, measured in one process as ratios to a plain forward pass.
+"""``glasszoo bench``: what the zoo's operations cost, measured in one command and written to docs/performance.md.
 
-Absolute times on a shared machine are noisy; ratios measured back to back in one process are not (much). Every
-section times its operations as the median of ``repeats`` runs after one warm-up run, and reports images per
-second and the ratio to the reference operation of the section. ``write_markdown`` turns the results into
-``docs/performance.md`` together with a description of the machine.
+Absolute times on a shared machine are noisy; ratios measured back to back in one process are not (much). Each
+section is a function registered in :data:`SECTIONS` under a short name (``glasszoo bench --only NAME``) that returns
+a :class:`BenchSection`: its settings, a table and a one-line summary.
+
+* ``training``: images/s of the zoo's training pipeline (``train_image_model``: Lightning, the data module, the
+  shared LightningModule) against a bare PyTorch loop on the same model, batch size and data, as a ratio.
+* ``push``: ProtoPNet's push against a forward pass over the same training images.
+* ``radiomics``: pyradiomics extraction cases/s with 1 and 2 workers, and a cache hit.
+* ``scaling``: wall time and peak memory of ``glasszoo run`` (one black box, one epoch) at growing data sizes.
+* ``quickstart``: wall time and peak memory of ``glasszoo run configs/quickstart.yaml`` end to end.
+
+Sections that time operations in-process use the median (push, radiomics) or the fastest (training: interference
+from other processes only ever adds time) of ``repeats`` runs after a warm-up. Sections that run ``glasszoo run``
+start it as a child process and record its wall time and memory (:func:`run_measured`).
+
+A new section is a function returning a :class:`BenchSection` whose keyword arguments are among the command-line
+options it wants (``n_cases``, ``img_size``, ``img_sizes``, ``sizes``, ``epochs``, ``repeats``, ``device``), added
+with :func:`register_section` (the place for the explanation-cost section is marked below); ``glasszoo bench``
+then runs it, prints it and merges it into docs/performance.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import io
+import json
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
 from glasszoo.models import create_model
 from glasszoo.models.base import as_tensor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout (configs/ and docs/ live there)
 
 
 @dataclass
@@ -42,13 +69,22 @@ class BenchRow:
 
 @dataclass
 class BenchSection:
-    """A table of timed operations plus the settings they ran with."""
+    """A table of timed operations plus the settings they ran with.
+
+    ``rows`` render as the standard table (operation, images, seconds, images/s, ratio to the reference); a section
+    whose figures are not per-image timings gives ``columns`` and ``table`` (rows of cells) instead. ``data`` holds
+    the raw figures (for tests and JSON).
+    """
 
     name: str
     title: str
     settings: dict
     rows: list[BenchRow] = field(default_factory=list)
     summary: str = ""
+    columns: list[str] = field(default_factory=list)
+    table: list[list[str]] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -62,6 +98,26 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
     return float(statistics.median(times))
 
 
+def resolve_device(device: str = "cpu") -> str:
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available) -> ``cpu`` / ``cuda``."""
+    if device not in ("cpu", "cuda", "auto"):
+        from glasszoo.training.errors import ConfigError
+
+        raise ConfigError(f"--device: must be cpu, cuda or auto, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from glasszoo.training.errors import ConfigError
+
+        raise ConfigError("--device cuda: torch sees no CUDA GPU on this machine")
+    return device
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 @torch.no_grad()
 def forward_pass(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> None:
     """A plain no-grad eval-mode forward pass of ``model`` over ``images`` in batches (the reference cost)."""
@@ -70,8 +126,11 @@ def forward_pass(model: torch.nn.Module, images: np.ndarray, batch_size: int) ->
         model(as_tensor(images[i:i + batch_size], model.device))
 
 
+PUSH_TARGET = 2.0  # a push as trained may cost at most this many forward passes over the same images
+
+
 def bench_push(n_cases: int = 2000, img_size: int = 48, batch_size: int = 256, repeats: int = 3,
-               seed: int = 0) -> BenchSection:
+               seed: int = 0, device: str = "cpu") -> BenchSection:
     """ProtoPNet's push against a forward pass of the same network over the same training images.
 
     The network is the quickstart's ProtoPNet (ResNet-18 stage 3, 10 prototypes of 16 dimensions per class) on
@@ -88,7 +147,7 @@ def bench_push(n_cases: int = 2000, img_size: int = 48, batch_size: int = 256, r
     images = cs.images[train]
     model = create_model("protopnet", num_classes=cs.num_classes, in_chans=cs.in_chans, img_size=cs.img_size,
                          backbone="resnet18", stem="standard", feature_stage=3, prototypes_per_class=10,
-                         prototype_dim=16, push_batch_size=batch_size)
+                         prototype_dim=16, push_batch_size=batch_size).to(resolve_device(device))
     n = len(train)
     fwd = median_seconds(lambda: forward_pass(model, images, batch_size), repeats)
     with contextlib.redirect_stderr(io.StringIO()):  # the push reports each pass on stderr; keep the table clean
@@ -107,13 +166,15 @@ def bench_push(n_cases: int = 2000, img_size: int = 48, batch_size: int = 256, r
                  "fit_last_layer"),
     ]
     summary = (f"Push over {n} training images: {bare / fwd:.2f}x a forward pass (projection alone), "
-               f"{full / fwd:.2f}x with the BatchNorm re-estimation it runs first.")
+               f"{full / fwd:.2f}x with the BatchNorm re-estimation it runs first (target <= {PUSH_TARGET:.0f}x: "
+               f"{'met' if full / fwd <= PUSH_TARGET else 'NOT met'}).")
     settings = {"data": f"synthetic, {n} training images, {img_size} px", "batch_size": batch_size,
-                "model": "protopnet (resnet18, stage 3, 2 x 10 prototypes, dim 16)", "repeats": repeats}
+                "model": "protopnet (resnet18, stage 3, 2 x 10 prototypes, dim 16)", "repeats": repeats,
+                "device": resolve_device(device)}
     return BenchSection("push", "ProtoPNet push", settings, rows, summary)
 
 
-def bench_radiomics(n_cases: int = 2000, img_size: int = 48, repeats: int = 1, seed: int = 0,
+def bench_radiomics(n_cases: int = 2000, img_size: int = 48, repeats: int = 3, seed: int = 0,
                     max_cases: int = 600) -> BenchSection:
     """pyradiomics extraction (the 7 default 2-D feature classes inside the lesion mask) with 1 and 2 workers, and
     the cost of a second run served from the on-disk cache. Uses at most ``max_cases`` synthetic cases."""
@@ -146,43 +207,585 @@ def bench_radiomics(n_cases: int = 2000, img_size: int = 48, repeats: int = 1, s
     return BenchSection("radiomics", "Radiomics extraction", settings, rows, summary)
 
 
-SECTIONS: dict[str, Callable[..., BenchSection]] = {"push": bench_push, "radiomics": bench_radiomics}
+# ---------------------------------------------------------------------------------------------- training
+class TrainTimer(L.Callback):
+    """Lightning callback timing the training batches and the validation passes of a fit.
+
+    Training time of an epoch runs from ``on_train_epoch_start`` to the end of its last training batch (data
+    loading, forward, backward, optimiser step, logging, progress bar: everything the pipeline does per batch);
+    validation from ``on_validation_start`` to ``on_validation_end`` (before the checkpoint is written).
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self.train_seconds = self.val_seconds = 0.0
+        self.train_images = self.val_images = 0
+        self._epoch_start: float | None = None
+        self._last_batch_end = self._val_start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        _sync(self.device)
+        self._epoch_start = self._last_batch_end = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _sync(self.device)
+        self._last_batch_end = time.perf_counter()
+        self.train_images += len(batch["label"])
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._close_epoch()
+        self._val_start = time.perf_counter()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.val_images += len(batch["label"])
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        _sync(self.device)
+        self.val_seconds += time.perf_counter() - self._val_start
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._close_epoch()
+
+    def _close_epoch(self) -> None:
+        if self._epoch_start is not None:
+            self.train_seconds += self._last_batch_end - self._epoch_start
+            self._epoch_start = None
 
 
+@contextlib.contextmanager
+def _restored_torch_state():
+    """Undo what a Lightning fit changes globally (deterministic algorithms, cuBLAS workspace), so that the bare loop
+    after it runs with PyTorch's defaults, as a hand-written script would."""
+    det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+def bare_training_loop(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                       epochs: int, lr: float, weight_decay: float, device: str = "cpu", seed: int = 0,
+                       precision: str = "32-true", max_batches: int | None = None) -> tuple[int, float]:
+    """What one would write by hand: shuffle, slice a batch from in-memory tensors, copy it to the device, forward,
+    cross-entropy (times the model's ``task_loss_weight``, plus its ``extra_losses``), backward, AdamW step.
+
+    No validation, no logging, no checkpoints. Returns (images trained on, seconds).
+    """
+    import torch.nn.functional as F
+
+    model.to(device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    pin = device == "cuda"
+    if pin:
+        images, labels = images.pin_memory(), labels.pin_memory()
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16-mixed" else torch.float16,
+                              enabled=precision != "32-true")
+    n, seen, batches = len(images), 0, 0
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        if max_batches is not None and batches >= max_batches:
+            break
+        order = torch.randperm(n, generator=gen)
+        m = n - 1 if n % batch_size == 1 else n  # no batch of one (BatchNorm), as the pipeline
+        for i in range(0, m, batch_size):
+            idx = order[i:min(i + batch_size, m)]
+            x = images[idx].to(device, non_blocking=pin)
+            y = labels[idx].to(device, non_blocking=pin)
+            with autocast:
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y) * model.task_loss_weight
+            extras = model.extra_losses({"image": x, "label": y}, logits)
+            if extras:
+                loss = loss + sum(extras.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            batches += 1
+            if max_batches is not None and batches >= max_batches:
+                break
+    _sync(device)
+    return seen, time.perf_counter() - start
+
+
+def bench_training(img_size: int = 28, n_cases: int = 2000, batch_size: int = 64, epochs: int = 1,
+                   model: str = "blackbox", params: dict | None = None, repeats: int = 3, device: str = "cpu",
+                   precision: str = "32-true", seed: int = 0, **training: object) -> dict:
+    """Training images/s of the zoo's pipeline against a bare PyTorch loop, in one process, on the same data.
+
+    Both train the same model (``model`` with ``params``, built from the same seed, fresh weights each run) on the
+    same in-memory synthetic training split with the same batch size, AdamW settings and no augmentation (the
+    pipeline with every augmentation switched off, the bare loop with none). The pipeline is the real
+    ``train_image_model`` as ``glasszoo run`` calls it (progress bar, CSV logs, deterministic algorithms, validation
+    and best-checkpoint selection every epoch); its training throughput counts only the training batches (timed by a
+    callback), its validation passes and the whole fit are reported separately. The two alternate
+    (bare, pipeline, pipeline, bare, ...) ``repeats`` times each after a short warm-up; throughputs are the fastest
+    run of each.
+
+    ``training`` overrides further keys of the pipeline's TrainingConfig (e.g. ``deterministic=False`` to measure
+    what deterministic algorithms cost).
+
+    Returns a dict of the figures (``bare_ips``, ``pipeline_ips``, ``ratio`` = pipeline / bare, the per-repeat
+    ratios, ``val_ips``, ``fit_ips`` and the counts).
+    """
+    from glasszoo.training.config import AugmentConfig, TrainingConfig
+    from glasszoo.training.synthetic import make_synthetic
+    from glasszoo.training.train import build_image_model, train_image_model
+
+    device = resolve_device(device)
+    params = {"backbone": "resnet18"} if params is None and model == "blackbox" else dict(params or {})
+    cs = make_synthetic(n_cases=n_cases, img_size=img_size, seed=seed, memmap=False)
+    train = cs.indices("train")
+    images = torch.from_numpy(np.ascontiguousarray(cs.images[train]))
+    labels = torch.from_numpy(cs.labels[train])
+    torch.manual_seed(seed)
+    init = copy.deepcopy(build_image_model(model, params, cs).state_dict())
+
+    def fresh():
+        m = build_image_model(model, params, cs)
+        m.load_state_dict(init)
+        return m
+
+    off = AugmentConfig(hflip=False, vflip=False, rotate90=False)
+    tcfg = TrainingConfig(max_epochs=epochs, batch_size=batch_size, patience=0, augmentation=off,
+                          accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
+                          class_weighting="none", **training)
+
+    def run_bare() -> float:
+        seen, sec = bare_training_loop(fresh(), images, labels, batch_size, epochs, tcfg.lr, tcfg.weight_decay,
+                                       device, seed, precision)
+        return seen / sec
+
+    def run_pipeline() -> tuple[float, float, float]:
+        timer = TrainTimer(device)
+        with tempfile.TemporaryDirectory() as tmp, _restored_torch_state(), \
+                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            res = train_image_model(fresh(), cs, tcfg, tmp, seed=seed, name=model, callbacks=[timer])
+        return (timer.train_images / timer.train_seconds, timer.val_images / max(timer.val_seconds, 1e-9),
+                timer.train_images / res.train_seconds)
+
+    bare_training_loop(fresh(), images, labels, batch_size, 1, tcfg.lr, tcfg.weight_decay, device, seed, precision,
+                       max_batches=3)  # warm-up: kernels, allocator
+    bare, pipe = [], []
+    for r in range(max(1, repeats)):
+        if r % 2 == 0:
+            bare.append(run_bare())
+            pipe.append(run_pipeline())
+        else:
+            pipe.append(run_pipeline())
+            bare.append(run_bare())
+    bare_ips = max(bare)
+    best = max(pipe, key=lambda p: p[0])
+    return {"img_size": img_size, "n_train": len(train), "n_val": len(cs.indices("val")), "epochs": epochs,
+            "batch_size": batch_size, "model": model, "params": params, "device": device, "precision": precision,
+            "bare_ips": bare_ips, "pipeline_ips": best[0], "ratio": best[0] / bare_ips,
+            "repeat_ratios": [p[0] / b for p, b in zip(pipe, bare)], "val_ips": max(p[1] for p in pipe),
+            "fit_ips": max(p[2] for p in pipe)}
+
+
+TRAINING_TARGET = 0.90  # the pipeline must keep at least this share of the bare loop's throughput
+
+
+def section_training(img_sizes: tuple[int, ...] = (28, 64), n_cases: int = 2000, batch_size: int = 64,
+                     epochs: int = 1, repeats: int = 3, device: str = "cpu", seed: int = 0) -> BenchSection:
+    """:func:`bench_training` of the black box (ResNet-18, stem chosen by image size) at each of ``img_sizes``."""
+    figs = [bench_training(s, n_cases, batch_size, epochs, repeats=repeats, device=device, seed=seed)
+            for s in img_sizes]
+    columns = ["image size", "operation", "images", "images/s", "pipeline / bare loop", "note"]
+    table = []
+    for f in figs:
+        n = f["n_train"] * f["epochs"]
+        per = ", ".join(f"{r:.2f}" for r in f["repeat_ratios"])
+        table += [
+            [f"{f['img_size']} px", "bare PyTorch loop (reference)", f"{n}", f"{f['bare_ips']:.1f}", "1.00",
+             "hand-written loop, no validation"],
+            [f"{f['img_size']} px", "zoo pipeline: training batches", f"{n}", f"{f['pipeline_ips']:.1f}",
+             f"**{f['ratio']:.2f}**", f"per repeat: {per}"],
+            [f"{f['img_size']} px", "zoo pipeline: validation pass (not in the ratio)",
+             f"{f['n_val'] * f['epochs']}", f"{f['val_ips']:.1f}", "", "eval mode, no gradients, AUC"],
+            [f"{f['img_size']} px", "zoo pipeline: whole fit", f"{n}", f"{f['fit_ips']:.1f}",
+             f"{f['fit_ips'] / f['bare_ips']:.2f}", "training + validation + checkpoint + set-up"],
+        ]
+    ok = all(f["ratio"] >= TRAINING_TARGET for f in figs)
+    summary = ("Training throughput of the pipeline / the bare loop: "
+               + ", ".join(f"{f['ratio']:.2f} at {f['img_size']} px" for f in figs)
+               + f" (target >= {TRAINING_TARGET:.2f}: {'met' if ok else 'NOT met'}).")
+    f0 = figs[0]
+    settings = {"model": f"{f0['model']} {f0['params']} (stem auto: small up to 32 px, standard above)",
+                "data": f"synthetic, {n_cases} cases ({f0['n_train']} training, {f0['n_val']} validation), in memory",
+                "batch size": batch_size, "epochs per run": epochs, "augmentation": "off in both",
+                "optimiser": "AdamW, same lr and weight decay", "device": f0["device"],
+                "precision": f0["precision"], "repeats": f"{repeats} each, alternating, fastest run"}
+    notes = ["The pipeline is `train_image_model` exactly as `glasszoo run` calls it (Lightning Trainer, "
+             "`CaseSetDataModule` batches, `ClassifierModule`, progress bar, CSV logger, deterministic algorithms); "
+             "its training throughput counts the training batches only (data loading, forward, backward, optimiser "
+             "step, logging). The bare loop runs with PyTorch's defaults (no deterministic algorithms)."]
+    return BenchSection("training", "Training throughput: pipeline vs bare PyTorch loop", settings, summary=summary,
+                        columns=columns, table=table, data={"sizes": figs}, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------- child runs
+@dataclass
+class RunStats:
+    """Wall time and memory of one child process (``glasszoo run ...``)."""
+
+    command: list[str]
+    returncode: int
+    wall_seconds: float
+    max_rss_mb: float  # exact peak resident set of the largest process of the run (getrusage / wait4)
+    peak_anon_mb: float = float("nan")  # sampled peak anonymous (heap) memory of the main process
+    peak_file_mb: float = float("nan")  # sampled peak file-backed resident pages of the main process (memory maps)
+    peak_tree_mb: float = float("nan")  # sampled peak resident set summed over the process and its children
+    output_tail: str = ""
+
+
+def _proc_status(pid: int) -> dict[str, float]:
+    """VmRSS, RssAnon, RssFile, RssShmem of ``pid`` in MB from /proc (empty when unavailable)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    out[key] = float(rest.split()[0]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from the parent ids in /proc/*/stat)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    stat = fh.read()
+                parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found += kids
+        frontier += kids
+    return found
+
+
+def run_measured(cmd: list[str], env: dict | None = None, cwd: str | Path | None = None,
+                 poll_seconds: float = 0.2) -> RunStats:
+    """Run ``cmd`` to completion and measure it: wall time, the exact peak RSS of its largest process (``wait4``
+    resource usage, which covers the child and the children it waited for), and, sampled every ``poll_seconds``
+    from /proc, the peak anonymous and file-backed memory of the child and the peak RSS summed over its process
+    tree (loader workers, radiomics workers). Output is captured; its last lines are kept."""
+    out_file = tempfile.TemporaryFile(mode="w+b")
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out_file, stderr=subprocess.STDOUT)
+    peaks = {"anon": 0.0, "file": 0.0, "tree": 0.0}
+    sampled = threading.Event()
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            st = _proc_status(proc.pid)
+            if st:
+                sampled.set()
+                peaks["anon"] = max(peaks["anon"], st.get("RssAnon", 0.0))
+                peaks["file"] = max(peaks["file"], st.get("RssFile", 0.0) + st.get("RssShmem", 0.0))
+                tree = st.get("VmRSS", 0.0) + sum(_proc_status(c).get("VmRSS", 0.0) for c in _descendants(proc.pid))
+                peaks["tree"] = max(peaks["tree"], tree)
+            stop.wait(poll_seconds)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        stop.set()
+        thread.join()
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out_file.seek(0)
+    tail = out_file.read().decode("utf-8", "replace")[-4000:]
+    out_file.close()
+    nan = float("nan")
+    return RunStats(command=list(cmd), returncode=proc.returncode, wall_seconds=wall,
+                    max_rss_mb=usage.ru_maxrss / 1024.0,  # kilobytes on Linux
+                    peak_anon_mb=peaks["anon"] if sampled.is_set() else nan,
+                    peak_file_mb=peaks["file"] if sampled.is_set() else nan,
+                    peak_tree_mb=peaks["tree"] if sampled.is_set() else nan, output_tail=tail)
+
+
+def _glasszoo_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "glasszoo.training.cli", *args]
+
+
+def _child_env(cache_dir: str | Path) -> dict:
+    """The environment of a measured run: a fresh, empty cache (nothing is served from earlier runs)."""
+    env = dict(os.environ)
+    env["GLASSZOO_CACHE"] = str(cache_dir)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _failed(stats: RunStats, what: str) -> Exception:
+    from glasszoo.training.errors import GlasszooError
+
+    return GlasszooError(f"bench: {what} failed (exit {stats.returncode}): {' '.join(stats.command)}\n"
+                        f"{stats.output_tail}")
+
+
+def _accelerator(device: str) -> str:
+    return "gpu" if resolve_device(device) == "cuda" else "cpu"
+
+
+def scaling_config(n_cases: int, img_size: int = 64) -> dict:
+    """The config of one scaling run: synthetic data (memory-mapped above the size threshold), the black box only,
+    one epoch, no explanations or case figures, a small bootstrap: what grows with N is the data path."""
+    return {
+        "experiment": f"scaling-{n_cases}",
+        "seed": 0,
+        "data": {"source": "synthetic", "n_cases": int(n_cases), "img_size": int(img_size)},
+        "training": {"max_epochs": 1, "batch_size": 64, "patience": 0, "progress_bar": False},
+        "evaluation": {"bootstrap": 100, "explain_cases": 0, "case_figures_per_class": 0,
+                       "report_misclassified": 0},
+        "models": [{"name": "blackbox", "params": {"backbone": "resnet18", "stem": "standard"}}],
+    }
+
+
+def section_scaling(sizes: tuple[int, ...] = (1000, 4000, 16000), img_size: int = 64,
+                    device: str = "cpu") -> BenchSection:
+    """``glasszoo run`` of :func:`scaling_config` at each data size N, one child process each (cold cache)."""
+    import yaml
+
+    from glasszoo.training.synthetic import _memmap_min_bytes
+
+    accel = _accelerator(device)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="glasszoo-scaling-") as tmp:
+        for n in sizes:
+            cfg_path = Path(tmp) / f"scaling-{n}.yaml"
+            cfg_path.write_text(yaml.safe_dump(scaling_config(n, img_size), sort_keys=False))
+            out = Path(tmp) / f"run-{n}"
+            cmd = _glasszoo_command("run", str(cfg_path), "--out", str(out), "--overwrite",
+                                    "--set", f"training.accelerator={accel}")
+            print(f"bench: scaling: glasszoo run at N = {n} ...", file=sys.stderr, flush=True)
+            stats = run_measured(cmd, env=_child_env(Path(tmp) / f"cache-{n}"))
+            if stats.returncode != 0:
+                raise _failed(stats, f"glasszoo run at N = {n}")
+            train_s = float("nan")
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                metrics = json.loads((out / "metrics.json").read_text())
+                train_s = float(metrics["models"]["blackbox"]["cost"]["train_seconds"])
+            image_mb = n * img_size * img_size * 4 / 2 ** 20
+            runs.append({"n": n, "wall": stats.wall_seconds, "train_seconds": train_s, "max_rss_mb": stats.max_rss_mb,
+                         "peak_anon_mb": stats.peak_anon_mb, "peak_file_mb": stats.peak_file_mb,
+                         "image_mb": image_mb, "memmap": n * img_size * img_size * 4 >= _memmap_min_bytes()})
+    base = runs[0]
+    columns = ["N", "images (MB)", "data in", "wall (s)", "training (s)", "wall per 1k cases (s)", "time vs N",
+               "peak RSS (MB)", "peak heap (MB)", "peak file-backed (MB)", "RSS vs N"]
+    table = []
+    for r in runs:
+        grow_n = r["n"] / base["n"]
+        table.append([f"{r['n']}", f"{r['image_mb']:.0f}", "memory map" if r["memmap"] else "memory",
+                      f"{r['wall']:.1f}", f"{r['train_seconds']:.1f}", f"{1000 * r['wall'] / r['n']:.2f}",
+                      f"{r['wall'] / base['wall']:.2f}x for {grow_n:.0f}x",
+                      f"{r['max_rss_mb']:.0f}", f"{r['peak_anon_mb']:.0f}", f"{r['peak_file_mb']:.0f}",
+                      f"{r['max_rss_mb'] / base['max_rss_mb']:.2f}x for {grow_n:.0f}x"])
+    last = runs[-1]
+    k = last["n"] / base["n"]
+    summary = (f"From N = {base['n']} to {last['n']} ({k:.0f}x the cases): wall time x{last['wall'] / base['wall']:.2f}"
+               f" ({'no worse than linear' if last['wall'] / base['wall'] <= k * 1.1 else 'WORSE than linear'}), "
+               f"training time x{last['train_seconds'] / base['train_seconds']:.2f}, peak RSS "
+               f"x{last['max_rss_mb'] / base['max_rss_mb']:.2f} ({base['max_rss_mb']:.0f} -> {last['max_rss_mb']:.0f}"
+               f" MB; peak heap {base['peak_anon_mb']:.0f} -> {last['peak_anon_mb']:.0f} MB).")
+    settings = {"config": f"synthetic {img_size} px, blackbox (resnet18, standard stem), 1 epoch, batch 64, "
+                          f"bootstrap 100, no explanations",
+                "process": "one `glasszoo run` child per N, empty cache (synthetic images rendered in the run)",
+                "memory map threshold": f"{_memmap_min_bytes() / 2 ** 20:.0f} MB of images", "device": accel}
+    notes = ["Peak RSS is exact (`wait4` resource usage of the run's largest process). Heap (anonymous memory) and "
+             "file-backed pages (shared libraries and memory-mapped data) of the main process are sampled from /proc "
+             "every 0.2 s. Pages of a memory-mapped data set count in RSS once read, but they are file-backed: the "
+             "kernel drops them under memory pressure instead of failing, so the heap is what a run really needs; "
+             "it must not grow with N."]
+    return BenchSection("scaling", "Scaling with the data size", settings, summary=summary, columns=columns,
+                        table=table, data={"runs": runs}, notes=notes)
+
+
+def section_quickstart(device: str = "cpu", config: str | Path | None = None) -> BenchSection:
+    """``glasszoo run configs/quickstart.yaml`` end to end in a child process (cold radiomics cache)."""
+    cfg = Path(config) if config else REPO_ROOT / "configs" / "quickstart.yaml"
+    if not cfg.exists():
+        from glasszoo.training.errors import ConfigError
+
+        raise ConfigError(f"bench quickstart: {cfg} not found (run the bench from a glasszoo checkout)")
+    accel = _accelerator(device)
+    with tempfile.TemporaryDirectory(prefix="glasszoo-quickstart-") as tmp:
+        cmd = _glasszoo_command("run", str(cfg), "--out", str(Path(tmp) / "run"), "--overwrite",
+                                "--set", f"training.accelerator={accel}")
+        print("bench: quickstart: glasszoo run configs/quickstart.yaml ...", file=sys.stderr, flush=True)
+        stats = run_measured(cmd, env=_child_env(Path(tmp) / "cache"), cwd=REPO_ROOT)
+        if stats.returncode != 0:
+            raise _failed(stats, "the quickstart")
+        aucs: dict[str, float] = {}
+        with contextlib.suppress(OSError, KeyError, ValueError, TypeError):
+            models = json.loads((Path(tmp) / "run" / "metrics.json").read_text())["models"]
+            aucs = {name: float(block["task"]["auc"]["value"]) for name, block in models.items()}
+    try:
+        label = str(cfg.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        label = str(cfg)
+    columns = ["run", "models", "wall (s)", "peak RSS (MB)", "peak RSS of all its processes (MB)", "peak heap (MB)",
+               "black-box test AUC"]
+    bb = aucs.get("blackbox", float("nan"))
+    table = [[f"glasszoo run {label}", f"{len(aucs)}", f"{stats.wall_seconds:.1f}", f"{stats.max_rss_mb:.0f}",
+              f"{stats.peak_tree_mb:.0f}", f"{stats.peak_anon_mb:.0f}", f"{bb:.3f}"]]
+    summary = (f"`glasszoo run {label}` runs end to end in {stats.wall_seconds / 60:.1f} min with a peak RSS of "
+               f"{stats.max_rss_mb:.0f} MB ({stats.peak_tree_mb:.0f} MB over all its processes, sampled); the black "
+               f"box reaches a test AUC of {bb:.3f} (the run's own check that the pipeline still learns).")
+    settings = {"config": label, "process": "one child process, empty cache (radiomics features extracted in the "
+                "run)", "device": accel}
+    return BenchSection("quickstart", "Quickstart end to end", settings, summary=summary, columns=columns,
+                        table=table, data={"wall_seconds": stats.wall_seconds, "max_rss_mb": stats.max_rss_mb,
+                                           "peak_tree_mb": stats.peak_tree_mb, "peak_anon_mb": stats.peak_anon_mb,
+                                           "test_auc": aucs})
+
+
+# ---------------------------------------------------------------------------------------------- registry
+@dataclass
+class SectionSpec:
+    """A benchmark section: ``fn(**options)`` returns a :class:`BenchSection`; it receives only the options its
+    signature names (``n_cases``, ``img_size``, ``repeats``, ``device``, ``img_sizes``, ``sizes``, ...)."""
+
+    fn: Callable[..., BenchSection]
+    title: str
+    in_default: bool = True  # part of ``glasszoo bench`` without --only
+
+
+SECTIONS: dict[str, SectionSpec] = {}
+
+
+def register_section(name: str, fn: Callable[..., BenchSection], title: str, in_default: bool = True) -> None:
+    """Add (or replace) a section; the order of registration is the order of the report."""
+    SECTIONS[name] = SectionSpec(fn, title, in_default)
+
+
+register_section("training", section_training, "Training throughput: pipeline vs bare PyTorch loop")
+# "explain" (the cost of each explanation method) is registered here by its own module when it exists
+register_section("push", bench_push, "ProtoPNet push")
+register_section("radiomics", bench_radiomics, "Radiomics extraction")
+register_section("scaling", section_scaling, "Scaling with the data size")
+register_section("quickstart", section_quickstart, "Quickstart end to end")
+
+
+def run_section(name: str, **options) -> BenchSection:
+    """Run section ``name`` with the ``options`` its function accepts (None values: the section's default)."""
+    spec = SECTIONS[name]
+    accepted = inspect.signature(spec.fn).parameters
+    return spec.fn(**{k: v for k, v in options.items() if v is not None and k in accepted})
+
+
+# ---------------------------------------------------------------------------------------------- report
 def machine_description() -> dict:
     """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()
-    try:
+    ram_gb = float("nan")
+    with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                     break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    ram_gb = int(line.split()[1]) / 2 ** 20
+                    break
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": ram_gb, "torch_threads": torch.get_num_threads(),
+            "gpu": gpu, "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
 
 
-def format_section(sec: BenchSection) -> str:
-    """A section as Markdown: settings, the table, the summary line."""
-    lines = [f"## {sec.title}", "", "Settings: " + "; ".join(f"{k} {v}" for k, v in sec.settings.items()) + ".", "",
-             "| operation | images | seconds | images/s | x reference | note |", "|---|---:|---:|---:|---:|---|"]
-    for r in sec.rows:
-        lines.append(f"| {r.operation} | {r.images} | {r.seconds:.3f} | {r.images_per_second:.0f} | "
-                     f"{r.ratio:.2f} ({r.reference}) | {r.note} |")
+def _cell(v: object) -> str:
+    return str(v).replace("|", "\\|")
+
+
+def format_section(sec: BenchSection, command: str = "") -> str:
+    """A section as Markdown: settings, the table, the summary line, notes."""
+    lines = [f"## {sec.title}", "", f"<!-- bench-section: {sec.name} -->"]
+    if command:
+        m = machine_description()
+        lines += ["", f"Measured {m['date']} with `{command}`."]
+    lines += ["", "Settings: " + "; ".join(f"{k} {v}" for k, v in sec.settings.items()) + ".", ""]
+    if sec.columns:
+        lines += ["| " + " | ".join(sec.columns) + " |", "|" + "|".join("---" for _ in sec.columns) + "|"]
+        lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in sec.table]
+    else:
+        lines += ["| operation | images | seconds | images/s | x reference | note |", "|---|---:|---:|---:|---:|---|"]
+        for r in sec.rows:
+            lines.append(f"| {r.operation} | {r.images} | {r.seconds:.3f} | {r.images_per_second:.0f} | "
+                         f"{r.ratio:.2f} ({r.reference}) | {r.note} |")
     if sec.summary:
         lines += ["", sec.summary]
+    for note in sec.notes:
+        lines += ["", note]
     return "\n".join(lines)
 
 
-def write_markdown(sections: list[BenchSection], command: str) -> str:
-    """The whole ``docs/performance.md`` text."""
+FULL_COMMAND = "glasszoo bench --out docs/performance.md"
+
+
+def _split_sections(text: str) -> dict[str, str]:
+    """The ``## `` sections of an earlier report, keyed by their section name (from the marker comment, or by
+    title for reports written before the markers)."""
+    by_title = {spec.title: name for name, spec in SECTIONS.items()}
+    out: dict[str, str] = {}
+    for chunk in re.split(r"(?m)^(?=## )", text):
+        if not chunk.startswith("## "):
+            continue
+        title = chunk.splitlines()[0][3:].strip()
+        marker = re.search(r"<!-- bench-section: (\S+) -->", chunk)
+        name = marker.group(1) if marker else by_title.get(title, title)
+        out[name] = chunk.rstrip() + "\n"
+    return out
+
+
+def write_markdown(sections: list[BenchSection], command: str, previous: str | None = None) -> str:
+    """The whole ``docs/performance.md`` text: a header with the machine, then one block per section.
+
+    Sections of ``previous`` (the file as it was) that were not run this time are kept as they were, each with its
+    own "Measured ... with ..." line, so ``--only`` refreshes part of the report without losing the rest.
+    """
     m = machine_description()
     head = ["# Performance", "",
-            "Written by the benchmark command; do not edit by hand. Regenerate with:", "", "```", command, "```", "",
-            f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), device {m['device']}, "
-            f"torch {m['torch']}, Python {m['python']}; measured {m['date']}. Times are medians of repeated runs "
-            f"after a warm-up; ratios compare operations timed back to back in one process.", ""]
-    return "\n".join(head + [format_section(s) + "\n" for s in sections])
+            "Written by the benchmark command; do not edit by hand. Regenerate everything with:", "", "```",
+            FULL_COMMAND, "```", "",
+            f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['ram_gb']:.0f} GiB "
+            f"RAM, GPU {m['gpu']}, torch {m['torch']}, Python {m['python']}; last run {m['date']} "
+            f"(`{command}`). In-process timings are medians (push, radiomics) or the fastest (training) of repeated "
+            f"runs after a warm-up; ratios compare operations timed back to back in one process; `glasszoo run` "
+            f"figures come from child processes.", ""]
+    blocks = {name: text for name, text in _split_sections(previous or "").items()}
+    for sec in sections:
+        blocks[sec.name] = format_section(sec, command) + "\n"
+    order = [n for n in SECTIONS if n in blocks] + [n for n in blocks if n not in SECTIONS]
+    return "\n".join(head + [blocks[n] for n in order])
+
+
+def bench_command(argv: list[str]) -> str:
+    """The command line as typed (for the report)."""
+    return "glasszoo bench" + ("" if not argv else " " + " ".join(argv))

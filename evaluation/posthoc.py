@@ -24,8 +24,8 @@ Methods and their documented defaults (also in :data:`POSTHOC_METHODS`; referenc
   averaged over the copies, maximum over the channels; ``nt_samples_batch_size=4`` copies per forward call.
 * ``occlusion`` -- occlusion (Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014):
   captum ``Occlusion`` with a square window of side ``window`` (None -> image side // 6, at least 2) over all
-  channels, ``stride`` (None -> window // 2, at least 1), baseline 0, ``perturbations_per_eval=4`` occluded copies
-  per forward call. A pixel's value is the mean logit drop of the windows covering it; the window spans all
+  channels, ``stride`` (None -> window // 2, at least 1), baseline 0, ``perturbations_per_eval=32`` occluded
+  copies per forward call. A pixel's value is the mean logit drop of the windows covering it; the window spans all
   channels, so each channel carries the same value and the map keeps it once (channel mean).
 * ``kernel_shap`` -- KernelSHAP (Lundberg & Lee, "A Unified Approach to Interpreting Model Predictions", NeurIPS
   2017): captum ``KernelShap`` on a ``grid`` x ``grid`` mask of square superpixels (``grid=6`` -> 36 segments),
@@ -115,7 +115,7 @@ POSTHOC_METHODS: dict[str, dict] = {
     # stdevs: noise standard deviation in intensity units (inputs in [0, 1]).
     "smoothgrad": {"nt_samples": 16, "stdevs": 0.15, "nt_samples_batch_size": 4},
     # window None -> max(2, min(H, W) // 6); stride None -> max(1, window // 2).
-    "occlusion": {"window": None, "stride": None, "baseline": 0.0, "perturbations_per_eval": 4},
+    "occlusion": {"window": None, "stride": None, "baseline": 0.0, "perturbations_per_eval": 32},
     # grid: superpixels per side; perturbations_per_eval None -> batch_size; lasso_alpha 0 -> weighted least squares.
     "kernel_shap": {"grid": 6, "n_samples": 64, "baseline": 0.0, "perturbations_per_eval": None},
     "lime": {"grid": 6, "n_samples": 64, "baseline": 0.0, "perturbations_per_eval": None, "kernel_width": 1.0,

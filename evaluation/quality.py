@@ -663,7 +663,7 @@ def _reinitialise(p: torch.Tensor, generator: torch.Generator) -> None:
 
 def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.ndarray, np.ndarray], np.ndarray],
                         x: np.ndarray, target: np.ndarray | int, stages: int = 3, seed: int = 0,
-                        threshold: float = 0.5) -> dict:
+                        threshold: float = 0.5, return_maps: bool = False) -> dict:
     """Cascading model-parameter randomisation (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018).
 
     The model is deep-copied (the original is never modified). The copy's parameter tensors, in registration order
@@ -688,10 +688,12 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
         stages: number of cascading stages.
         seed: seed of the random weights.
         threshold: similarity below which a case passes.
+        return_maps: also return the maps (``"maps"``: the trained model's, then one [N, H, W] per stage), e.g.
+            for a figure.
 
     Returns:
         ``{"stages": [fraction of parameter tensors randomised per stage], "spearman": [float [N] per stage],
-        "ssim": [float [N] per stage], "passed": bool [N], "threshold": threshold}``.
+        "ssim": [float [N] per stage], "passed": bool [N], "threshold": threshold}`` (and ``"maps"``).
 
     Raises:
         DataError: on malformed inputs, a model without parameters or ``explain_fn`` maps of the wrong shape.
@@ -711,6 +713,8 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
     groups = cascading_groups(len(params), stages)
     generator = torch.Generator().manual_seed(int(seed))
     out: dict[str, Any] = {"stages": [], "spearman": [], "ssim": [], "threshold": float(threshold)}
+    if return_maps:
+        out["maps"] = [reference]
     done = 0
     for group in groups:
         for i in group:
@@ -718,6 +722,8 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
         done += len(group)
         maps = _check_explained(explain_fn(randomised, xs, tgt), n, (h, w), "explain_fn(randomised model, x)")
         out["stages"].append(done / len(params))
+        if return_maps:
+            out["maps"].append(maps)
         out["spearman"].append(spearman_per_case(ref_abs, np.abs(maps)))
         out["ssim"].append(ssim(ref_unit, _unit_abs(maps)))
     final_rho, final_ssim = out["spearman"][-1], out["ssim"][-1]

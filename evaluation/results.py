@@ -11,35 +11,51 @@ from glasszoo.evaluation.metrics import METRIC_NAMES, format_value
 TASK_KEYS = tuple(METRIC_NAMES)
 
 
+SCORE_KEYS = ("pointing_game", "mass_in_mask", "rank_accuracy", "deletion_auc", "insertion_auc",
+              "faithfulness_correlation", "max_sensitivity", "sparseness", "randomisation_similarity")
+
+
 def tradeoff_rows(metrics: dict) -> list[dict]:
-    """One flat row per model: task metrics with CI bounds, the primary explanation's scores, and cost."""
+    """One flat row per (model, explanation method): the model's task metrics with CI bounds, the method's quality
+    scores with CI bounds, its cost (ms and forward/backward passes per image), and the model's training cost.
+
+    A model without explanations gets one row with empty explanation columns. ``primary`` marks, per model, the row
+    of its first heatmap (else its first explanation): the one row per model of a model-level table.
+    """
     rows = []
     for name, m in metrics["models"].items():
-        row = {"model": name, "family": m["family"], "input": m.get("input", "")}
+        base = {"model": name, "family": m["family"], "input": m.get("input", "")}
         for key in TASK_KEYS:
             d = m["task"].get(key, {})
-            row[key] = d.get("value")
+            base[key] = d.get("value")
             lo, hi = d.get("ci", [None, None])
-            row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
-        blocks = {k: b for k, b in m.get("explanation", {}).items() if isinstance(b, dict) and "kind" in b}
-        if blocks:
-            # the model's heatmap is the one every model shares; fall back to its first explanation
-            method, block = next(((k, b) for k, b in blocks.items() if b["kind"] == "heatmap"),
-                                 next(iter(blocks.items())))
-            row["explanation"] = method
-            row["explanation_ms_per_image"] = block.get("ms_per_image")
-            for score in ("pointing_game", "mass_in_mask"):
+            base[f"{key}_lo"], base[f"{key}_hi"] = lo, hi
+        cost = {"train_seconds": m["cost"].get("train_seconds"), "params": m["cost"].get("params")}
+        blocks = [(k, b) for k, b in m.get("explanation", {}).items() if isinstance(b, dict) and "kind" in b]
+        if not blocks:
+            rows.append({**base, "primary": True, **cost})
+            continue
+        primary = next((k for k, b in blocks if b["kind"] == "heatmap"), blocks[0][0])
+        for method, block in blocks:
+            row = {**base, "explanation": method, "explanation_kind": block["kind"],
+                   "explanation_source": block.get("source", ""), "primary": method == primary,
+                   "explanation_cases": block.get("n_cases"),
+                   "explanation_ms_per_image": block.get("ms_per_image")}
+            passes = block.get("passes_per_image") or {}
+            row["forward_passes_per_image"] = passes.get("forward")
+            row["backward_passes_per_image"] = passes.get("backward")
+            for score in SCORE_KEYS:
                 if score in block:
                     row[score] = block[score]["value"]
                     row[f"{score}_lo"], row[f"{score}_hi"] = block[score]["ci"]
-        row["train_seconds"] = m["cost"].get("train_seconds")
-        row["params"] = m["cost"].get("params")
-        rows.append(row)
+            if "randomisation" in block:
+                row["randomisation_passed"] = block["randomisation"]["passed"]
+            rows.append({**row, **cost})
     return rows
 
 
 def write_tradeoff(metrics: dict, path: str | Path) -> pd.DataFrame:
-    """Write ``tradeoff.csv`` (one row per model) and return it."""
+    """Write ``tradeoff.csv`` (one row per model and explanation method) and return it."""
     df = pd.DataFrame(tradeoff_rows(metrics))
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -41,14 +41,20 @@ def adapt_stem(net: nn.Module, stem: str, in_chans: int) -> nn.Module:
 
 
 def create_backbone(name: str, num_classes: int, in_chans: int, img_size: tuple[int, int], stem: str = "auto",
-                    drop_rate: float = 0.0) -> tuple[nn.Module, str]:
+                    drop_rate: float = 0.0, output_stride: int = 32) -> tuple[nn.Module, str]:
     """A randomly initialised timm classifier ``name`` and the stem actually used.
 
+    ``output_stride`` 16 or 8 replaces the strides of the last stage(s) by dilation (timm), so the last feature map
+    (the one Grad-CAM reads) keeps 2x or 4x the resolution, at a higher compute cost.
     Never downloads weights: glasszoo trains from scratch and runs offline.
     """
     if name not in timm.list_models():
         raise ValueError(f"unknown timm backbone {name!r} (see timm.list_models())")
-    net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+    extra = {"output_stride": output_stride} if output_stride != 32 else {}
+    net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                            **extra)
     resolved = resolve_stem(stem, img_size)
     if stem == "auto" and not (isinstance(getattr(net, "conv1", None), nn.Conv2d) and hasattr(net, "maxpool")):
         resolved = "standard"

@@ -28,15 +28,19 @@ class BlackBoxCNN(ImageModel):
         backbone: any timm model name; trained from scratch.
         stem: ``auto``, ``standard``, ``small`` or ``nopool`` (see ``glasszoo.models._backbones.adapt_stem``).
         drop_rate: dropout before the classifier.
+        output_stride: 32 (the backbone as designed), or 16 / 8: the last stage(s) dilated instead of strided, so
+            the last feature map, and with it Grad-CAM, has 2x / 4x the resolution (at a higher compute cost).
     """
 
     explanation_kinds = ("heatmap",)
 
     def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28,
-                 backbone: str = "resnet18", stem: str = "auto", drop_rate: float = 0.0) -> None:
+                 backbone: str = "resnet18", stem: str = "auto", drop_rate: float = 0.0,
+                 output_stride: int = 32) -> None:
         super().__init__(num_classes, in_chans, img_size)
         self.backbone_name = backbone
-        self.net, self.stem = create_backbone(backbone, num_classes, in_chans, self.img_size, stem, drop_rate)
+        self.net, self.stem = create_backbone(backbone, num_classes, in_chans, self.img_size, stem, drop_rate,
+                                              output_stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -73,6 +77,6 @@ class BlackBoxCNN(ImageModel):
     test_kwargs={"backbone": "resnet18"},
 )
 def blackbox(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28, backbone: str = "resnet18",
-             stem: str = "auto", drop_rate: float = 0.0) -> BlackBoxCNN:
+             stem: str = "auto", drop_rate: float = 0.0, output_stride: int = 32) -> BlackBoxCNN:
     """Black-box timm CNN (default ResNet-18 with a small-input stem), explained by Grad-CAM."""
-    return BlackBoxCNN(num_classes, in_chans, img_size, backbone, stem, drop_rate)
+    return BlackBoxCNN(num_classes, in_chans, img_size, backbone, stem, drop_rate, output_stride)

@@ -44,6 +44,15 @@ def test_quickstart_config_runs_scaled_down(tmp_path):
             assert 0.0 <= hm["pointing_game"]["value"] <= 1.0, name
             mass = hm["mass_in_mask"]["value"]
             assert math.isnan(mass) or 0.0 <= mass <= 1.0, name
+    # the black box got every post-hoc method, each scored and costed
+    from glasszoo.evaluation.posthoc import DEFAULT_METHODS
+
+    bb = m["models"]["blackbox"]["explanation"]
+    assert set(DEFAULT_METHODS) <= set(bb)
+    for method in DEFAULT_METHODS:
+        assert bb[method]["source"] == "post-hoc" and bb[method]["passes_per_image"]["forward"] >= 1
+        assert "deletion_auc" in bb[method] and "randomisation" in bb[method], method
+    assert (run_dir / "report.html").exists() and (run_dir / "figures" / "comparison.png").exists()
 
 
 @pytest.mark.shared_data
@@ -51,7 +60,8 @@ def test_quickstart_config_runs_scaled_down(tmp_path):
 def test_real_folder_configs_train(shared_data, tmp_path, config):
     cfg = load_config(ROOT / "configs" / f"{config}.yaml",
                       [*QUICK, "data.img_size=32", "training.max_epochs=1", f"output_dir={tmp_path}",
-                       f"data.csv={shared_data / config / (config + '.csv')}"])
+                       f"data.csv={shared_data / config / (config + '.csv')}",
+                       "evaluation.posthoc.methods=[gradcam, integrated_gradients]"])
     run_dir = run_experiment(cfg)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dataset"]["n_cases"] == {"ph2": 200, "busi": 780}[config]

@@ -61,13 +61,17 @@ register_model("test_logreg", family="test-linear", input_kind="features", expla
                paper="test only")(LogReg)
 
 
-def tiny_config(tmp_path, models=("blackbox",), seed=0):
+def tiny_config(tmp_path, models=("blackbox",), seed=0, methods=None):
+    """A tiny run; ``methods``: the post-hoc methods (default: all of them)."""
     learnable_npz(tmp_path / "tiny.npz")
+    posthoc = {} if methods is None else {"methods": list(methods)}
     return parse_config({
         "experiment": "tiny", "seed": seed, "output_dir": str(tmp_path / "runs"),
         "data": {"source": "medmnist", "path": str(tmp_path / "tiny.npz")},
         "training": {"max_epochs": 3, "batch_size": 16, "patience": 0, "progress_bar": False},
-        "evaluation": {"bootstrap": 200, "explain_cases": 8, "figure_cases": 4},
+        "evaluation": {"bootstrap": 200, "explain_cases": 8, "figure_cases": 4, "posthoc": posthoc,
+                       "quality": {"steps": 4, "faithfulness_subsets": 8, "randomisation_stages": 2,
+                                   "sensitivity_samples": 1}},
         "models": [{"name": "blackbox", "params": {"backbone": "resnet18", "stem": "standard"}}
                    if m == "blackbox" else m for m in models],
     })
@@ -109,8 +113,12 @@ def test_run_writes_the_results_contract(tiny_run):
     splits = pd.read_csv(run_dir / "splits.csv")
     assert splits["split"].value_counts().to_dict() == {"train": 64, "test": 32, "val": 24}
     trade = pd.read_csv(run_dir / "tradeoff.csv")
-    assert list(trade["model"]) == ["blackbox", "test_logreg"]
-    assert trade.loc[0, "auc"] == pytest.approx(m["models"]["blackbox"]["task"]["auc"]["value"])
+    primary = trade[trade["primary"]].reset_index(drop=True)
+    assert list(primary["model"]) == ["blackbox", "test_logreg"]
+    assert primary.loc[0, "auc"] == pytest.approx(m["models"]["blackbox"]["task"]["auc"]["value"])
+    # one row per (model, explanation method): the black box's own Grad-CAM and every post-hoc method
+    blackbox_methods = set(trade.loc[trade["model"] == "blackbox", "explanation"])
+    assert blackbox_methods == set(m["models"]["blackbox"]["explanation"]) >= {"gradcam", "integrated_gradients"}
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["training"]["max_epochs"] == 3 and resolved["models"][0]["model"] == "blackbox"
 
@@ -122,14 +130,21 @@ def test_tabular_path_learns_the_bright_square(tiny_run):
     assert m["models"]["test_logreg"]["task"]["auc"]["value"] > 0.9
 
 
+def _without_times(metrics: dict) -> dict:
+    return {k: {kk: vv for kk, vv in b.items() if kk != "ms_per_image"}
+            for k, b in metrics["models"]["blackbox"]["explanation"].items()}
+
+
 def test_same_seed_same_splits_and_metrics(tmp_path):
     runs = []
     for i in range(2):
         (tmp_path / str(i)).mkdir()
-        cfg = tiny_config(tmp_path / str(i), models=("blackbox",), seed=5)
+        cfg = tiny_config(tmp_path / str(i), models=("blackbox",), seed=5, methods=("smoothgrad", "kernel_shap"))
         runs.append(run_experiment(cfg))
     a, b = (json.loads((r / "metrics.json").read_text()) for r in runs)
     assert a["models"]["blackbox"]["task"] == b["models"]["blackbox"]["task"]
+    # the seeded post-hoc methods and every quality score repeat exactly
+    assert json.dumps(_without_times(a), sort_keys=True) == json.dumps(_without_times(b), sort_keys=True)
     assert a["models"]["blackbox"]["training"] == b["models"]["blackbox"]["training"]
     pa, pb = (pd.read_csv(r / "models" / "blackbox" / "predictions.csv") for r in runs)
     pd.testing.assert_frame_equal(pa, pb)

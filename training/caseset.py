@@ -2,21 +2,78 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from glasszoo.training.errors import DataError
 
 SPLITS = ("train", "val", "test")
+_CHECK_BYTES = 64 << 20  # the image checks read the array in slices of about this size
+
+
+def cache_root() -> Path:
+    """glasszoo's on-disk cache: ``$GLASSZOO_CACHE``, else ``$XDG_CACHE_HOME/glasszoo``, else ``~/.cache/glasszoo``."""
+    if os.environ.get("GLASSZOO_CACHE"):
+        return Path(os.environ["GLASSZOO_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base).expanduser() / "glasszoo"
+
+
+class NpyWriter:
+    """Write an ``.npy`` array of known shape slice by slice (rows in order), without holding it in memory.
+
+    The file appears under ``path`` only when :meth:`close` is called after every row was written (written to a
+    temporary name first, then renamed: concurrent writers of the same file cannot leave a torn one). Read it back
+    with :func:`open_npy`.
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: np.dtype | str) -> None:
+        self.path = Path(path)
+        self.shape, self.dtype = tuple(int(x) for x in shape), np.dtype(dtype)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self._fh = open(self._tmp, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self._fh, header)
+        self.rows = 0
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.shape[0]:
+            raise ValueError(f"block of shape {block.shape} does not fit rows {self.rows}.. of {self.shape}")
+        self._fh.write(block.tobytes())
+        self.rows += len(block)
+
+    def close(self) -> Path:
+        self._fh.close()
+        if self.rows != self.shape[0]:
+            self._tmp.unlink(missing_ok=True)
+            raise ValueError(f"{self.path}: {self.rows} of {self.shape[0]} rows written")
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def open_npy(path: str | Path) -> np.memmap:
+    """A memory-mapped, copy-on-write view of an ``.npy`` file: pages are read from disk when used, and writes
+    (if any code makes them) stay in this process's memory, never in the file."""
+    return np.load(path, mmap_mode="c")
 
 
 @dataclass
 class CaseSet:
-    """An in-memory description of one labelled image data set with a fixed split.
+    """One labelled image data set with a fixed split.
 
     Attributes:
-        images: float32 [N, C, H, W] with values in [0, 1].
+        images: float32 [N, C, H, W] with values in [0, 1]; an array in memory, or a memory map (``np.memmap``, see
+            :func:`open_npy`) for data sets larger than memory should hold: every consumer indexes it like an array.
         labels: int64 [N], values in ``range(len(class_names))``.
         class_names: one name per class.
         case_ids: one unique string id per case.
@@ -42,7 +99,7 @@ class CaseSet:
     positive_class: int = 1
 
     def __post_init__(self) -> None:
-        self.images = np.asarray(self.images)
+        self.images = np.asanyarray(self.images)  # keeps a memory map a memory map
         self.labels = np.asarray(self.labels).astype(np.int64).reshape(-1)
         self.case_ids = np.asarray([str(c) for c in self.case_ids], dtype=object)
         self.split = np.asarray([str(s) for s in self.split], dtype=object)
@@ -50,9 +107,23 @@ class CaseSet:
         self.concept_names = [str(c) for c in self.concept_names]
         self.validate()
 
+    @property
+    def memory_mapped(self) -> bool:
+        """Whether the images are a memory map (read from disk on use) rather than an array in memory."""
+        return isinstance(self.images, np.memmap)
+
     # ------------------------------------------------------------------ checks
+    def _image_slices(self):
+        n = self.images.shape[0]
+        step = max(1, _CHECK_BYTES // max(1, self.images[:1].nbytes))
+        for start in range(0, n, step):
+            yield start, np.asarray(self.images[start:start + step])
+
     def validate(self) -> None:
-        """Raise :class:`DataError` naming the field when the contract does not hold."""
+        """Raise :class:`DataError` naming the field when the contract does not hold.
+
+        The image checks read the images in slices, so a memory-mapped set is never loaded whole.
+        """
         src = f"data set '{self.name}'"
         if self.images.ndim != 4:
             raise DataError(f"{src}: images must be [N, C, H, W], got shape {self.images.shape}")
@@ -63,10 +134,13 @@ class CaseSet:
             raise DataError(f"{src}: no cases")
         if self.images.shape[1] not in (1, 3):
             raise DataError(f"{src}: images must have 1 or 3 channels, got {self.images.shape[1]}")
-        if not np.isfinite(self.images).all():
-            bad = int(np.flatnonzero(~np.isfinite(self.images.reshape(n, -1)).all(axis=1))[0])
-            raise DataError(f"{src}: images contain non-finite pixels (first at case '{self.case_ids[bad]}')")
-        lo, hi = float(self.images.min()), float(self.images.max())
+        lo, hi = np.inf, -np.inf
+        for start, block in self._image_slices():
+            finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+            if not finite.all():
+                bad = start + int(np.flatnonzero(~finite)[0])
+                raise DataError(f"{src}: images contain non-finite pixels (first at case '{self.case_ids[bad]}')")
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
         if lo < 0.0 or hi > 1.0:
             raise DataError(f"{src}: image values must lie in [0, 1], found [{lo:.4g}, {hi:.4g}]")
         for fname, arr in (("labels", self.labels), ("case_ids", self.case_ids), ("split", self.split)):
@@ -92,10 +166,16 @@ class CaseSet:
             if missing:
                 raise DataError(f"{src}: class {missing} has no examples in split '{s}'")
         if self.masks is not None:
-            self.masks = np.asarray(self.masks)
+            self.masks = np.asanyarray(self.masks)
             if self.masks.shape != (n, *self.images.shape[2:]):
                 raise DataError(f"{src}: masks must have shape {(n, *self.images.shape[2:])}, got {self.masks.shape}")
-            self.masks = (self.masks > 0).astype(np.uint8)
+            if isinstance(self.masks, np.memmap) and self.masks.dtype == np.uint8:
+                # already 0/1 bytes on disk (checked in slices): keep the map instead of loading a copy
+                step = max(1, _CHECK_BYTES // max(1, self.masks[:1].nbytes))
+                if any(np.asarray(self.masks[i:i + step]).max(initial=0) > 1 for i in range(0, n, step)):
+                    self.masks = (self.masks > 0).astype(np.uint8)
+            else:
+                self.masks = (np.asarray(self.masks) > 0).astype(np.uint8)
         if self.concepts is not None:
             self.concepts = np.asarray(self.concepts, dtype=np.float32)
             if self.concepts.ndim != 2 or self.concepts.shape[0] != n:

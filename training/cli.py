@@ -22,7 +22,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from glasszoo.training.runner import run_experiment
 
     cfg = load_config(args.config, args.set)
-    run_experiment(cfg, out=args.out, overwrite=args.overwrite)
+    if args.seeds < 1:
+        from glasszoo.training.errors import ConfigError
+
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.seeds == 1:
+        run_experiment(cfg, out=args.out, overwrite=args.overwrite, resume=args.resume)
+    else:
+        from glasszoo.training.seeds import run_seeds
+
+        run_seeds(cfg, args.seeds, out=args.out, overwrite=args.overwrite, resume=args.resume)
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from glasszoo.training.audit import run_audit
+    from glasszoo.training.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    run_audit(cfg, out=args.out, overwrite=args.overwrite, rate=args.rate, size=args.size)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from glasszoo.evaluation.report import write_report
+    from glasszoo.training.errors import DataError
+
+    if not (Path(args.run_dir) / "metrics.json").exists():
+        raise DataError(f"{Path(args.run_dir) / 'metrics.json'} not found: RUN_DIR must be a directory written by "
+                        f"'glasszoo run'")
+    print(write_report(args.run_dir, reference=args.reference))
     return 0
 
 
@@ -135,27 +166,56 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    from glasszoo.training.errors import ConfigError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option}: expected comma-separated positive integers, got {text!r}")
+    return values
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from glasszoo.evaluation.bench import SECTIONS, format_section, write_markdown
+    from glasszoo.evaluation.bench import SECTIONS, bench_command, format_section, run_section, write_markdown
     from glasszoo.training.errors import ConfigError
     from glasszoo.training.runner import atomic_write_text
 
-    names = list(SECTIONS) if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
+    if args.only:
+        names = [s.strip() for s in args.only.split(",") if s.strip()]
+    else:
+        names = [n for n, spec in SECTIONS.items() if spec.in_default]
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise ConfigError(f"--only: unknown benchmark section '{unknown[0]}'; sections: {', '.join(SECTIONS)}")
+    if args.device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"--device: must be cpu, cuda or auto, got {args.device!r}")
+    for opt in ("n_cases", "img_size", "repeats", "epochs"):
+        value = getattr(args, opt)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{opt.replace('_', '-')}: must be >= 1, got {value}")
+    img_sizes = _int_list(args.train_sizes, "--train-sizes") if args.train_sizes else (
+        (args.img_size,) if args.img_size else None)
+    options = {"n_cases": args.n_cases, "img_size": args.img_size, "repeats": args.repeats, "device": args.device,
+               "epochs": args.epochs, "img_sizes": img_sizes,
+               "sizes": _int_list(args.scaling_sizes, "--scaling-sizes") if args.scaling_sizes else None}
+    out = None if args.out in ("", "-") else Path(args.out)
+    command = bench_command(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])
     sections = []
     for n in names:
         print(f"bench: {n} ...", file=sys.stderr, flush=True)
-        sec = SECTIONS[n](n_cases=args.n_cases, img_size=args.img_size, repeats=args.repeats)
+        sec = run_section(n, **options)
         print(format_section(sec) + "\n", flush=True)
         sections.append(sec)
-    if args.out:
-        command = "glasszoo bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "glasszoo bench"
-        atomic_write_text(Path(args.out), write_markdown(sections, command))
-        print(f"bench: wrote {args.out}", file=sys.stderr)
+    if out is not None:
+        previous = out.read_text(encoding="utf-8") if out.exists() else None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, write_markdown(sections, command, previous))
+        print(f"bench: wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -177,7 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow writing over an existing run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set training.max_epochs=2 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in its directory: finished models are loaded, not retrained")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat the run with seeds seed, seed+1, ...; report mean +- sd across them (default 1)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("audit", help="shortcut audit: train the zoo with a planted marker correlated with the label "
+                                     "in train/val and independent in test; write audit.json and the report")
+    p.add_argument("config", help="YAML experiment config (any data source), e.g. configs/audit.yaml")
+    p.add_argument("--rate", type=float, default=0.95,
+                   help="train/val probability of the marker for the positive class (absent otherwise; default 0.95)")
+    p.add_argument("--size", type=int, help="marker side in pixels (default: image side // 12, at least 2)")
+    p.add_argument("--out", help="run directory (default: <output_dir>/<experiment>-audit)")
+    p.add_argument("--overwrite", action="store_true", help="allow writing over an existing run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("report", help="(re)write report.html of a finished run")
+    p.add_argument("run_dir", help="a run directory written by 'glasszoo run'")
+    p.add_argument("--reference", help="model the paired tests compare against (default: the black box)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'proto*'")
@@ -205,14 +285,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the figures (default RUN_DIR/explanations/<model>)")
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("bench", help="measure what the zoo's operations cost, as ratios to a plain forward pass",
-                       description="Time the zoo's operations in one process (medians after a warm-up) and print "
-                                   "a table per section; with --out also write it as Markdown (docs/performance.md).")
-    p.add_argument("--only", help="comma-separated sections to run (default: all)")
-    p.add_argument("--n-cases", type=int, default=2000, help="synthetic cases to generate (default 2000)")
-    p.add_argument("--img-size", type=int, default=48, help="image side in pixels (default 48)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per operation (default 3)")
-    p.add_argument("--out", help="write the Markdown report here, e.g. docs/performance.md")
+    p = sub.add_parser("bench", help="measure what the zoo costs (throughput ratios, scaling, memory) and write "
+                                     "docs/performance.md",
+                       description="Run the benchmark sections in one command and print a table per section: "
+                                   "training throughput of the pipeline vs a bare PyTorch loop (training), ProtoPNet "
+                                   "push vs a forward pass (push), radiomics extraction (radiomics), wall time and "
+                                   "peak memory of 'glasszoo run' at growing data sizes (scaling) and of the "
+                                   "quickstart (quickstart). Writes the report to --out (merged: sections not run "
+                                   "keep their earlier figures). Options left out use each section's defaults.")
+    p.add_argument("--only", help="comma-separated sections to run (default: all): training, push, radiomics, "
+                                  "scaling, quickstart")
+    p.add_argument("--n-cases", type=int, help="synthetic cases of the in-process sections (default 2000)")
+    p.add_argument("--img-size", type=int,
+                   help="image side in pixels (defaults: push and radiomics 48, training 28 and 64, scaling 64)")
+    p.add_argument("--train-sizes", metavar="SIZES", help="image sides of the training section, e.g. 28,64")
+    p.add_argument("--scaling-sizes", metavar="NS",
+                   help="data sizes N of the scaling section (default 1000,4000,16000)")
+    p.add_argument("--epochs", type=int, help="epochs per timed training run (default 1)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available, else cpu), cpu or cuda")
+    p.add_argument("--repeats", type=int, help="timed repeats per operation (default 3)")
+    p.add_argument("--out", default="docs/performance.md",
+                   help="the Markdown report to write or update (default docs/performance.md; '-' to only print)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("data", help="load the data of a config and print its summary (counts per split and class)")

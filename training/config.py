@@ -49,12 +49,69 @@ class TrainingConfig:
     patience: int = 10
     class_weighting: str = "auto"
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    precision: str = "32-true"
-    num_workers: int = 0
+    accelerator: str = "auto"  # auto (a GPU when there is one), cpu, gpu, cuda, mps
+    devices: Any = "auto"  # auto, a count (e.g. 4; -1 = all), or a list of device indices (e.g. [0, 2])
+    precision: str = "32-true"  # or bf16-mixed, 16-mixed (automatic mixed precision)
+    channels_last: bool = False  # train in the NHWC memory layout (faster convolutions on GPUs with mixed precision)
+    num_workers: int = 0  # data-loader worker processes (kept alive across epochs)
+    pin_memory: Any = "auto"  # pinned host memory for batches: auto (on when training on a GPU), true, false
+    strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, ... (several devices or nodes)
+    num_nodes: int = 1  # machines for multi-node distributed training
     deterministic: bool = True
     progress_bar: bool = True
+
+
+def _default_posthoc_methods() -> list[str]:
+    from glasszoo.evaluation.posthoc import DEFAULT_METHODS
+
+    return list(DEFAULT_METHODS)
+
+
+@dataclass
+class PosthocConfig:
+    """Post-hoc explainers (``glasszoo.evaluation.posthoc``) run on image models after training.
+
+    Attributes:
+        models: which models get them: model names, families (``"black-box"``) or ``"all"``.
+        methods: which methods (default: all of ``DEFAULT_METHODS``); each gives a :class:`Heatmap` scored by the
+            same quality metrics as the models' own maps.
+        params: per-method parameter overrides, e.g. ``{integrated_gradients: {n_steps: 16}}``.
+        max_cases: per-method cap on the explained test cases (the first ones of the shared explained sample),
+            for the perturbation methods whose cost is many forward passes per image.
+    """
+
+    models: list[str] = field(default_factory=lambda: ["black-box"])
+    methods: list[str] = field(default_factory=_default_posthoc_methods)
+    params: dict = field(default_factory=dict)
+    max_cases: dict = field(default_factory=lambda: {"occlusion": 32, "kernel_shap": 16, "lime": 16})
+
+
+@dataclass
+class QualityConfig:
+    """Explanation-quality metrics (``glasszoo.evaluation.quality``) computed for every heatmap of a run.
+
+    Attributes:
+        enabled: compute them (localisation against masks is computed regardless).
+        cases: explained cases the perturbation metrics use (the first ones of the explained sample; -1 = all).
+        steps: deletion / insertion steps (2 * (steps + 1) forward passes per image).
+        baseline: what deleted patches become: ``"zero"`` (black), ``"mean"`` or ``"blur"``.
+        faithfulness_subsets: random patch subsets of the faithfulness correlation (one forward pass each).
+        randomisation_stages: cascading-randomisation stages (top third, two thirds, all parameters for 3).
+        randomisation_cases: cases of the randomisation check and of the max-sensitivity (at most a quarter of the
+            cases the method explained, at least 2).
+        sensitivity_samples: noisy copies per case for the max-sensitivity.
+        sensitivity_radius: half-width of the uniform input noise of the max-sensitivity (images in [0, 1]).
+    """
+
+    enabled: bool = True
+    cases: int = 32
+    steps: int = 12
+    baseline: str = "zero"
+    faithfulness_subsets: int = 16
+    randomisation_stages: int = 3
+    randomisation_cases: int = 8
+    sensitivity_samples: int = 3
+    sensitivity_radius: float = 0.02
 
 
 @dataclass
@@ -66,6 +123,10 @@ class EvaluationConfig:
     explain_cases: int = 64  # test cases explained per model (0 = none, -1 = all)
     figure_cases: int = 8  # cases shown in each model's explanation figure
     case_figures_per_class: int = 2  # explained test cases per true class that get a per-case figure per model
+    comparison_cases_per_class: int = 2  # cases per class in the all-methods comparison grid (figures/comparison.png)
+    report_misclassified: int = 6  # misclassified test cases (by any model) that also get case figures and a case page
+    posthoc: PosthocConfig = field(default_factory=PosthocConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
 
 def _default_feature_classes() -> list[str]:
@@ -177,7 +238,45 @@ def _validate_training(tc: TrainingConfig, where: str, src: str) -> TrainingConf
             raise ConfigError(f"{prefix}{where}.{key}: must be >= 1, got {getattr(tc, key)}")
     if tc.lr <= 0:
         raise ConfigError(f"{prefix}{where}.lr: must be > 0, got {tc.lr}")
+    _validate_hardware(tc, f"{prefix}{where}")
     return tc
+
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _validate_hardware(tc: TrainingConfig, at: str) -> None:
+    """The device, precision, loader and distribution keys (what the Lightning Trainer receives)."""
+    import re
+
+    if tc.precision not in PRECISIONS:
+        raise ConfigError(f"{at}.precision: must be one of {PRECISIONS}, got {tc.precision!r}")
+    if tc.accelerator not in ACCELERATORS:
+        raise ConfigError(f"{at}.accelerator: must be one of {ACCELERATORS}, got {tc.accelerator!r}")
+    d = tc.devices
+    ok = (d == "auto" or (isinstance(d, str) and re.fullmatch(r"-1|\d+(,\d+)*,?", d.strip()) is not None)
+          or (isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1))
+          or (isinstance(d, list) and d and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                for i in d)))
+    if not ok:
+        raise ConfigError(f"{at}.devices: must be 'auto', a count >= 1 (-1 = all) or a list of device indices "
+                          f"(e.g. [0, 1] or '0,1'), got {d!r}")
+    if tc.num_workers < 0:
+        raise ConfigError(f"{at}.num_workers: must be >= 0, got {tc.num_workers}")
+    if tc.pin_memory != "auto" and not isinstance(tc.pin_memory, bool):
+        raise ConfigError(f"{at}.pin_memory: must be 'auto', true or false, got {tc.pin_memory!r}")
+    if tc.num_nodes < 1:
+        raise ConfigError(f"{at}.num_nodes: must be >= 1, got {tc.num_nodes}")
+    if tc.strategy != "auto":
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        known = sorted(StrategyRegistry.available_strategies())
+        if tc.strategy not in known:
+            raise ConfigError(f"{at}.strategy: must be 'auto' or a Lightning strategy name (e.g. 'ddp'), "
+                              f"got {tc.strategy!r}; known: {known}")
+    elif tc.num_nodes > 1:
+        raise ConfigError(f"{at}.num_nodes: {tc.num_nodes} nodes need a distributed strategy (e.g. strategy: ddp)")
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -214,6 +313,11 @@ def _check_type(value: Any, hint: Any, where: str, src: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{src}{where}: expected a string, got {value!r}")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{src}{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_check_type(v, item, f"{where}[{i}]", src) for i, v in enumerate(value)]
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{src}{where}: expected a mapping, got {value!r}")
@@ -293,7 +397,49 @@ def parse_config(raw: dict, source: str = "") -> ExperimentConfig:
         raise ConfigError(f"{prefix}experiment: must be a non-empty name without '/', got {cfg.experiment!r}")
     for spec in models:  # validate per-model training overrides now, not after hours of training
         cfg.training_for(spec)
+    _validate_evaluation(cfg, prefix)
     return cfg
+
+
+def _validate_evaluation(cfg: ExperimentConfig, prefix: str) -> None:
+    """Post-hoc methods, their parameters and the quality settings, checked before any training."""
+    from glasszoo.evaluation.posthoc import POSTHOC_METHODS
+
+    ph, q = cfg.evaluation.posthoc, cfg.evaluation.quality
+    where = "evaluation.posthoc"
+    known = sorted(POSTHOC_METHODS)
+    for i, m in enumerate(ph.methods):
+        if m not in POSTHOC_METHODS:
+            raise ConfigError(f"{prefix}{where}.methods[{i}]: unknown method {m!r}; known: {known}")
+    for section in ("params", "max_cases"):
+        for m, v in getattr(ph, section).items():
+            if m not in POSTHOC_METHODS:
+                raise ConfigError(f"{prefix}{where}.{section}.{m}: unknown method; known: {known}")
+            if section == "params":
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{prefix}{where}.params.{m}: expected a mapping, got {v!r}")
+                bad = sorted(set(v) - set(POSTHOC_METHODS[m]))
+                if bad:
+                    raise ConfigError(f"{prefix}{where}.params.{m}.{bad[0]}: unknown parameter; "
+                                      f"known: {sorted(POSTHOC_METHODS[m])}")
+            elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{prefix}{where}.max_cases.{m}: expected an integer >= 1, got {v!r}")
+    names = {s.name for s in cfg.models}
+    from glasszoo.models import list_models, model_info
+
+    families = {model_info(n).family for n in list_models()}
+    for i, sel in enumerate(ph.models):
+        if sel != "all" and sel not in names and sel not in families:
+            raise ConfigError(f"{prefix}{where}.models[{i}]: {sel!r} is neither a model of this config "
+                              f"({sorted(names)}), a model family ({sorted(families)}) nor 'all'")
+    if q.baseline not in ("zero", "mean", "blur"):
+        raise ConfigError(f"{prefix}evaluation.quality.baseline: must be 'zero', 'mean' or 'blur', got {q.baseline!r}")
+    for key in ("steps", "faithfulness_subsets", "randomisation_stages", "sensitivity_samples"):
+        if getattr(q, key) < 1:
+            raise ConfigError(f"{prefix}evaluation.quality.{key}: must be >= 1, got {getattr(q, key)}")
+    if not 0.0 < q.sensitivity_radius <= 1.0:
+        raise ConfigError(f"{prefix}evaluation.quality.sensitivity_radius: must lie in (0, 1], "
+                          f"got {q.sensitivity_radius}")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -32,13 +32,17 @@ label 0, in test with probability 0.5 regardless of the label. Lesions never rea
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import os
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from glasszoo.training.caseset import CaseSet
+from glasszoo.training.caseset import CaseSet, NpyWriter, cache_root, open_npy
 from glasszoo.training.errors import ConfigError
 
 CONCEPT_NAMES = ["large", "irregular_margin", "heterogeneous", "bright", "calcifications"]
@@ -53,6 +57,9 @@ _SPIKE_AMP = (0.5, 0.8)  # relative spike length (irregular margin)
 _MAX_BOUNDARY = 0.27  # the lesion boundary radius is capped at this fraction of img_size (spikes included)
 _MAX_DOTS = 6
 _PIXELS_PER_CHUNK = 1 << 20  # bounds the memory of the vectorised renderer
+# images of at least this many bytes are rendered to a memory-mapped file in the cache instead of into memory
+# (override with $GLASSZOO_MEMMAP_MIN_BYTES; data.memmap: true/false forces either way)
+MEMMAP_MIN_BYTES = 128 << 20
 
 
 def risk_score(concepts: np.ndarray) -> np.ndarray:
@@ -243,9 +250,68 @@ def _lesion_params(rng: np.random.Generator, concepts: np.ndarray, img_size: int
     return p
 
 
+def _memmap_min_bytes() -> int:
+    env = os.environ.get("GLASSZOO_MEMMAP_MIN_BYTES", "").strip()
+    if not env:
+        return MEMMAP_MIN_BYTES
+    try:
+        return int(env)
+    except ValueError:
+        raise ConfigError(f"$GLASSZOO_MEMMAP_MIN_BYTES must be a number of bytes, got {env!r}") from None
+
+
+def _render_all(rng: np.random.Generator, params: dict[str, np.ndarray], s: int, marker: np.ndarray,
+                shortcut_size: int, channels: int):
+    """Yield ``(rows, images [B, C, s, s] float32, masks [B, s, s] uint8)`` chunk by chunk, in order, with the
+    shortcut marker burnt in and values clipped to [0, 1]."""
+    n = len(marker)
+    chunk = max(1, _PIXELS_PER_CHUNK // (s * s))
+    offset = marker_offset(s)
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        img, msk = _render_chunk(rng, {k: v[sl] for k, v in params.items()}, s)
+        img[marker[sl].astype(bool), offset:offset + shortcut_size, offset:offset + shortcut_size] = 1.0
+        np.clip(img, 0.0, 1.0, out=img)
+        yield sl, np.repeat(img[:, None], channels, axis=1), msk.astype(np.uint8)
+
+
+def _cache_key(**args) -> str:
+    """Every generation argument plus a digest of this module's code (a changed renderer never reads old files)."""
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    blob = json.dumps({"args": args, "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _cached_arrays(key: str, shape: tuple[int, int, int, int], chunks) -> tuple[np.memmap, np.memmap]:
+    """The memory-mapped (images, masks) of cache entry ``key``, rendered from ``chunks`` first if absent."""
+    folder = cache_root() / "synthetic"
+    img_path, mask_path = folder / f"{key}-images.npy", folder / f"{key}-masks.npy"
+    try:
+        if img_path.exists() and mask_path.exists():
+            images, masks = open_npy(img_path), open_npy(mask_path)
+            if images.shape == shape and masks.shape == (shape[0], *shape[2:]):
+                return images, masks
+    except (OSError, ValueError):
+        pass  # unreadable or torn: render again
+    img_w = NpyWriter(img_path, shape, np.float32)
+    mask_w = NpyWriter(mask_path, (shape[0], *shape[2:]), np.uint8)
+    try:
+        for _, img, msk in chunks:
+            img_w.write(img)
+            mask_w.write(msk)
+    except BaseException:
+        img_w.abort()
+        mask_w.abort()
+        raise
+    mask_w.close()
+    img_w.close()
+    return open_npy(img_path), open_npy(mask_path)
+
+
 def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float = 0.5, label_noise: float = 0.03,
                    shortcut_rate: float | None = None, shortcut_size: int = 4, channels: int = 1,
-                   val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> CaseSet:
+                   val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0,
+                   memmap: bool | None = None) -> CaseSet:
     """Generate the synthetic phantom CaseSet (deterministic: the same arguments give byte-identical arrays).
 
     Label rule: ``score = 2*irregular_margin + heterogeneous + calcifications + large``; malignant (1) iff
@@ -266,6 +332,12 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
         val_fraction: fraction of each class in the validation split.
         test_fraction: fraction of each class in the test split.
         seed: seed of ``numpy.random.default_rng`` and of the stratified split.
+        memmap: where the images and masks live. ``None`` (default): in memory below :data:`MEMMAP_MIN_BYTES` of
+            images (128 MiB, e.g. 8,192 cases of 64 px), else rendered slice by slice into ``.npy`` files in the cache
+            (``$GLASSZOO_CACHE/synthetic`` or ``~/.cache/glasszoo/synthetic``; keyed by every argument above and
+            the generator's code) and memory-mapped, so a large set is never held in memory whole and a second run
+            with the same arguments reads the cache instead of rendering. ``True``/``False`` force either way.
+            Both give the same arrays.
 
     Returns:
         A CaseSet with images float32 [N, C, H, W] in [0, 1], lesion masks, the 5 concepts and meta arrays
@@ -277,6 +349,8 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
     from glasszoo.training.data import stratified_split
 
     _check_args(n_cases, img_size, class_balance, label_noise, shortcut_rate, shortcut_size, channels, seed)
+    if memmap is not None and not isinstance(memmap, bool):
+        raise ConfigError(f"data.memmap must be true, false or null (automatic), got {memmap!r}")
     n, s = int(n_cases), int(img_size)
     rng = np.random.default_rng(seed)
 
@@ -299,17 +373,20 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
 
     # render in chunks of bounded memory (the chunk size depends only on img_size, so output is seed-deterministic)
     params = _lesion_params(rng, concepts, s)
-    images = np.empty((n, s, s), dtype=np.float32)
-    masks = np.empty((n, s, s), dtype=np.uint8)
-    chunk = max(1, _PIXELS_PER_CHUNK // (s * s))
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
-        img, msk = _render_chunk(rng, {k: v[sl] for k, v in params.items()}, s)
-        images[sl], masks[sl] = img, msk
-    offset = marker_offset(s)
-    images[marker.astype(bool), offset:offset + shortcut_size, offset:offset + shortcut_size] = 1.0
-    np.clip(images, 0.0, 1.0, out=images)
-    images = np.ascontiguousarray(np.repeat(images[:, None], channels, axis=1))
+    shape = (n, int(channels), s, s)
+    if memmap is None:
+        memmap = 4 * int(np.prod(shape)) >= _memmap_min_bytes()
+    chunks = _render_all(rng, params, s, marker, shortcut_size, int(channels))
+    if memmap:
+        key = _cache_key(n_cases=n, img_size=s, class_balance=class_balance, label_noise=label_noise,
+                         shortcut_rate=shortcut_rate, shortcut_size=shortcut_size, channels=channels,
+                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        images, masks = _cached_arrays(key, shape, chunks)
+    else:
+        images = np.empty(shape, dtype=np.float32)
+        masks = np.empty((n, s, s), dtype=np.uint8)
+        for sl, img, msk in chunks:
+            images[sl], masks[sl] = img, msk
 
     return CaseSet(
         images=images,

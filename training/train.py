@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from glasszoo.models import ImageModel, create_model, model_info
@@ -34,6 +35,23 @@ class SelectableEarlyStopping(EarlyStopping):
         super()._run_early_stopping_check(trainer)
 
 
+class ThrottledProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, redrawn at most every ``min_seconds`` (and at the end of each loop) instead of after
+    every batch: a redraw per step is measurable overhead when steps take milliseconds (small models, GPUs)."""
+
+    def __init__(self, min_seconds: float = 0.25) -> None:
+        super().__init__()
+        self.min_seconds = min_seconds
+        self._last_draw = 0.0
+
+    def _should_update(self, current: int, total: int) -> bool:
+        now = time.monotonic()
+        if not self.is_enabled or (current != total and now - self._last_draw < self.min_seconds):
+            return False
+        self._last_draw = now
+        return True
+
+
 @dataclass
 class TrainResult:
     """What training one model produced."""
@@ -43,6 +61,8 @@ class TrainResult:
     best_epoch: int
     best_val_auc: float
     checkpoint: str
+    global_rank: int = 0  # this process's rank under distributed training (0 = the one that writes files)
+    world_size: int = 1
 
 
 def build_image_model(model_name: str, params: dict, cs: CaseSet) -> ImageModel:
@@ -66,13 +86,69 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")  # inside Lightning's DDP gather
+
+
+@contextlib.contextmanager
+def _no_memory_fill():
+    """Deterministic algorithms without PyTorch's filling of every new uninitialised tensor with NaN.
+
+    ``deterministic: true`` switches on ``torch.use_deterministic_algorithms``, which by default also fills each
+    ``torch.empty`` result (every activation and gradient buffer) so that reading uninitialised memory shows up. That
+    debugging aid cost 4% of the training throughput on CPU (ResNet-18 at 64 px: 0.96 of a bare loop with it, 1.00
+    without; ``evaluation.bench.bench_training``) and no op of the zoo reads uninitialised memory, so it is off while
+    fitting: the algorithms, and with them the results, are still the deterministic ones.
+    """
+    import torch.utils.deterministic as det
+
+    before = det.fill_uninitialized_memory
+    det.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        det.fill_uninitialized_memory = before
+
+
+def build_trainer(tcfg: TrainingConfig, out_dir: str | Path, callbacks: list) -> L.Trainer:
+    """The Lightning Trainer for ``tcfg``: device, precision and distribution keys, CSV logs under ``out_dir``.
+
+    ``use_distributed_sampler=False``: the data module splits each epoch between ranks itself (a distributed
+    sampler put in by Lightning would break its whole-batch items).
+    """
+    return L.Trainer(
+        max_epochs=tcfg.max_epochs,
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        strategy=tcfg.strategy,
+        num_nodes=tcfg.num_nodes,
+        precision=tcfg.precision,
+        # "warn": deterministic algorithms where they exist; on a GPU an op without one warns instead of failing
+        deterministic="warn" if tcfg.deterministic else False,
+        logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
+        callbacks=[*callbacks, *([ThrottledProgressBar()] if tcfg.progress_bar else [])],
+        enable_progress_bar=tcfg.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        use_distributed_sampler=False,
+    )
+
+
+def resolve_pin_memory(setting: bool | str, trainer: L.Trainer) -> bool:
+    """``pin_memory: auto`` is on when the trainer runs on a CUDA GPU; true/false force it."""
+    if setting == "auto":
+        from lightning.pytorch.accelerators import CUDAAccelerator
+
+        return isinstance(trainer.accelerator, CUDAAccelerator)
+    return bool(setting)
 
 
 def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_dir: str | Path, seed: int = 0,
-                      name: str = "model") -> TrainResult:
+                      name: str = "model", callbacks: list | None = None) -> TrainResult:
     """Fit ``model`` on the train split, select the epoch with the best validation AUC, load those weights.
 
     Writes Lightning CSV logs to ``out_dir/logs`` and the best checkpoint to ``out_dir/checkpoint.ckpt``.
+    ``callbacks`` are extra Lightning callbacks (e.g. the benchmark's timers).
     """
     if model.requires_masks and (cs.masks is None or not cs.masks[cs.indices("train")].any()):
         from glasszoo.training.errors import DataError
@@ -84,40 +160,32 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     dm = CaseSetDataModule(cs, batch_size=tcfg.batch_size, augmentation=tcfg.augmentation,
-                           num_workers=tcfg.num_workers, seed=seed,
-                           pin_memory=torch.cuda.is_available() and tcfg.accelerator != "cpu")
+                           num_workers=tcfg.num_workers, seed=seed)
     module = ClassifierModule(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay, optimizer=tcfg.optimizer,
                               scheduler=tcfg.scheduler, max_epochs=tcfg.max_epochs,
-                              class_weights=dm.class_weights(tcfg.class_weighting))
+                              class_weights=dm.class_weights(tcfg.class_weighting),
+                              channels_last=tcfg.channels_last)
     ckpt = ModelCheckpoint(dirpath=out_dir, filename="checkpoint", monitor="val_select", mode="max",
                            save_top_k=1, save_weights_only=True, enable_version_counter=False)
-    callbacks = [ckpt, *model.training_callbacks(cs)]
+    callbacks = [ckpt, *model.training_callbacks(cs), *(callbacks or [])]
     if tcfg.patience > 0:
         callbacks.append(SelectableEarlyStopping(monitor="val_select", mode="max", patience=tcfg.patience))
-    trainer = L.Trainer(
-        max_epochs=tcfg.max_epochs,
-        accelerator=tcfg.accelerator,
-        devices=tcfg.devices,
-        precision=tcfg.precision,
-        # "warn": deterministic algorithms where they exist; on a GPU an op without one warns instead of failing
-        deterministic="warn" if tcfg.deterministic else False,
-        logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
-        callbacks=callbacks,
-        enable_progress_bar=tcfg.progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
+    trainer = build_trainer(tcfg, out_dir, callbacks)
+    dm.pin_memory = resolve_pin_memory(tcfg.pin_memory, trainer)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    with _no_memory_fill():
+        trainer.fit(module, datamodule=dm)
     seconds = time.perf_counter() - start
+    if tcfg.channels_last:  # hand the model back in the default layout (what predict_proba and explain expect)
+        model.to(memory_format=torch.contiguous_format)
     load_checkpoint(model, ckpt.best_model_path)
     model.eval()
     best = ckpt.best_model_score  # val_select of the chosen epoch, which equals its val_auc
     epoch_of_best = _best_epoch(out_dir / "logs" / "metrics.csv")
     return TrainResult(train_seconds=seconds, epochs=int(trainer.current_epoch), best_epoch=epoch_of_best,
                        best_val_auc=float(best) if best is not None else float("nan"),
-                       checkpoint=str(ckpt.best_model_path))
+                       checkpoint=str(ckpt.best_model_path), global_rank=int(trainer.global_rank),
+                       world_size=int(trainer.world_size))
 
 
 def _best_epoch(metrics_csv: Path) -> int:

@@ -1,0 +1,171 @@
+"""`--resume`, `--seeds`, the shortcut audit, per-method trade-off rows and the case pages' inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_runner import learnable_npz  # noqa: F401  (also registers the test-only tabular model)
+
+from glasszoo.evaluation.posthoc import expected_passes
+from glasszoo.evaluation.results import tradeoff_rows
+from glasszoo.training import runner as runner_mod
+from glasszoo.training.audit import _marker_mass, marker_box, marker_presence, run_audit, stamp_marker
+from glasszoo.training.config import parse_config
+from glasszoo.training.errors import ConfigError
+from glasszoo.training.runner import _misclassified_rows, run_experiment
+from glasszoo.training.seeds import summarise_seeds
+
+torch.set_num_threads(2)
+
+
+def _cfg(tmp_path, models=("blackbox", "test_logreg"), **evaluation):
+    learnable_npz(tmp_path / "tiny.npz")
+    return parse_config({
+        "experiment": "extras", "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "medmnist", "path": str(tmp_path / "tiny.npz")},
+        "training": {"max_epochs": 2, "batch_size": 16, "patience": 0, "progress_bar": False},
+        "evaluation": {"bootstrap": 50, "explain_cases": 8, "figure_cases": 2, "case_figures_per_class": 1,
+                       "posthoc": {"methods": ["saliency"]},
+                       "quality": {"cases": 4, "steps": 2, "faithfulness_subsets": 4, "randomisation_cases": 2,
+                                   "sensitivity_samples": 1}, **evaluation},
+        "models": [{"name": "blackbox", "params": {"backbone": "resnet18", "stem": "standard"}}
+                   if m == "blackbox" else m for m in models],
+    })
+
+
+def test_resume_does_not_retrain_finished_models(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    calls = []
+    real_train = runner_mod.train_image_model
+
+    def counting_train(*args, **kwargs):
+        calls.append(kwargs.get("name"))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "train_image_model", counting_train)
+    # an interruption after the black box: the tabular model's fit fails
+    from test_runner import LogReg
+
+    def broken_fit(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LogReg, "fit", broken_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, out=tmp_path / "run")
+    done = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(done["models"]) == ["blackbox"] and calls == ["blackbox"]
+    monkeypatch.undo()
+    monkeypatch.setattr(runner_mod, "train_image_model", counting_train)
+    run_dir = run_experiment(cfg, out=tmp_path / "run", resume=True)
+    assert calls == ["blackbox"]  # not trained again
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert list(m["models"]) == ["blackbox", "test_logreg"]
+    assert m["models"]["blackbox"] == done["models"]["blackbox"]  # the finished block is kept as it was
+    assert (run_dir / "report.html").exists() and (run_dir / "figures" / "comparison.png").exists()
+    assert not list(run_dir.glob(".*.tmp"))
+    # resuming with another configuration is refused, naming what differs
+    other = _cfg(tmp_path, models=("test_logreg",))
+    with pytest.raises(ConfigError, match="another configuration.*models"):
+        run_experiment(other, out=tmp_path / "run", resume=True)
+
+
+def test_tradeoff_has_one_row_per_model_and_method(tmp_path):
+    run_dir = run_experiment(_cfg(tmp_path), out=tmp_path / "run")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    trade = pd.read_csv(run_dir / "tradeoff.csv")
+    pairs = list(zip(trade["model"], trade["explanation"]))
+    assert ("blackbox", "gradcam") in pairs and ("blackbox", "saliency") in pairs
+    assert ("test_logreg", "feature_attribution") in pairs
+    assert trade.groupby("model")["primary"].sum().to_dict() == {"blackbox": 1, "test_logreg": 1}
+    sal = trade[trade["explanation"] == "saliency"].iloc[0]
+    block = m["models"]["blackbox"]["explanation"]["saliency"]
+    assert sal["explanation_source"] == "post-hoc" and block["n_cases"] == 8
+    assert sal["insertion_auc"] == pytest.approx(block["insertion_auc"]["value"])
+    # saliency: the prediction's forward pass, then one forward and one backward pass for the gradient (counted by
+    # the PassCounter, not timed)
+    assert block["passes_per_image"] == {"forward": 2.0, "backward": 1.0} == expected_passes("saliency")
+    assert len(tradeoff_rows(m)) == len(trade)
+    # the case pages' inputs: every model's figure for the sampled cases, and every heatmap side by side
+    cases = {p.name for p in (run_dir / "figures" / "cases" / "heatmaps").glob("*.png")}
+    assert cases and cases <= {p.name for p in (run_dir / "figures" / "cases" / "blackbox").glob("*.png")}
+    assert cases <= {p.name for p in (run_dir / "figures" / "cases" / "test_logreg").glob("*.png")}
+
+
+def test_misclassified_rows_most_often_wrong_first():
+    class CS:
+        labels = np.array([0, 1, 0, 1, 0, 1])
+
+        def indices(self, split):
+            return np.array([1, 2, 3, 5])
+
+    p_right = np.eye(2)[CS.labels[[1, 2, 3, 5]]]
+    a = p_right.copy()
+    a[[1, 3]] = a[[1, 3], ::-1]  # rows 2 and 5 wrong
+    b = p_right.copy()
+    b[[3]] = b[[3], ::-1]  # row 5 wrong again
+    assert _misclassified_rows(CS(), {"a": a, "b": b}, 1).tolist() == [5]
+    assert _misclassified_rows(CS(), {"a": a, "b": b}, 5).tolist() == [2, 5]
+    assert _misclassified_rows(CS(), {"a": p_right}, 5).tolist() == []
+
+
+def test_summarise_seeds_by_hand():
+    def metrics(auc, ins):
+        task = {k: {"value": auc, "ci": [auc, auc]} for k in
+                ("auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity")}
+        return {"models": {"m": {"task": task, "explanation": {
+            "ig": {"kind": "heatmap", "insertion_auc": {"value": ins, "ci": [0, 1]}},
+            "concepts": {"mean_concept_accuracy": 0.9}}}}}
+
+    s = summarise_seeds({0: metrics(0.8, 0.5), 1: metrics(0.9, 0.7), 2: metrics(1.0, 0.6)})
+    assert s["seeds"] == [0, 1, 2]
+    assert s["models"]["m"]["auc"]["mean"] == pytest.approx(0.9)
+    assert s["models"]["m"]["auc"]["sd"] == pytest.approx(0.1)  # sample sd of 0.8, 0.9, 1.0
+    assert s["models"]["m"]["ig.insertion_auc"]["values"] == [0.5, 0.7, 0.6]
+    assert s["models"]["m"]["ig.insertion_auc"]["sd"] == pytest.approx(0.1)
+
+
+def test_marker_helpers_known_answers():
+    assert marker_box((48, 48), 4) == (1, 1, 5, 5)
+    assert marker_box((64, 64), 5) == (2, 2, 7, 7)
+    imgs = np.zeros((3, 1, 8, 8), np.float32)
+    out = stamp_marker(imgs, np.array([True, False, True]), (1, 1, 3, 3))
+    assert out[0, 0].sum() == 4 and out[1].sum() == 0 and out[2, 0, 1:3, 1:3].min() == 1.0
+    assert imgs.sum() == 0  # a copy
+    labels = np.array([0, 1] * 500)
+    split = np.array(["train"] * 600 + ["test"] * 400)
+    corr, dec = marker_presence(labels, split, 1, 1.0, seed=0)
+    assert np.array_equal(corr, labels == 1)  # rate 1: the marker is the label
+    assert np.array_equal(dec[:600], corr[:600])
+    test_dec = dec[600:]
+    assert abs(test_dec.mean() - 0.5) < 0.08
+    # independent of the label in test: about half of each class carries it
+    assert abs(test_dec[labels[600:] == 1].mean() - test_dec[labels[600:] == 0].mean()) < 0.15
+    maps = np.zeros((2, 8, 8))
+    maps[0, 1:3, 1:3] = 1.0  # all relevance on the marker
+    maps[1] = 1.0  # uniform: the grown box's share of the area
+    mass = _marker_mass(maps, (1, 1, 3, 3))
+    assert mass[0] == pytest.approx(1.0)
+    assert mass[1] == pytest.approx(16 / 64)  # rows/cols 0..3 (grown by one pixel)
+
+
+def test_audit_run_writes_the_audit(tmp_path):
+    cfg = _cfg(tmp_path)
+    run_dir = run_audit(cfg, out=tmp_path / "audit", rate=1.0, size=3)
+    a = json.loads((run_dir / "audit.json").read_text())
+    assert a["marker"]["size"] == 3 and a["marker"]["rate"] == 1.0
+    assert set(a["models"]) == {"blackbox", "test_logreg"}
+    for name, b in a["models"].items():
+        drop = b["accuracy_correlated"]["value"] - b["accuracy_decorrelated"]["value"]
+        assert b["accuracy_drop"]["value"] == pytest.approx(drop)
+        assert (name in a["resisted"]) == (b["accuracy_drop"]["value"] < 0.02)
+    assert "gradcam" in a["models"]["blackbox"]["explanations"]
+    for b in a["models"]["blackbox"]["explanations"].values():
+        assert 0.0 <= b["marker_mass"]["value"] <= 1.0
+    assert (run_dir / "figures" / "audit.png").exists()
+    assert 'id="audit"' in (run_dir / "report.html").read_text()
+    with pytest.raises(ConfigError, match="rate"):
+        run_audit(cfg, out=tmp_path / "bad", rate=0.4)

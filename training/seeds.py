@@ -1,0 +1,75 @@
+"""``glasszoo run --seeds N``: the same experiment with N seeds, summarised as mean +- sd across seeds.
+
+Bootstrap CIs describe the sampling of *test cases*; seeds describe the randomness of *training* (initial weights,
+batch order, augmentation, and for the synthetic source the data itself). A paper wants both. The first seed's run is
+the run directory itself (so its report, figures and case pages are the usual ones); seed ``s`` of the others is a
+complete run in ``seeds/seed-<s>/``. ``seeds.json`` holds, per model and metric, the values and their mean and sd
+(sample standard deviation, ``ddof=1``), and the report shows them beside the bootstrap CIs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from glasszoo.evaluation.metrics import METRIC_NAMES
+from glasszoo.training.config import ExperimentConfig
+
+
+def summarise_seeds(metrics_by_seed: dict[int, dict]) -> dict:
+    """``{"seeds": [...], "models": {name: {metric: {"mean", "sd", "values"}}}}`` over the runs' ``metrics.json``.
+
+    Task metrics and the primary explanation scores that every seed has; a model missing from a seed is summarised
+    over the seeds that have it (``n`` says how many).
+    """
+    seeds = sorted(metrics_by_seed)
+    names: list[str] = []
+    for s in seeds:
+        names += [n for n in metrics_by_seed[s]["models"] if n not in names]
+    out: dict = {"seeds": seeds, "models": {}}
+    for name in names:
+        per_metric: dict[str, list[float]] = {}
+        for s in seeds:
+            m = metrics_by_seed[s]["models"].get(name)
+            if m is None:
+                continue
+            for key in METRIC_NAMES:
+                per_metric.setdefault(key, []).append(float(m["task"][key]["value"]))
+            for method, block in m.get("explanation", {}).items():
+                if not (isinstance(block, dict) and block.get("kind") == "heatmap"):
+                    continue
+                for score in ("pointing_game", "deletion_auc", "insertion_auc", "faithfulness_correlation"):
+                    if score in block:
+                        per_metric.setdefault(f"{method}.{score}", []).append(float(block[score]["value"]))
+        out["models"][name] = {
+            key: {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)) if len(v) > 1 else float("nan"),
+                  "n": len(v), "values": v}
+            for key, v in per_metric.items()
+        }
+    return out
+
+
+def run_seeds(cfg: ExperimentConfig, n_seeds: int, out: str | Path | None = None, overwrite: bool = False,
+              resume: bool = False) -> Path:
+    """Run ``cfg`` with seeds ``cfg.seed .. cfg.seed + n_seeds - 1``; write ``seeds.json`` and the report."""
+    from glasszoo.evaluation.report import write_report
+    from glasszoo.training.runner import _log, atomic_write_text, run_experiment
+
+    first = run_experiment(cfg, out=out, overwrite=overwrite, resume=resume, report=False)
+    runs = {cfg.seed: first}
+    for k in range(1, n_seeds):
+        seed = cfg.seed + k
+        _log(f"seed {k + 1} of {n_seeds} (seed {seed})")
+        runs[seed] = run_experiment(replace(cfg, seed=seed), out=first / "seeds" / f"seed-{seed}",
+                                    overwrite=overwrite, resume=resume, report=False)
+    summary = summarise_seeds({s: json.loads((d / "metrics.json").read_text()) for s, d in runs.items()})
+    summary["runs"] = {str(s): str(d) for s, d in runs.items()}
+    atomic_write_text(first / "seeds.json", json.dumps(summary, indent=2, allow_nan=True))
+    for name, m in summary["models"].items():
+        auc = m["auc"]
+        _log(f"{name}: AUC {auc['mean']:.3f} +- {auc['sd']:.3f} over {auc['n']} seeds")
+    _log(f"report: {write_report(first)}")
+    return first
