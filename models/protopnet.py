@@ -113,6 +113,7 @@ class ProtoPNet(ImageModel):
             :meth:`fit_last_layer`) instead of relying on the scheduled learning rate alone.
         recalibrate_bn: before each push, re-estimate the backbone's BatchNorm statistics on the training split (a
             deviation from the paper; see :meth:`recalibrate_batchnorm`).
+        bn_samples: at most this many training images (evenly spaced) for that re-estimation.
     """
 
     explanation_kinds = ("prototype_evidence", "heatmap")
@@ -124,8 +125,10 @@ class ProtoPNet(ImageModel):
                  features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0,
                  cluster_weight: float = 0.8, separation_weight: float = -0.08, l1_weight: float = 1e-4,
                  epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True,
-                 fit_last_layer: bool = True) -> None:
+                 fit_last_layer: bool = True, bn_samples: int = 1024) -> None:
         super().__init__(num_classes, in_chans, img_size)
+        if bn_samples < 2:
+            raise ValueError(f"bn_samples must be >= 2, got {bn_samples}")
         if prototypes_per_class < 1 or prototype_dim < 1:
             raise ValueError("prototypes_per_class and prototype_dim must be >= 1")
         if warmup_epochs < 0 or joint_epochs < 0 or push_every < 0:
@@ -166,6 +169,7 @@ class ProtoPNet(ImageModel):
         self.last_layer_lr_ratio = last_layer_lr_ratio
         self.push_batch_size = push_batch_size
         self.recalibrate_bn = recalibrate_bn
+        self.bn_samples = int(bn_samples)
         self.fit_last_layer_after_push = fit_last_layer
         self.schedule = self._build_schedule(warmup_epochs, joint_epochs, last_layer_epochs, push_every)
         self._stage: str | None = None
@@ -316,13 +320,17 @@ class ProtoPNet(ImageModel):
         the weights of a fast-changing, from-scratch backbone; the prototypes would then be projected onto patches
         the trained network never produced. One pass in train mode with a cumulative average (``momentum=None``)
         over fixed batches of ``push_batch_size`` training images replaces them with the statistics of the current
-        weights (as "precise BN", Wu & Johnson 2021). Returns the number of BatchNorm layers updated.
+        weights (as "precise BN", Wu & Johnson 2021). At most ``bn_samples`` training images are used (an evenly
+        spaced subset), which keeps a push under two forward passes over the training split. Returns the number of
+        BatchNorm layers updated.
         """
         bns = [m for m in self.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                and m.track_running_stats]
         if not bns:
             return 0
         rows = np.asarray(caseset.indices("train"))
+        if len(rows) > self.bn_samples:  # an evenly spaced subset: statistics of ~1k images are precise enough
+            rows = rows[np.unique(np.linspace(0, len(rows) - 1, self.bn_samples).round().astype(np.int64))]
         bs = self.push_batch_size
         starts = [i for i in range(0, len(rows), bs) if len(rows[i:i + bs]) > 1]  # one image gives no statistics
         if not starts:
@@ -630,9 +638,10 @@ def protopnet(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, in
               warmup_epochs: int = 1, joint_epochs: int = 11, last_layer_epochs: int = 2, push_every: int = 0,
               features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0, cluster_weight: float = 0.8,
               separation_weight: float = -0.08, l1_weight: float = 1e-4, epsilon: float = 1e-4,
-              push_batch_size: int = 256, recalibrate_bn: bool = True, fit_last_layer: bool = True) -> ProtoPNet:
+              push_batch_size: int = 256, recalibrate_bn: bool = True, fit_last_layer: bool = True,
+              bn_samples: int = 1024) -> ProtoPNet:
     """ProtoPNet (Chen et al., NeurIPS 2019) on a timm backbone stage; see :class:`ProtoPNet`."""
     return ProtoPNet(num_classes, in_chans, img_size, backbone, stem, feature_stage, prototypes_per_class,
                      prototype_dim, warmup_epochs, joint_epochs, last_layer_epochs, push_every, features_lr_ratio,
                      last_layer_lr_ratio, cluster_weight, separation_weight, l1_weight, epsilon, push_batch_size,
-                     recalibrate_bn, fit_last_layer)
+                     recalibrate_bn, fit_last_layer, bn_samples)

@@ -77,3 +77,29 @@ def test_shipped_configs_are_valid(path):
     assert cfg.models and cfg.experiment
     for spec in cfg.models:  # every model name and keyword of every shipped config exists
         check_kwargs(spec.model, spec.params)
+
+
+@pytest.mark.parametrize("evaluation, match", [
+    ({"posthoc": {"methods": ["gradcam", "shapley"]}}, r"evaluation.posthoc.methods\[1\]: unknown method 'shapley'"),
+    ({"posthoc": {"params": {"lime": {"n_sample": 10}}}}, r"posthoc.params.lime.n_sample: unknown parameter"),
+    ({"posthoc": {"params": {"nope": {}}}}, r"evaluation.posthoc.params.nope: unknown method"),
+    ({"posthoc": {"max_cases": {"lime": 0}}}, r"evaluation.posthoc.max_cases.lime: expected an integer >= 1"),
+    ({"posthoc": {"models": ["bbox"]}}, r"evaluation.posthoc.models\[0\]: 'bbox' is neither a model"),
+    ({"posthoc": {"methods": "gradcam"}}, r"evaluation.posthoc.methods: expected a list"),
+    ({"quality": {"baseline": "grey"}}, r"evaluation.quality.baseline: must be 'zero', 'mean' or 'blur'"),
+    ({"quality": {"steps": 0}}, r"evaluation.quality.steps: must be >= 1"),
+    ({"quality": {"stepz": 3}}, r"evaluation.quality.stepz: unknown key"),
+])
+def test_bad_explanation_settings_name_the_key(evaluation, match):
+    raw = {"experiment": "x", "data": {"source": "synthetic"}, "models": ["blackbox"], "evaluation": evaluation}
+    with pytest.raises(ConfigError, match=match):
+        parse_config(raw)
+
+
+def test_explanation_settings_parse():
+    cfg = parse_config({"experiment": "x", "data": {"source": "synthetic"}, "models": ["blackbox"],
+                        "evaluation": {"posthoc": {"methods": ["lime"], "params": {"lime": {"n_samples": 10}}},
+                                       "quality": {"steps": 3}}})
+    assert cfg.evaluation.posthoc.methods == ["lime"] and cfg.evaluation.posthoc.models == ["black-box"]
+    assert cfg.evaluation.posthoc.params == {"lime": {"n_samples": 10}} and cfg.evaluation.quality.steps == 3
+    assert cfg.evaluation.quality.baseline == "zero"

@@ -169,3 +169,29 @@ def test_audit_run_writes_the_audit(tmp_path):
     assert 'id="audit"' in (run_dir / "report.html").read_text()
     with pytest.raises(ConfigError, match="rate"):
         run_audit(cfg, out=tmp_path / "bad", rate=0.4)
+
+
+def test_seeds_cli_and_report_command(tmp_path, capsys):
+    from glasszoo.training.cli import main
+
+    learnable_npz(tmp_path / "tiny.npz")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "experiment": "seeds", "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "medmnist", "path": str(tmp_path / "tiny.npz")},
+        "evaluation": {"bootstrap": 50, "explain_cases": 4}, "models": ["test_logreg"]}))  # JSON is YAML
+    assert main(["run", str(cfg), "--seeds", "2", "--out", str(tmp_path / "run")]) == 0
+    s = json.loads((tmp_path / "run" / "seeds.json").read_text())
+    assert s["seeds"] == [0, 1]
+    one = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]["test_logreg"]["task"]["auc"]
+    two = json.loads((tmp_path / "run" / "seeds" / "seed-1" / "metrics.json").read_text())
+    values = [one["value"], two["models"]["test_logreg"]["task"]["auc"]["value"]]
+    assert s["models"]["test_logreg"]["auc"]["values"] == values
+    assert s["models"]["test_logreg"]["auc"]["mean"] == pytest.approx(np.mean(values))
+    assert 'id="seeds"' in (tmp_path / "run" / "report.html").read_text()
+    (tmp_path / "run" / "report.html").unlink()
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "report.html").exists()
+    assert main(["report", str(tmp_path)]) == 2
+    assert "metrics.json not found" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--seeds", "0"]) == 2

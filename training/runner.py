@@ -171,7 +171,7 @@ def _explain_and_score(model: Any, name: str, info: Any, x_explain: np.ndarray, 
     for exp in exps:
         key = getattr(exp, "method", exp.kind)
         block: dict[str, Any] = {"kind": exp.kind, "source": source, "n_cases": int(len(rows)), "ms_per_image": ms}
-        if is_image:
+        if is_image and counter.forward_images:  # an intrinsic explain() that bypasses forward() is not counted
             block["passes_per_image"] = counter.per_image(len(rows))
         if isinstance(exp, Heatmap):
             finish(key, exp, block, intrinsic_explain_fn(key) if is_image else None, source)
