@@ -456,8 +456,8 @@ def section_explain(n_cases: int = 128, img_size: int = 48, repeats: int = 3, de
     def add(model_name: str, what: str, source: str, fwd_s: float, s: float, counter: PassCounter, n: int) -> None:
         passes = counter.per_image(n)
         ratio = s / fwd_s
-        table.append([model_name, what, source, f"{1000 * s / n:.2f}", f"**{ratio:.2f}**",
-                      f"{passes['forward']:g} + {passes['backward']:g}"])
+        counted = f"{passes['forward']:g} + {passes['backward']:g}" if passes["forward"] else "– (inside explain)"
+        table.append([model_name, what, source, f"{1000 * s / n:.2f}", f"**{ratio:.2f}**", counted])
         data.append({"model": model_name, "explanation": what, "source": source, "ms_per_image": 1000 * s / n,
                      "ratio": ratio, "passes": passes})
 
@@ -499,8 +499,11 @@ def section_explain(n_cases: int = 128, img_size: int = 48, repeats: int = 3, de
                 "repeats": repeats, "device": dev}
     notes = ["Passes are counted by `PassCounter` (images through `forward` and through backward), not inferred "
              "from time; the ratio is wall time over the model's own batched forward pass (predict_proba) on the "
-             "same images. ProtoPNet's explain() includes the nearest-prototype search and the upsampled "
-             "activation maps; the CBM's includes a Grad-CAM of its top concept (one backward pass)."]
+             "same images; '–' means the model's explain() computes without calling forward() (no pass to count). "
+             "ProtoPNet's explain() includes the nearest-prototype search and the upsampled activation maps; the "
+             "CBM's includes a Grad-CAM of its top concept (a forward and a backward pass on top of the concept "
+             "predictions): the concept bars alone cost one forward pass, the concept heatmap is a post-hoc map of a "
+             "concept and costs what Grad-CAM costs."]
     return BenchSection("explain", "Explanation cost per method", settings, summary=summary, columns=columns,
                         table=table, data={"rows": data}, notes=notes)
 
