@@ -6,7 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib
 import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 import torch
 
 from glasszoo.models import list_models
@@ -52,7 +56,16 @@ def test_quickstart_config_runs_scaled_down(tmp_path):
     for method in DEFAULT_METHODS:
         assert bb[method]["source"] == "post-hoc" and bb[method]["passes_per_image"]["forward"] >= 1
         assert "deletion_auc" in bb[method] and "randomisation" in bb[method], method
-    assert (run_dir / "report.html").exists() and (run_dir / "figures" / "comparison.png").exists()
+    assert (run_dir / "figures" / "comparison.png").exists()
+    # the report of the run opens in a real browser: no errors, the results table and the Pareto figure are there
+    from browser import open_report
+
+    seen = open_report(run_dir / "report.html", tmp_path / "report.png")
+    assert seen["severe"] == []
+    assert [r[0].split("\n")[0] for r in seen["rows"]] == list(m["models"])
+    assert seen["pareto_displayed"] and seen["pareto_width"] > 0 and min(seen["image_widths"]) > 0
+    img = plt.imread(str(tmp_path / "report.png"))
+    assert img.shape[0] > 100 and float(img[..., :3].std()) > 0.01  # not a blank page
 
 
 @pytest.mark.shared_data

@@ -6,8 +6,6 @@ import base64
 import json
 import math
 import re
-import shutil
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -494,50 +492,19 @@ def test_failed_write_keeps_the_old_report(run_dir: Path, monkeypatch: pytest.Mo
 # A real browser
 # --------------------------------------------------------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
 def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     """Open report.html in headless Chromium: no console errors, one results row per model, every image loaded."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
+    from browser import open_report
 
-    chromium = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
-    driver_bin = shutil.which("chromedriver") or (CHROMEDRIVER if Path(CHROMEDRIVER).exists() else None)
-    if not chromium or not driver_bin:
-        pytest.skip("chromium and chromedriver are needed (Debian packages 'chromium' and 'chromium-driver')")
     path = report.write_report(run_dir)
-
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    opts.binary_location = chromium
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
-    try:
-        driver.set_page_load_timeout(30)
-        driver.get(path.resolve().as_uri())
-        deadline = time.monotonic() + 10
-        while driver.execute_script("return document.readyState") != "complete" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-        assert severe == []
-        rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
-        assert len(rows) == 3
-        assert rows[0].find_elements(By.TAG_NAME, "td")[1].text == "0.930 [0.900, 0.960]"
-        pareto = driver.find_element(By.ID, "pareto")
-        assert pareto.is_displayed()
-        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", pareto) > 0
-        widths = driver.execute_script(
-            "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-        assert len(widths) >= 10 and min(widths) > 0
-        assert driver.find_element(By.ID, "summary").is_displayed()
-        shot = tmp_path / "report.png"
-        assert driver.save_screenshot(str(shot))
-    finally:
-        driver.quit()
+    shot = tmp_path / "report.png"
+    seen = open_report(path, shot)
+    assert seen["severe"] == []
+    assert len(seen["rows"]) == 3
+    assert seen["rows"][0][1] == "0.930 [0.900, 0.960]"
+    assert seen["pareto_displayed"] and seen["pareto_width"] > 0
+    assert len(seen["image_widths"]) >= 10 and min(seen["image_widths"]) > 0
+    assert seen["summary_displayed"] and seen["screenshot"]
     data = shot.read_bytes()
     assert data[:8] == PNG_MAGIC
     img = plt.imread(str(shot))
