@@ -19,7 +19,7 @@ def test_run_writes_segmentation_metrics_and_case_figures(tmp_path):
         "experiment": "att", "seed": 0, "output_dir": str(tmp_path),
         "data": {"source": "synthetic", "n_cases": 120, "img_size": 32},
         "training": {"max_epochs": 1, "batch_size": 32, "progress_bar": False},
-        "evaluation": {"bootstrap": 50, "explain_cases": 8, "case_figures_per_class": 1},
+        "evaluation": {"bootstrap": 50, "explain_cases": 8, "case_figures_per_class": 1, "report_misclassified": 0},
         "models": [{"name": "attention_unet", "params": {"depth": 2, "base_width": 4}},
                    {"name": "attention_classifier", "params": {"depth": 2, "base_width": 4}}],
     }, "att-test")

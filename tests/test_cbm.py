@@ -143,7 +143,7 @@ def test_run_with_the_three_modes(tmp_path):
         "experiment": "cbm", "seed": 0, "output_dir": str(tmp_path),
         "data": {"source": "synthetic", "n_cases": 160, "img_size": 32},
         "training": {"max_epochs": 1, "batch_size": 32, "progress_bar": False},
-        "evaluation": {"bootstrap": 50, "explain_cases": 8, "case_figures_per_class": 1},
+        "evaluation": {"bootstrap": 50, "explain_cases": 8, "case_figures_per_class": 1, "report_misclassified": 0},
         "models": [{"name": f"cbm_{m}", "model": "cbm", "params": {"stem": "standard", "mode": m}}
                    for m in ("joint", "sequential", "independent")],
     }, "cbm-test")

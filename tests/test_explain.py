@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory) -> Path:
         "experiment": "explain", "seed": 0, "output_dir": str(tmp),
         "data": {"source": "synthetic", "n_cases": 120, "img_size": SIDE},
         "training": {"max_epochs": 1, "batch_size": 32, "progress_bar": False},
-        "evaluation": {"bootstrap": 50, "explain_cases": 12, "case_figures_per_class": 2,
+        "evaluation": {"bootstrap": 50, "explain_cases": 12, "case_figures_per_class": 2, "report_misclassified": 0,
                        "posthoc": {"methods": []}, "quality": {"enabled": False}},
         "models": [
             {"name": "blackbox", "params": {"backbone": "resnet18", "stem": "standard"}},
