@@ -132,6 +132,7 @@ def test_cli_errors(args, match, capsys):
 
 
 def test_default_sections_and_registry():
-    assert list(bench.SECTIONS)[:5] == ["training", "push", "radiomics", "scaling", "quickstart"]
-    assert all(bench.SECTIONS[n].in_default for n in ("training", "push", "radiomics", "scaling", "quickstart"))
+    assert list(bench.SECTIONS)[:6] == ["training", "explain", "push", "radiomics", "scaling", "quickstart"]
+    assert all(bench.SECTIONS[n].in_default for n in ("training", "explain", "push", "radiomics", "scaling",
+                                                       "quickstart"))
     assert np.isclose(bench.TRAINING_TARGET, 0.90)

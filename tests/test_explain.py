@@ -184,7 +184,7 @@ def test_bench_push_counts_the_training_images_and_writes_markdown():
         assert r.ratio == pytest.approx(r.seconds / sec.rows[0].seconds)
     md = write_markdown([sec], "glasszoo bench --only push")
     assert "| push: projection pass only |" in md and "glasszoo bench --only push" in md
-    assert format_section(sec) in md
+    assert format_section(sec, "glasszoo bench --only push") in md
 
 
 def test_cli_explains_a_case_with_its_concepts(run_dir, capsys, tmp_path):
