@@ -354,14 +354,17 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     Raises:
         DataError: on p-values outside [0, 1].
     """
+    return _adjusted(p_values, lambda p, m: np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p)))
+
+
+def _adjusted(p_values: np.ndarray, adjust) -> np.ndarray:
+    """Apply ``adjust(sorted non-NaN p-values, m)`` and put the adjusted values back in the input's order/shape."""
     flat, valid = _check_p_values(p_values)
     out = np.full(flat.shape, np.nan)
     p = flat[valid]
-    m = p.size
     order = np.argsort(p, kind="stable")
-    adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
-    tmp = np.empty(m)
-    tmp[order] = adjusted
+    tmp = np.empty(p.size)
+    tmp[order] = adjust(p[order], p.size)
     out[valid] = tmp
     return out.reshape(np.shape(p_values))
 
@@ -382,17 +385,10 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     Raises:
         DataError: on p-values outside [0, 1].
     """
-    flat, valid = _check_p_values(p_values)
-    out = np.full(flat.shape, np.nan)
-    p = flat[valid]
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    scaled = np.minimum(1.0, m * p[order] / np.arange(1, m + 1))
-    adjusted = np.minimum.accumulate(scaled[::-1])[::-1]
-    tmp = np.empty(m)
-    tmp[order] = adjusted
-    out[valid] = tmp
-    return out.reshape(np.shape(p_values))
+    def step_up(p: np.ndarray, m: int) -> np.ndarray:
+        return np.minimum.accumulate(np.minimum(1.0, m * p / np.arange(1, m + 1))[::-1])[::-1]
+
+    return _adjusted(p_values, step_up)
 
 
 # --------------------------------------------------------------------------------------------------------------------
