@@ -692,11 +692,13 @@ def section_scaling(sizes: tuple[int, ...] = (1000, 4000, 16000), img_size: int 
                           f"bootstrap 100, no explanations",
                 "process": "one `glasszoo run` child per N, empty cache (synthetic images rendered in the run)",
                 "memory map threshold": f"{_memmap_min_bytes() / 2 ** 20:.0f} MB of images", "device": accel}
-    notes = ["Peak RSS is exact (`wait4` resource usage of the run's largest process). Heap (anonymous memory) and "
-             "file-backed pages (shared libraries and memory-mapped data) of the main process are sampled from /proc "
-             "every 0.2 s. Pages of a memory-mapped data set count in RSS once read, but they are file-backed: the "
-             "kernel drops them under memory pressure instead of failing, so the heap is what a run really needs; "
-             "it must not grow with N."]
+    notes = ["Peak RSS comes from `wait4`; Linux counts in it the pages a child inherits when it is forked from "
+             "the benchmark process, so it never falls below the benchmark's own size at that moment (an equal "
+             "value for every N means exactly that): read the sampled heap and file-backed columns. Heap "
+             "(anonymous memory) and file-backed pages (shared libraries and memory-mapped data) of the main "
+             "process are sampled from /proc every 0.2 s. Pages of a memory-mapped data set count in RSS once "
+             "read, but they are file-backed: the kernel drops them under memory pressure instead of failing, so "
+             "the heap is what a run really needs; it must not grow with N."]
     return BenchSection("scaling", "Scaling with the data size", settings, summary=summary, columns=columns,
                         table=table, data={"runs": runs}, notes=notes)
 

@@ -125,7 +125,7 @@ class ProtoPNet(ImageModel):
                  features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0,
                  cluster_weight: float = 0.8, separation_weight: float = -0.08, l1_weight: float = 1e-4,
                  epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True,
-                 fit_last_layer: bool = True, bn_samples: int = 1024) -> None:
+                 fit_last_layer: bool = True, bn_samples: int = 512) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if bn_samples < 2:
             raise ValueError(f"bn_samples must be >= 2, got {bn_samples}")
@@ -329,7 +329,7 @@ class ProtoPNet(ImageModel):
         if not bns:
             return 0
         rows = np.asarray(caseset.indices("train"))
-        if len(rows) > self.bn_samples:  # an evenly spaced subset: statistics of ~1k images are precise enough
+        if len(rows) > self.bn_samples:  # an evenly spaced subset: a few hundred images give precise statistics
             rows = rows[np.unique(np.linspace(0, len(rows) - 1, self.bn_samples).round().astype(np.int64))]
         bs = self.push_batch_size
         starts = [i for i in range(0, len(rows), bs) if len(rows[i:i + bs]) > 1]  # one image gives no statistics
@@ -639,7 +639,7 @@ def protopnet(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, in
               features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0, cluster_weight: float = 0.8,
               separation_weight: float = -0.08, l1_weight: float = 1e-4, epsilon: float = 1e-4,
               push_batch_size: int = 256, recalibrate_bn: bool = True, fit_last_layer: bool = True,
-              bn_samples: int = 1024) -> ProtoPNet:
+              bn_samples: int = 512) -> ProtoPNet:
     """ProtoPNet (Chen et al., NeurIPS 2019) on a timm backbone stage; see :class:`ProtoPNet`."""
     return ProtoPNet(num_classes, in_chans, img_size, backbone, stem, feature_stage, prototypes_per_class,
                      prototype_dim, warmup_epochs, joint_epochs, last_layer_epochs, push_every, features_lr_ratio,
