@@ -21,10 +21,6 @@ from glasszoo.models.explanations import Heatmap
 
 ExplainFn = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]  # (model, x [N,C,H,W], target [N]) -> maps [N,H,W]
 
-QUALITY_KEYS = ("pointing_game", "mass_in_mask", "rank_accuracy", "deletion_auc", "insertion_auc",
-                "faithfulness_correlation", "max_sensitivity", "sparseness", "randomisation_similarity")
-"""The per-method scores of ``tradeoff.csv`` (each a ``{"value", "ci"}`` block when computed)."""
-
 
 def _as_list(exp: Any) -> list:
     return list(exp) if isinstance(exp, (list, tuple)) else [exp]
