@@ -516,7 +516,8 @@ class RunStats:
     command: list[str]
     returncode: int
     wall_seconds: float
-    max_rss_mb: float  # exact peak resident set of the largest process of the run (getrusage / wait4)
+    max_rss_mb: float  # wait4's peak resident set: at least the forking process's own peak (see run_measured)
+    peak_rss_mb: float = float("nan")  # exact peak resident set of the main process since its exec (VmHWM)
     peak_anon_mb: float = float("nan")  # sampled peak anonymous (heap) memory of the main process
     peak_file_mb: float = float("nan")  # sampled peak file-backed resident pages of the main process (memory maps)
     peak_tree_mb: float = float("nan")  # sampled peak resident set summed over the process and its children
@@ -524,13 +525,13 @@ class RunStats:
 
 
 def _proc_status(pid: int) -> dict[str, float]:
-    """VmRSS, RssAnon, RssFile, RssShmem of ``pid`` in MB from /proc (empty when unavailable)."""
+    """VmRSS, VmHWM, RssAnon, RssFile, RssShmem of ``pid`` in MB from /proc (empty when unavailable)."""
     out = {}
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
                 key, _, rest = line.partition(":")
-                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                     out[key] = float(rest.split()[0]) / 1024.0
     except OSError:
         pass
@@ -559,14 +560,22 @@ def _descendants(pid: int) -> list[int]:
 
 def run_measured(cmd: list[str], env: dict | None = None, cwd: str | Path | None = None,
                  poll_seconds: float = 0.2) -> RunStats:
-    """Run ``cmd`` to completion and measure it: wall time, the exact peak RSS of its largest process (``wait4``
-    resource usage, which covers the child and the children it waited for), and, sampled every ``poll_seconds``
-    from /proc, the peak anonymous and file-backed memory of the child and the peak RSS summed over its process
-    tree (loader workers, radiomics workers). Output is captured; its last lines are kept."""
+    """Run ``cmd`` to completion and measure it: wall time; the exact peak resident set of the child since its
+    ``exec`` (``VmHWM``; a command made by :func:`_glasszoo_command` writes its own at exit, other commands get the
+    last value sampled); and, sampled every ``poll_seconds`` from /proc, the peak anonymous and file-backed memory
+    of the child and the peak RSS summed over its process tree (loader workers, radiomics workers).
+
+    ``wait4``'s ``ru_maxrss`` is kept too, but it is not the child's own peak: Linux folds the peak of the memory
+    a process had before ``exec`` into it, and a child forked (or vforked) from this process had this process's
+    memory, so it never reads below the benchmark's own size. Output is captured; its last lines are kept."""
     out_file = tempfile.TemporaryFile(mode="w+b")
+    fd, status_path = tempfile.mkstemp(prefix="glasszoo-peak-", suffix=".txt")
+    os.close(fd)
+    os.unlink(status_path)
+    env = dict(os.environ if env is None else env, **{_STATUS_FILE_ENV: status_path})
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out_file, stderr=subprocess.STDOUT)
-    peaks = {"anon": 0.0, "file": 0.0, "tree": 0.0}
+    peaks = {"anon": 0.0, "file": 0.0, "tree": 0.0, "hwm": 0.0}
     sampled = threading.Event()
     stop = threading.Event()
 
@@ -577,6 +586,7 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | Path | None
                 sampled.set()
                 peaks["anon"] = max(peaks["anon"], st.get("RssAnon", 0.0))
                 peaks["file"] = max(peaks["file"], st.get("RssFile", 0.0) + st.get("RssShmem", 0.0))
+                peaks["hwm"] = max(peaks["hwm"], st.get("VmHWM", 0.0))
                 tree = st.get("VmRSS", 0.0) + sum(_proc_status(c).get("VmRSS", 0.0) for c in _descendants(proc.pid))
                 peaks["tree"] = max(peaks["tree"], tree)
             stop.wait(poll_seconds)
@@ -598,15 +608,40 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | Path | None
     tail = out_file.read().decode("utf-8", "replace")[-4000:]
     out_file.close()
     nan = float("nan")
+    own_peak = peaks["hwm"] if sampled.is_set() else nan
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(status_path) as fh:
+            own_peak = next(float(line.split()[1]) / 1024.0 for line in fh if line.startswith("VmHWM:"))
+    with contextlib.suppress(OSError):
+        os.unlink(status_path)
     return RunStats(command=list(cmd), returncode=proc.returncode, wall_seconds=wall,
                     max_rss_mb=usage.ru_maxrss / 1024.0,  # kilobytes on Linux
+                    peak_rss_mb=own_peak,
                     peak_anon_mb=peaks["anon"] if sampled.is_set() else nan,
                     peak_file_mb=peaks["file"] if sampled.is_set() else nan,
                     peak_tree_mb=peaks["tree"] if sampled.is_set() else nan, output_tail=tail)
 
 
+_STATUS_FILE_ENV = "GLASSZOO_BENCH_STATUS_FILE"
+
+# a measured `glasszoo ...` child: the CLI, then the process's own /proc status (with its exact VmHWM) to a file
+_MEASURED_CLI = f"""
+import os, sys
+from glasszoo.training.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    path = os.environ.get({_STATUS_FILE_ENV!r})
+    if path and os.path.exists("/proc/self/status"):
+        with open("/proc/self/status") as src, open(path, "w") as dst:
+            dst.write(src.read())
+sys.exit(code)
+"""
+
+
 def _glasszoo_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "glasszoo.training.cli", *args]
+    """``glasszoo ARGS`` in a child Python that reports its own exact peak memory to :func:`run_measured`."""
+    return [sys.executable, "-c", _MEASURED_CLI, *args]
 
 
 def _child_env(cache_dir: str | Path) -> dict:
@@ -668,7 +703,8 @@ def section_scaling(sizes: tuple[int, ...] = (1000, 4000, 16000), img_size: int 
                 train_s = float(metrics["models"]["blackbox"]["cost"]["train_seconds"])
             image_mb = n * img_size * img_size * 4 / 2 ** 20
             runs.append({"n": n, "wall": stats.wall_seconds, "train_seconds": train_s, "max_rss_mb": stats.max_rss_mb,
-                         "peak_anon_mb": stats.peak_anon_mb, "peak_file_mb": stats.peak_file_mb,
+                         "peak_rss_mb": stats.peak_rss_mb, "peak_anon_mb": stats.peak_anon_mb,
+                         "peak_file_mb": stats.peak_file_mb,
                          "image_mb": image_mb, "memmap": n * img_size * img_size * 4 >= _memmap_min_bytes()})
     base = runs[0]
     columns = ["N", "images (MB)", "data in", "wall (s)", "training (s)", "wall per 1k cases (s)", "time vs N",
@@ -679,26 +715,26 @@ def section_scaling(sizes: tuple[int, ...] = (1000, 4000, 16000), img_size: int 
         table.append([f"{r['n']}", f"{r['image_mb']:.0f}", "memory map" if r["memmap"] else "memory",
                       f"{r['wall']:.1f}", f"{r['train_seconds']:.1f}", f"{1000 * r['wall'] / r['n']:.2f}",
                       f"{r['wall'] / base['wall']:.2f}x for {grow_n:.0f}x",
-                      f"{r['max_rss_mb']:.0f}", f"{r['peak_anon_mb']:.0f}", f"{r['peak_file_mb']:.0f}",
-                      f"{r['max_rss_mb'] / base['max_rss_mb']:.2f}x for {grow_n:.0f}x"])
+                      f"{r['peak_rss_mb']:.0f}", f"{r['peak_anon_mb']:.0f}", f"{r['peak_file_mb']:.0f}",
+                      f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x for {grow_n:.0f}x"])
     last = runs[-1]
     k = last["n"] / base["n"]
+    rss0, rss1 = base["peak_rss_mb"], last["peak_rss_mb"]
     summary = (f"From N = {base['n']} to {last['n']} ({k:.0f}x the cases): wall time x{last['wall'] / base['wall']:.2f}"
                f" ({'no worse than linear' if last['wall'] / base['wall'] <= k * 1.1 else 'WORSE than linear'}), "
                f"training time x{last['train_seconds'] / base['train_seconds']:.2f}, peak RSS "
-               f"x{last['max_rss_mb'] / base['max_rss_mb']:.2f} ({base['max_rss_mb']:.0f} -> {last['max_rss_mb']:.0f}"
-               f" MB; peak heap {base['peak_anon_mb']:.0f} -> {last['peak_anon_mb']:.0f} MB).")
+               f"x{rss1 / rss0:.2f} ({rss0:.0f} -> {rss1:.0f} MB; peak heap {base['peak_anon_mb']:.0f} -> "
+               f"{last['peak_anon_mb']:.0f} MB).")
     settings = {"config": f"synthetic {img_size} px, blackbox (resnet18, standard stem), 1 epoch, batch 64, "
                           f"bootstrap 100, no explanations",
                 "process": "one `glasszoo run` child per N, empty cache (synthetic images rendered in the run)",
                 "memory map threshold": f"{_memmap_min_bytes() / 2 ** 20:.0f} MB of images", "device": accel}
-    notes = ["Peak RSS comes from `wait4`; Linux counts in it the pages a child inherits when it is forked from "
-             "the benchmark process, so it never falls below the benchmark's own size at that moment (an equal "
-             "value for every N means exactly that): read the sampled heap and file-backed columns. Heap "
-             "(anonymous memory) and file-backed pages (shared libraries and memory-mapped data) of the main "
-             "process are sampled from /proc every 0.2 s. Pages of a memory-mapped data set count in RSS once "
-             "read, but they are file-backed: the kernel drops them under memory pressure instead of failing, so "
-             "the heap is what a run really needs; it must not grow with N."]
+    notes = ["Peak RSS is the run's own high-water mark (`VmHWM` of /proc, exact, written by the child as it "
+             "exits; `wait4`'s figure is not used, because Linux folds into it the memory the child had before "
+             "`exec`, i.e. the benchmark's own). Heap (anonymous memory) and file-backed pages (shared libraries "
+             "and memory-mapped data) of the main process are sampled from /proc every 0.2 s. Pages of a "
+             "memory-mapped data set count in RSS once read, but they are file-backed: the kernel drops them under "
+             "memory pressure instead of failing, so the heap is what a run really needs; it must not grow with N."]
     return BenchSection("scaling", "Scaling with the data size", settings, summary=summary, columns=columns,
                         table=table, data={"runs": runs}, notes=notes)
 
@@ -729,15 +765,15 @@ def section_quickstart(device: str = "cpu", config: str | Path | None = None) ->
     columns = ["run", "models", "wall (s)", "peak RSS (MB)", "peak RSS of all its processes (MB)", "peak heap (MB)",
                "black-box test AUC"]
     bb = aucs.get("blackbox", float("nan"))
-    table = [[f"glasszoo run {label}", f"{len(aucs)}", f"{stats.wall_seconds:.1f}", f"{stats.max_rss_mb:.0f}",
+    table = [[f"glasszoo run {label}", f"{len(aucs)}", f"{stats.wall_seconds:.1f}", f"{stats.peak_rss_mb:.0f}",
               f"{stats.peak_tree_mb:.0f}", f"{stats.peak_anon_mb:.0f}", f"{bb:.3f}"]]
     summary = (f"`glasszoo run {label}` runs end to end in {stats.wall_seconds / 60:.1f} min with a peak RSS of "
-               f"{stats.max_rss_mb:.0f} MB ({stats.peak_tree_mb:.0f} MB over all its processes, sampled); the black "
+               f"{stats.peak_rss_mb:.0f} MB ({stats.peak_tree_mb:.0f} MB over all its processes, sampled); the black "
                f"box reaches a test AUC of {bb:.3f} (the run's own check that the pipeline still learns).")
     settings = {"config": label, "process": "one child process, empty cache (radiomics features extracted in the "
                 "run)", "device": accel}
     return BenchSection("quickstart", "Quickstart end to end", settings, summary=summary, columns=columns,
-                        table=table, data={"wall_seconds": stats.wall_seconds, "max_rss_mb": stats.max_rss_mb,
+                        table=table, data={"wall_seconds": stats.wall_seconds, "peak_rss_mb": stats.peak_rss_mb,
                                            "peak_tree_mb": stats.peak_tree_mb, "peak_anon_mb": stats.peak_anon_mb,
                                            "test_auc": aucs})
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import timm
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 STEMS = ("auto", "standard", "small", "nopool")
@@ -71,3 +75,64 @@ def last_feature_module(net: nn.Module) -> nn.Module:
     if not convs:
         raise ValueError(f"{type(net).__name__} has no convolution layer for Grad-CAM")
     return convs[-1]
+
+
+def _pooled_linear_head(net: nn.Module) -> nn.Linear | None:
+    """The classifier of a timm net whose head is global average pooling then one linear layer, else None."""
+    pool = getattr(net, "global_pool", None)
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    if not (hasattr(net, "forward_features") and hasattr(net, "forward_head") and isinstance(head, nn.Linear)):
+        return None
+    # the pooled features must be the classifier's input: no layer between them (MobileNetV3's conv_head, ...)
+    width = getattr(net, "num_features", None)
+    if getattr(pool, "pool_type", None) != "avg" or width != head.in_features:
+        return None
+    if getattr(net, "head_hidden_size", None) not in (None, width):
+        return None
+    return head
+
+
+def has_cam_head(net: nn.Module) -> bool:
+    """Whether :func:`cam_forward` applies: a timm net ending in global average pooling and one linear layer."""
+    return _pooled_linear_head(net) is not None
+
+
+def cam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor, select: Callable[[torch.Tensor], torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs of ``net`` and their class activation maps from one ordinary forward pass of ``model``, no backward.
+
+    For a head ``y_k = sum_c W_kc * mean_ij A_cij + b_k`` (global average pooling, then linear), the gradient of
+    ``y_k`` with respect to ``A_cij`` is ``W_kc / (h w)`` everywhere, so Grad-CAM's channel weights (Selvaraju et al.,
+    ICCV 2017: the spatial mean of that gradient) are ``W_kc / (h w)`` and Grad-CAM of output k is exactly
+    ``ReLU(sum_c W_kc A_c / (h w))``: the CAM of Zhou et al. ("Learning Deep Features for Discriminative
+    Localization", CVPR 2016) divided by ``h w``. This computes it from the feature map of the forward pass itself.
+
+    Args:
+        model: the module whose forward pass runs (``model(x)``; it calls ``net`` once, e.g. the model itself, or a
+            concept bottleneck whose label head reads ``net``'s outputs). Calling it, rather than ``net``'s parts,
+            keeps the pass visible to forward hooks such as the pass counter of the post-hoc explainers.
+        net: a timm classifier inside ``model`` (:func:`has_cam_head` must hold).
+        x: images [N, C, H, W].
+        select: maps ``net``'s outputs [N, K] to the explained output index per case [N] (e.g. ``argmax``).
+
+    Returns:
+        ``(outputs [N, K], selected [N], maps [N, H, W])``, the maps ReLU'd and bilinearly upsampled to the input
+        (as captum's ``LayerGradCam`` with ``relu_attributions=True`` on the last feature stage, then upsampled).
+    """
+    head = _pooled_linear_head(net)
+    if head is None:
+        raise ValueError(f"{type(net).__name__} does not end in global average pooling and one linear layer")
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [last_feature_module(net).register_forward_hook(lambda m, i, o: seen.__setitem__("features", o)),
+             net.register_forward_hook(lambda m, i, o: seen.__setitem__("outputs", o))]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    feats, out = seen["features"], seen["outputs"]
+    k = select(out)
+    h, w = feats.shape[-2:]
+    cam = torch.einsum("nchw,nc->nhw", feats, head.weight[k]) / (h * w)
+    cam = F.interpolate(cam.clamp_min(0)[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return out, k, cam

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
 
-from glasszoo.models._backbones import create_backbone, last_feature_module
+from glasszoo.models._backbones import cam_forward, create_backbone, has_cam_head, last_feature_module
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor
 from glasszoo.models.explanations import Heatmap
@@ -47,24 +47,41 @@ class BlackBoxCNN(ImageModel):
 
     def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None, batch_size: int = 64,
                 case_ids: np.ndarray | None = None) -> Heatmap:
-        """Grad-CAM maps [N, H, W] (ReLU'd, bilinearly upsampled to the input) for ``target`` (default: predicted)."""
+        """Grad-CAM maps [N, H, W] (ReLU'd, bilinearly upsampled to the input) for ``target`` (default: predicted).
+
+        For a backbone ending in global average pooling and one linear layer (every timm ResNet), Grad-CAM equals
+        the class activation map and comes from the predicting forward pass itself
+        (:func:`~glasszoo.models._backbones.cam_forward`); other backbones get captum's ``LayerGradCam``.
+        """
         was_training = self.training
         self.eval()
-        cam = LayerGradCam(self, last_feature_module(self.net))
+        one_pass = has_cam_head(self.net)
         maps, targets = [], []
         try:
             for i in range(0, len(x), batch_size):
                 xb = as_tensor(x[i:i + batch_size], self.device)
-                with torch.no_grad():
-                    pred = self(xb).argmax(dim=1)
-                tb = pred if target is None else torch.as_tensor(np.asarray(target)[i:i + batch_size],
-                                                                 device=xb.device, dtype=torch.long)
-                attr = cam.attribute(xb, target=tb, relu_attributions=True)
-                attr = F.interpolate(attr, size=xb.shape[-2:], mode="bilinear", align_corners=False)
-                maps.append(attr[:, 0].detach().cpu().numpy())
+                given = None if target is None else torch.as_tensor(np.asarray(target)[i:i + batch_size],
+                                                                    device=xb.device, dtype=torch.long)
+
+                def select(logits: torch.Tensor, given: torch.Tensor | None = given) -> torch.Tensor:
+                    return logits.argmax(dim=1) if given is None else given
+
+                if one_pass:
+                    with torch.no_grad():
+                        _, tb, attr = cam_forward(self, self.net, xb, select)
+                else:
+                    with torch.no_grad():
+                        tb = select(self(xb))
+                    attr = LayerGradCam(self, last_feature_module(self.net)).attribute(xb, target=tb,
+                                                                                        relu_attributions=True)
+                    attr = F.interpolate(attr, size=xb.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                maps.append(attr.detach().cpu().numpy())
                 targets.append(tb.cpu().numpy())
         finally:
             self.train(was_training)
+        if not maps:
+            return Heatmap(maps=np.zeros((0, *self.img_size), np.float32), method="gradcam",
+                           target=np.zeros(0, np.int64), case_ids=case_ids)
         return Heatmap(maps=np.concatenate(maps), method="gradcam", target=np.concatenate(targets), case_ids=case_ids)
 
 

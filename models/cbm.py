@@ -12,7 +12,7 @@ from captum.attr import LayerGradCam
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from glasszoo.models._backbones import create_backbone, last_feature_module
+from glasszoo.models._backbones import cam_forward, create_backbone, has_cam_head, last_feature_module
 from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
@@ -235,35 +235,54 @@ class ConceptBottleneck(ImageModel):
         Returns ``[ConceptEvidence, Heatmap]``. ``ConceptEvidence.predicted`` is in data units (probability for
         binary concepts), ``contribution[n, k] = w[target_n, k] * a_nk`` (the logit is their sum plus the bias).
         The heatmap (method ``concept_gradcam``) is Grad-CAM (Selvaraju et al. 2017) of the concept output with the
-        largest positive contribution, on the backbone's last feature stage, upsampled to the input.
+        largest positive contribution, on the backbone's last feature stage, upsampled to the input. When the
+        backbone ends in global average pooling and one linear layer (every timm ResNet), Grad-CAM of a concept is
+        exactly its class activation map, which :func:`~glasszoo.models._backbones.cam_forward` reads off the same
+        forward pass that predicts the concepts: the whole explanation costs one forward pass and no backward pass.
+        Other backbones get captum's ``LayerGradCam`` (a second forward and a backward pass).
         """
+        targets = None if target is None else torch.as_tensor(np.asarray(target)).long()
+        one_pass = has_cam_head(self.net)
+        parts: dict[str, list] = {"acts": [], "tgt": [], "contrib": [], "maps": []}
         was_training = self.training
         self.eval()
-        acts = self.predict_concepts(x, batch_size)
-        a = torch.as_tensor(acts, device=self.device)
-        with torch.no_grad():
-            logits = self.label_head(a)
-        tgt = logits.argmax(1) if target is None else torch.as_tensor(np.asarray(target), device=self.device).long()
-        contrib = (self.label_head.weight[tgt] * a).detach()  # [N, K]
-        top = contrib.argmax(1)
-        cam = LayerGradCam(self.concept_outputs, last_feature_module(self.net))
-        maps = []
         try:
-            for i in range(0, len(x), batch_size):
-                xb = as_tensor(x[i:i + batch_size], self.device)
-                attr = cam.attribute(xb, target=top[i:i + batch_size], relu_attributions=True)
-                maps.append(F.interpolate(attr, size=xb.shape[-2:], mode="bilinear",
-                                          align_corners=False)[:, 0].detach().cpu().numpy())
+            for start in range(0, len(x), batch_size):
+                xb = as_tensor(x[start:start + batch_size], self.device)
+
+                def select(outputs: torch.Tensor, start: int = start, n: int = len(xb)) -> torch.Tensor:
+                    """The top-contributing concept per case; keeps the activations and contributions."""
+                    a = self.activations(outputs)
+                    tgt = self.label_head(a).argmax(1) if targets is None else targets[start:start + n].to(a.device)
+                    contrib = self.label_head.weight[tgt] * a  # [n, K]
+                    for key, value in (("acts", a), ("tgt", tgt), ("contrib", contrib)):
+                        parts[key].append(value.detach())
+                    return contrib.argmax(1)
+
+                if one_pass:
+                    with torch.no_grad():
+                        maps = cam_forward(self, self.net, xb, select)[2]
+                else:
+                    with torch.no_grad():
+                        top = select(self.concept_outputs(xb))
+                    cam = LayerGradCam(self.concept_outputs, last_feature_module(self.net))
+                    attr = cam.attribute(xb, target=top, relu_attributions=True)
+                    maps = F.interpolate(attr, size=xb.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                parts["maps"].append(maps.detach())
         finally:
             self.train(was_training)
+        k = self.n_concepts
+        acts = torch.cat(parts["acts"]) if parts["acts"] else torch.zeros((0, k), device=self.device)
+        tgt = torch.cat(parts["tgt"]) if parts["tgt"] else torch.zeros(0, dtype=torch.long)
+        contrib = torch.cat(parts["contrib"]) if parts["contrib"] else torch.zeros((0, k))
         with torch.no_grad():
-            predicted = self.to_data_units(a).cpu().numpy()
+            predicted = self.to_data_units(acts).cpu().numpy()
         evidence = ConceptEvidence(concept_names=list(self.concept_names), predicted=predicted,
                                    contribution=contrib.cpu().numpy(), target=tgt.cpu().numpy(),
                                    true=None if true_concepts is None else np.asarray(true_concepts, np.float32),
                                    case_ids=case_ids)
-        hm = Heatmap(maps=np.concatenate(maps) if maps else np.zeros((0, *self.img_size), np.float32),
-                     method="concept_gradcam", target=tgt.cpu().numpy(), case_ids=case_ids)
+        maps = torch.cat(parts["maps"]).cpu().numpy() if parts["maps"] else np.zeros((0, *self.img_size), np.float32)
+        hm = Heatmap(maps=maps, method="concept_gradcam", target=tgt.cpu().numpy(), case_ids=case_ids)
         return [evidence, hm]
 
     def explain_global(self) -> GlobalExplanation:

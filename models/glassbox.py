@@ -163,7 +163,9 @@ class SparseLogReg(_GlassBox):
     Fit: features are standardised with the training mean / standard deviation (a constant feature keeps sd 1). The
     whole L1 path is computed on the training data -- ``n_Cs`` values of C, log-spaced from
     ``sklearn.svm.l1_min_c`` (the smallest C with any non-zero weight) up to ``path_ratio`` times it, fitted in
-    increasing order with warm starts (saga solver, pure L1: ``l1_ratio=1``; multinomial for > 2 classes). Each C is
+    increasing order with warm starts (saga solver, pure L1: ``l1_ratio=1``; multinomial for > 2 classes), and
+    ending early at the first C with more than ``2 * max_features`` non-zero features (no denser point can be
+    chosen, and those are the slowest to fit). Each C is
     scored by the validation AUC (:func:`selection_score`) when ``X_val``/``y_val`` are given, else by the mean AUC of
     a ``cv``-fold stratified CV on the training data (each fold computes its own path on the same C grid), else (a
     class with fewer than ``cv`` cases) on the training data itself. Among the path points with at most
@@ -189,7 +191,10 @@ class SparseLogReg(_GlassBox):
         self.tol = tol
         self.random_state = random_state
 
-    def _path(self, Z: np.ndarray, y: np.ndarray, Cs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    def _path(self, Z: np.ndarray, y: np.ndarray, Cs: np.ndarray,
+              stop_above: int | None = None) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """The fits along ``Cs`` (warm-started); with ``stop_above``, the path ends at the first fit with more
+        non-zero features than that."""
         from sklearn.linear_model import LogisticRegression
 
         clf = LogisticRegression(C=float(Cs[0]), l1_ratio=1.0, solver="saga", warm_start=True,
@@ -202,6 +207,8 @@ class SparseLogReg(_GlassBox):
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 clf.fit(Z, y)
             out.append((clf.coef_.copy(), clf.intercept_.copy(), int(np.max(clf.n_iter_))))
+            if stop_above is not None and int(np.any(clf.coef_ != 0, axis=0).sum()) > stop_above:
+                break
         return out
 
     @staticmethod
@@ -225,7 +232,10 @@ class SparseLogReg(_GlassBox):
         except ValueError:  # every feature constant: no C gives a non-zero weight
             c0 = 1.0
         Cs = c0 * np.logspace(0, np.log10(self.path_ratio), int(self.n_Cs))
-        path = self._path(Z, y, Cs)
+        # points denser than max_features can never be chosen, and the densest are the slowest to fit: the path
+        # stops once it has twice the allowed features (the CV folds use the same, shortened grid)
+        path = self._path(Z, y, Cs, stop_above=2 * int(self.max_features))
+        Cs = Cs[:len(path)]
         nnz = [int(np.any(coef != 0, axis=0).sum()) for coef, _, _ in path]
         if Xv is not None:
             Zv = (Xv - self.mean_) / self.scale_

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+
+def _torch_threads() -> int:
+    """Torch threads per test process: the cores shared out between the xdist workers (``pytest -n N``), at least 1.
+
+    Two workers with two threads each on a 2-core machine oversubscribe it, and OpenMP threads that spin-wait for
+    each other then slow every training test down several times over.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
+def pytest_configure(config) -> None:
+    # before any fixture: module-scoped fixtures that train a model run ahead of the per-test fixture below
+    torch.set_num_threads(_torch_threads())
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """Every test starts with the same torch thread count (a test or the code under test may change it)."""
+    torch.set_num_threads(_torch_threads())
+    yield
 
 
 @pytest.fixture

@@ -17,8 +17,6 @@ from glasszoo.models.attention_unet import combine_gate_maps, dice_bce_loss
 from glasszoo.training.errors import DataError
 from glasszoo.training.synthetic import make_synthetic
 
-torch.set_num_threads(1)
-
 
 def unet(**kw) -> AttentionUNet:
     torch.manual_seed(0)

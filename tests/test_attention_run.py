@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from glasszoo.training.config import parse_config
 from glasszoo.training.errors import DataError
 from glasszoo.training.runner import run_experiment
-
-torch.set_num_threads(2)
 
 
 def test_run_writes_segmentation_metrics_and_case_figures(tmp_path):

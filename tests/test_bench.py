@@ -79,6 +79,18 @@ def test_run_measured_reports_memory_and_failures():
     assert failed.returncode == 3 and "boom" in failed.output_tail
 
 
+def test_measured_cli_reports_its_own_peak_not_the_benchmarks():
+    """A `glasszoo` child reports its own high-water mark: 600 MB held by this (forking) process are in wait4's
+    figure but not in the child's peak, and the child's peak is at least what it holds at exit."""
+    from glasszoo.evaluation.bench import _glasszoo_command
+
+    held = np.ones(600 * 2**20 // 8)
+    stats = run_measured(_glasszoo_command("--version"))
+    assert stats.returncode == 0 and held.sum() > 0
+    assert stats.max_rss_mb >= 600  # wait4: the forking process's memory folded in
+    assert 5 <= stats.peak_rss_mb < 600 and stats.peak_rss_mb < stats.max_rss_mb - 300
+
+
 def test_report_keeps_sections_not_run(monkeypatch):
     old = ("# Performance\n\nold header\n\n## ProtoPNet push\n\nSettings: x.\n\n| a |\n|---|\n| 1 |\n\n"
            "## Radiomics extraction\n\nSettings: y.\n\nold radiomics figures\n")

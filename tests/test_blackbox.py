@@ -9,8 +9,6 @@ import torch
 from glasszoo.models import BlackBoxCNN, create_model
 from glasszoo.models._backbones import resolve_stem
 
-torch.set_num_threads(2)
-
 
 @pytest.mark.parametrize("stem,side,expected_hw", [("small", 28, 4), ("standard", 64, 2), ("nopool", 64, 4)])
 def test_stems_set_the_feature_map_size(stem, side, expected_hw):
@@ -53,3 +51,53 @@ def test_gradcam_equals_hand_computed_value():
     np.testing.assert_allclose(hm.maps, cam.detach().numpy(), rtol=1e-4, atol=1e-6)
     assert list(hm.target) == [1, 0]
     assert hm.method == "gradcam"
+
+
+def _cbm(backbone: str = "resnet18"):
+    return create_model("cbm", num_classes=2, in_chans=1, img_size=48, concept_names=["a", "b", "c"],
+                        backbone=backbone, stem="standard", mode="independent")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_small_050"])
+def test_own_gradcam_equals_captum_gradcam(backbone):
+    """The one-pass CAM of a pooled-linear head (ResNet) and the LayerGradCam fallback (MobileNetV3, whose head has a
+    convolution after the pooling) both equal captum's Grad-CAM on the last feature stage, for the black box's
+    classes and for the CBM's top concept."""
+    from captum.attr import LayerGradCam
+
+    from glasszoo.evaluation.posthoc import explain_posthoc
+    from glasszoo.models._backbones import has_cam_head, last_feature_module
+
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 48, 48)
+    bb = create_model("blackbox", num_classes=3, in_chans=1, img_size=48, backbone=backbone, stem="standard").eval()
+    assert has_cam_head(bb.net) == (backbone == "resnet18")
+    target = np.array([0, 1, 2, 1, 0])
+    own = bb.explain(x.numpy(), target=target, batch_size=2)
+    ref = explain_posthoc(bb, x.numpy(), "gradcam", target=target)
+    assert own.maps.max() > 0
+    np.testing.assert_allclose(own.maps, ref.maps, rtol=1e-4, atol=1e-6 * float(ref.maps.max()))
+    np.testing.assert_array_equal(own.target, target)
+
+    cbm = _cbm(backbone).eval()
+    ev, hm = cbm.explain(x.numpy(), batch_size=2)
+    top = torch.as_tensor(ev.contribution.argmax(1))
+    attr = LayerGradCam(cbm.concept_outputs, last_feature_module(cbm.net)).attribute(x, target=top,
+                                                                                   relu_attributions=True)
+    attr = torch.nn.functional.interpolate(attr, size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
+    np.testing.assert_allclose(hm.maps, attr.detach().numpy(), rtol=1e-4, atol=1e-6 * float(attr.max()) + 1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: BlackBoxCNN(2, 1, 48, stem="standard"), _cbm], ids=["blackbox", "cbm"])
+def test_own_explanation_is_one_forward_pass_and_no_backward(make):
+    """Each image goes through the model's forward, and its first layer, exactly once, and nothing flows back (the
+    run's pass counter, which hooks the model's forward, sees that one pass)."""
+    from glasszoo.evaluation.posthoc import PassCounter
+
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.rand(7, 1, 48, 48)
+    with PassCounter(model) as counter, PassCounter(model.net.conv1) as first_layer:
+        model.explain(x.numpy(), batch_size=4)
+    assert (counter.forward_images, counter.backward_images) == (7, 0)
+    assert (first_layer.forward_images, first_layer.backward_images) == (7, 0)

@@ -18,8 +18,6 @@ from glasszoo.training.config import parse_config
 from glasszoo.training.errors import DataError
 from glasszoo.training.runner import run_experiment
 
-torch.set_num_threads(2)
-
 
 def tiny_cbm(**kw) -> ConceptBottleneck:
     args = {"concept_names": ["a", "b", "c"], "concept_kinds": ["binary", "binary", "continuous"],

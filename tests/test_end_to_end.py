@@ -11,13 +11,11 @@ import pytest
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch
 
 from glasszoo.models import list_models
 from glasszoo.training.config import load_config
 from glasszoo.training.runner import run_experiment
 
-torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["training.progress_bar=false", "evaluation.bootstrap=100", "evaluation.explain_cases=8"]
 

@@ -21,7 +21,6 @@ from glasszoo.training.errors import DataError
 from glasszoo.training.runner import run_experiment, safe_filename
 from glasszoo.training.saved import open_run
 
-torch.set_num_threads(2)
 SIDE = 32
 
 

@@ -11,7 +11,6 @@ import torch
 from glasszoo.models import EXPLANATION_KINDS, Heatmap, ImageModel, create_model, list_models, model_info
 from glasszoo.training.errors import ConfigError
 
-torch.set_num_threads(2)
 IMAGE_MODELS = list_models(input_kind="image")
 SHAPES = [(1, 32, 2), (3, 28, 3)]  # (channels, side, classes)
 

@@ -23,8 +23,6 @@ from glasszoo.evaluation.posthoc import (
 )
 from glasszoo.models.blackbox import BlackBoxCNN
 
-torch.set_num_threads(1)
-
 
 class Additive(nn.Module):
     """logit_1 = sum(w * x) + bias, logit_0 = -sum(w * x): exactly additive over pixels."""

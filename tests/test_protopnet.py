@@ -25,7 +25,6 @@ from glasszoo.training.module import ClassifierModule
 from glasszoo.training.runner import run_experiment
 from glasszoo.training.train import SelectableEarlyStopping, build_image_model, load_checkpoint
 
-torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-4
 W = np.array([[1.0, -0.5], [-0.5, 1.0]])  # the paper's last-layer initialisation, one prototype per class

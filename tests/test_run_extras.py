@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from test_runner import learnable_npz  # noqa: F401  (also registers the test-only tabular model)
 
 from glasszoo.evaluation.posthoc import expected_passes
@@ -18,8 +17,6 @@ from glasszoo.training.config import parse_config
 from glasszoo.training.errors import ConfigError
 from glasszoo.training.runner import _misclassified_rows, run_experiment
 from glasszoo.training.seeds import summarise_seeds
-
-torch.set_num_threads(2)
 
 
 def _cfg(tmp_path, models=("blackbox", "test_logreg"), **evaluation):

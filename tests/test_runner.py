@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from sklearn.linear_model import LogisticRegression
 
@@ -16,7 +15,6 @@ from glasszoo.training.cli import main
 from glasszoo.training.config import parse_config
 from glasszoo.training.runner import run_experiment
 
-torch.set_num_threads(2)
 TASK_KEYS = ["auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity"]
 
 

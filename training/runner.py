@@ -425,6 +425,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         task = bootstrap_ci(y_test, proba, cs.positive_class, ev.bootstrap, ev.ci_level, cfg.seed)
 
         explanation: dict[str, Any] = {}
+        t_explain = time.perf_counter()
         if len(explain_rows):
             explanation = _explain_and_score(model, spec.name, info, x_explain, cs, explain_rows, cfg,
                                              run_dir, mdir, proba[np.searchsorted(test, explain_rows)], heatmaps)
@@ -435,6 +436,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
                                   f"{spec.name}_intervention.png", title=f"{spec.name}: test-time intervention")
             case_rows = _case_figure_rows(cs, explain_rows, ev.case_figures_per_class)
             write_case_figures(model, cs, case_rows, run_dir / "figures" / "cases" / spec.name)
+        explain_seconds = time.perf_counter() - t_explain
 
         if hasattr(model, "segmentation_metrics") and getattr(model, "requires_masks", False) \
                 and cs.masks is not None:
@@ -450,8 +452,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         }
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
         _log(f"    test AUC {task['auc']['value']:.3f} [{task['auc']['ci'][0]:.3f}, {task['auc']['ci'][1]:.3f}], "
-             f"trained in {train_seconds:.1f}s")
+             f"trained in {train_seconds:.1f}s, explained and scored in {explain_seconds:.1f}s")
 
+    t_figures = time.perf_counter()
     write_tradeoff(metrics, run_dir / "tradeoff.csv")
     plot_roc(y_test, curves, cs.class_names, cs.positive_class, run_dir / "figures" / "roc.png")
     figs = run_dir / "figures"
@@ -473,6 +476,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         for name, model in tabular_models.items():
             write_tabular_case_figures(model, name, X, cs, np.union1d(page_rows, wrong), figs / "cases" / name)
     write_case_heatmaps(cs, np.union1d(page_rows, wrong), explain_rows, heatmaps, figs / "cases" / "heatmaps")
+    _log(f"figures: ROC, comparison grid and case pages ({time.perf_counter() - t_figures:.1f}s)")
     print(format_table(metrics))
     if report:
         from glasszoo.evaluation.report import write_report
