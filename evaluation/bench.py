@@ -501,9 +501,9 @@ def section_explain(n_cases: int = 128, img_size: int = 48, repeats: int = 3, de
              "from time; the ratio is wall time over the model's own batched forward pass (predict_proba) on the "
              "same images; '–' means the model's explain() computes without calling forward() (no pass to count). "
              "ProtoPNet's explain() includes the nearest-prototype search and the upsampled activation maps; the "
-             "CBM's includes a Grad-CAM of its top concept (a forward and a backward pass on top of the concept "
-             "predictions): the concept bars alone cost one forward pass, the concept heatmap is a post-hoc map of a "
-             "concept and costs what Grad-CAM costs."]
+             "CBM's includes the Grad-CAM of its top concept, which for a backbone ending in average pooling and a "
+             "linear layer is that concept's class activation map and is read off the same forward pass "
+             "(`models/_backbones.py: cam_forward`; the black box's own Grad-CAM likewise)."]
     return BenchSection("explain", "Explanation cost per method", settings, summary=summary, columns=columns,
                         table=table, data={"rows": data}, notes=notes)
 

@@ -288,13 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure what the zoo costs (throughput ratios, scaling, memory) and write "
                                      "docs/performance.md",
                        description="Run the benchmark sections in one command and print a table per section: "
-                                   "training throughput of the pipeline vs a bare PyTorch loop (training), ProtoPNet "
+                                   "training throughput of the pipeline vs a bare PyTorch loop (training), the cost of "
+                                   "every explanation method as a ratio to a forward pass (explain), ProtoPNet "
                                    "push vs a forward pass (push), radiomics extraction (radiomics), wall time and "
                                    "peak memory of 'glasszoo run' at growing data sizes (scaling) and of the "
                                    "quickstart (quickstart). Writes the report to --out (merged: sections not run "
                                    "keep their earlier figures). Options left out use each section's defaults.")
-    p.add_argument("--only", help="comma-separated sections to run (default: all): training, push, radiomics, "
-                                  "scaling, quickstart")
+    p.add_argument("--only", help="comma-separated sections to run (default: all): training, explain, push, "
+                                  "radiomics, scaling, quickstart")
     p.add_argument("--n-cases", type=int, help="synthetic cases of the in-process sections (default 2000)")
     p.add_argument("--img-size", type=int,
                    help="image side in pixels (defaults: push and radiomics 48, training 28 and 64, scaling 64)")
