@@ -92,6 +92,28 @@ def test_tradeoff_has_one_row_per_model_and_method(tmp_path):
     assert cases <= {p.name for p in (run_dir / "figures" / "cases" / "test_logreg").glob("*.png")}
 
 
+def test_configured_gradcam_replaces_the_black_boxs_own(tmp_path):
+    """Grad-CAM with explicit parameters (an earlier layer) replaces the black box's own last-stage Grad-CAM: one
+    `gradcam` block, post-hoc, with its parameters and its counted passes; its maps are captum's on that layer."""
+    from glasszoo.evaluation.posthoc import explain_posthoc
+    from glasszoo.training.saved import open_run
+
+    cfg = _cfg(tmp_path, models=("blackbox",), posthoc={"methods": ["gradcam"],
+                                                        "params": {"gradcam": {"layer": "net.layer2"}}})
+    run_dir = run_experiment(cfg, out=tmp_path / "run")
+    block = json.loads((run_dir / "metrics.json").read_text())["models"]["blackbox"]["explanation"]["gradcam"]
+    assert block["source"] == "post-hoc" and block["params"] == {"layer": "net.layer2"}
+    assert block["passes_per_image"] == {"forward": 2.0, "backward": 1.0} == expected_passes("gradcam")
+    saved = np.load(run_dir / "models" / "blackbox" / "heatmap_gradcam.npz", allow_pickle=True)
+    run = open_run(run_dir)
+    model = run.load_model("blackbox")
+    where = {c: i for i, c in enumerate(run.caseset.case_ids)}
+    x = run.caseset.images[[where[c] for c in saved["case_ids"]]]
+    ref = explain_posthoc(model, x, "gradcam", params={"layer": "net.layer2"})
+    assert np.abs(ref.maps - model.explain(x).maps).max() > 1e-3 * ref.maps.max()  # not the last stage's map
+    np.testing.assert_allclose(saved["maps"].astype(np.float32), ref.maps, rtol=2e-3, atol=2e-3 * ref.maps.max())
+
+
 def test_misclassified_rows_most_often_wrong_first():
     class CS:
         labels = np.array([0, 1, 0, 1, 0, 1])

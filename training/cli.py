@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data sizes N of the scaling section (default 1000,4000,16000)")
     p.add_argument("--epochs", type=int, help="epochs per timed training run (default 1)")
     p.add_argument("--device", default="auto", help="auto (default: cuda when available, else cpu), cpu or cuda")
-    p.add_argument("--repeats", type=int, help="timed repeats per operation (default 3)")
+    p.add_argument("--repeats", type=int, help="timed repeats per operation (default 3; training 5)")
     p.add_argument("--out", default="docs/performance.md",
                    help="the Markdown report to write or update (default docs/performance.md; '-' to only print)")
     p.set_defaults(func=_cmd_bench)

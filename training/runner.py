@@ -173,8 +173,15 @@ def _explain_and_score(model: Any, name: str, info: Any, x_explain: np.ndarray, 
         exps = _as_list(model.explain(x_explain, case_ids=cs.case_ids[rows]))
         ms = 1000 * (time.perf_counter() - t) / len(rows)
     source = "post-hoc" if info.family == "black-box" else "intrinsic"
+    ph = ev.posthoc
+    posthoc = selected_for_posthoc(ph.models, name, info.family, info.input_kind)
+    # an own map that is also a configured post-hoc method with explicit parameters (the black box's Grad-CAM on
+    # another layer) is replaced by the configured post-hoc map below
+    configured = {m for m in ph.methods if ph.params.get(m)} if posthoc else set()
     for exp in exps:
         key = getattr(exp, "method", exp.kind)
+        if isinstance(exp, Heatmap) and key in configured:
+            continue
         block: dict[str, Any] = {"kind": exp.kind, "source": source, "n_cases": int(len(rows)), "ms_per_image": ms}
         if is_image and counter.forward_images:  # an intrinsic explain() that bypasses forward() is not counted
             block["passes_per_image"] = counter.per_image(len(rows))
@@ -183,15 +190,16 @@ def _explain_and_score(model: Any, name: str, info: Any, x_explain: np.ndarray, 
         else:
             out[key] = block
 
-    ph = ev.posthoc
-    if selected_for_posthoc(ph.models, name, info.family, info.input_kind):
+    if posthoc:
         for method in ph.methods:
-            if method in out:  # the black box's own explanation is already this method (Grad-CAM)
+            if method in out:  # the black box's own explanation is already this method (Grad-CAM), same settings
                 continue
             n = min(ph.max_cases.get(method, len(rows)), len(rows))
             params = ph.params.get(method)
             hm, cost = run_posthoc(model, x_explain[:n], method, params, cfg.seed, case_ids=cs.case_ids[rows[:n]])
             block = {"kind": "heatmap", "source": "post-hoc", "n_cases": int(n), **cost}
+            if params:
+                block["params"] = dict(params)
             finish(method, hm, block, posthoc_explain_fn(method, params, cfg.seed), "post-hoc")
     if randomised:
         from glasszoo.evaluation.plots import plot_randomisation
