@@ -122,8 +122,7 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
                                   return_maps=keep is not None)
     if keep is not None:
         keep["randomisation_maps"] = check["maps"]
-    full = np.asarray(check["spearman"][-1], dtype=np.float64)
-    out["randomisation_similarity"] = _ci(full, n_boot, level, seed)
+    out["randomisation_similarity"] = _ci(np.asarray(check["similarity"], dtype=np.float64), n_boot, level, seed)
     out["randomisation"] = {
         "stages": [float(s) for s in check["stages"]],
         "spearman": [_nanmean(s) for s in check["spearman"]],

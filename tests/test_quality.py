@@ -446,6 +446,28 @@ def test_randomisation_gradient_explanation_passes_and_cascades_from_the_top():
     assert np.allclose(again["spearman"][-1], out["spearman"][-1])
 
 
+def test_randomisation_flat_maps_by_hand():
+    """A structured map that the randomised model turns flat has changed completely (similarity 0, passes); a map
+    flat for both models has not changed (similarity 1, fails); otherwise the similarity is the Spearman rank
+    correlation at full randomisation."""
+    model = small_convnet()
+    x = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
+    sparse = np.zeros((8, 8), np.float32)
+    sparse[3, 4] = 1.0  # one hot pixel: flat almost everywhere
+
+    def explain(m: nn.Module, xx: np.ndarray, tt: np.ndarray) -> np.ndarray:
+        trained = m is model
+        maps = np.stack([sparse if trained else np.zeros((8, 8), np.float32),  # case 0: turns flat
+                         np.full((8, 8), 0.5, np.float32),                      # case 1: flat for both
+                         xx[2, 0] if trained else -xx[2, 0] ** 3])              # case 2: same ranking of |map|
+        return maps
+
+    out = randomisation_check(model, explain, x, 0, stages=2)
+    assert np.isnan(out["spearman"][-1][:2]).all() and out["spearman"][-1][2] == pytest.approx(1.0)
+    np.testing.assert_allclose(out["similarity"], [0.0, 1.0, 1.0])
+    assert out["passed"].tolist() == [True, False, False]
+
+
 def test_randomisation_validation():
     model = small_convnet()
     x = np.zeros((2, 1, 8, 8), dtype=np.float32)
