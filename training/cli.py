@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="shortcut audit: train the zoo with a planted marker correlated with the label "
                                      "in train/val and independent in test; write audit.json and the report")
-    p.add_argument("config", help="YAML experiment config (any data source), e.g. configs/audit.yaml")
+    p.add_argument("config", help="YAML experiment config (any data source), e.g. configs/quickstart.yaml")
     p.add_argument("--rate", type=float, default=0.95,
                    help="train/val probability of the marker for the positive class (absent otherwise; default 0.95)")
     p.add_argument("--size", type=int, help="marker side in pixels (default: image side // 12, at least 2)")
