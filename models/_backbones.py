@@ -97,6 +97,28 @@ def has_cam_head(net: nn.Module) -> bool:
     return _pooled_linear_head(net) is not None
 
 
+def gradcam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor,
+                    select: Callable[[torch.Tensor], torch.Tensor], outputs: Callable[[torch.Tensor], torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grad-CAM on ``net``'s last feature stage of the output :func:`select` picks, as :func:`cam_forward` returns it.
+
+    A pooled-linear head (:func:`has_cam_head`) takes :func:`cam_forward` (one forward pass of ``model``, no
+    backward); any other head takes captum's ``LayerGradCam`` of ``outputs`` (the function giving ``net``'s outputs,
+    e.g. ``net`` itself): a forward pass to select, then a forward and a backward pass.
+    """
+    from captum.attr import LayerGradCam
+
+    if has_cam_head(net):
+        with torch.no_grad():
+            return cam_forward(model, net, x, select)
+    with torch.no_grad():
+        out = outputs(x)
+        k = select(out)
+    attr = LayerGradCam(outputs, last_feature_module(net)).attribute(x, target=k, relu_attributions=True)
+    cam = F.interpolate(attr, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return out, k, cam.detach()
+
+
 def cam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor, select: Callable[[torch.Tensor], torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Outputs of ``net`` and their class activation maps from one ordinary forward pass of ``model``, no backward.

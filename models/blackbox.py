@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from captum.attr import LayerGradCam
 
-from glasszoo.models._backbones import cam_forward, create_backbone, has_cam_head, last_feature_module
+from glasszoo.models._backbones import create_backbone, gradcam_forward
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor
 from glasszoo.models.explanations import Heatmap
@@ -55,7 +53,6 @@ class BlackBoxCNN(ImageModel):
         """
         was_training = self.training
         self.eval()
-        one_pass = has_cam_head(self.net)
         maps, targets = [], []
         try:
             for i in range(0, len(x), batch_size):
@@ -66,15 +63,7 @@ class BlackBoxCNN(ImageModel):
                 def select(logits: torch.Tensor, given: torch.Tensor | None = given) -> torch.Tensor:
                     return logits.argmax(dim=1) if given is None else given
 
-                if one_pass:
-                    with torch.no_grad():
-                        _, tb, attr = cam_forward(self, self.net, xb, select)
-                else:
-                    with torch.no_grad():
-                        tb = select(self(xb))
-                    attr = LayerGradCam(self, last_feature_module(self.net)).attribute(xb, target=tb,
-                                                                                        relu_attributions=True)
-                    attr = F.interpolate(attr, size=xb.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                _, tb, attr = gradcam_forward(self, self.net, xb, select, self)
                 maps.append(attr.detach().cpu().numpy())
                 targets.append(tb.cpu().numpy())
         finally:

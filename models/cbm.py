@@ -8,11 +8,10 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from glasszoo.models._backbones import cam_forward, create_backbone, has_cam_head, last_feature_module
+from glasszoo.models._backbones import create_backbone, gradcam_forward
 from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
@@ -242,7 +241,6 @@ class ConceptBottleneck(ImageModel):
         Other backbones get captum's ``LayerGradCam`` (a second forward and a backward pass).
         """
         targets = None if target is None else torch.as_tensor(np.asarray(target)).long()
-        one_pass = has_cam_head(self.net)
         parts: dict[str, list] = {"acts": [], "tgt": [], "contrib": [], "maps": []}
         was_training = self.training
         self.eval()
@@ -259,16 +257,7 @@ class ConceptBottleneck(ImageModel):
                         parts[key].append(value.detach())
                     return contrib.argmax(1)
 
-                if one_pass:
-                    with torch.no_grad():
-                        maps = cam_forward(self, self.net, xb, select)[2]
-                else:
-                    with torch.no_grad():
-                        top = select(self.concept_outputs(xb))
-                    cam = LayerGradCam(self.concept_outputs, last_feature_module(self.net))
-                    attr = cam.attribute(xb, target=top, relu_attributions=True)
-                    maps = F.interpolate(attr, size=xb.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-                parts["maps"].append(maps.detach())
+                parts["maps"].append(gradcam_forward(self, self.net, xb, select, self.concept_outputs)[2])
         finally:
             self.train(was_training)
         k = self.n_concepts
