@@ -529,18 +529,23 @@ class RunStats:
     output_tail: str = ""
 
 
-def _proc_status(pid: int) -> dict[str, float]:
-    """VmRSS, VmHWM, RssAnon, RssFile, RssShmem of ``pid`` in MB from /proc (empty when unavailable)."""
+def _parse_status(path: str | Path) -> dict[str, float]:
+    """VmRSS, VmHWM, RssAnon, RssFile, RssShmem in MB from a /proc status file (empty when unavailable)."""
     out = {}
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
                 key, _, rest = line.partition(":")
                 if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                     out[key] = float(rest.split()[0]) / 1024.0
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return out
+
+
+def _proc_status(pid: int) -> dict[str, float]:
+    """:func:`_parse_status` of a live process (``/proc/PID/status``)."""
+    return _parse_status(f"/proc/{pid}/status")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -613,10 +618,7 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | Path | None
     tail = out_file.read().decode("utf-8", "replace")[-4000:]
     out_file.close()
     nan = float("nan")
-    own_peak = peaks["hwm"] if sampled.is_set() else nan
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open(status_path) as fh:
-            own_peak = next(float(line.split()[1]) / 1024.0 for line in fh if line.startswith("VmHWM:"))
+    own_peak = _parse_status(status_path).get("VmHWM", peaks["hwm"] if sampled.is_set() else nan)
     with contextlib.suppress(OSError):
         os.unlink(status_path)
     return RunStats(command=list(cmd), returncode=proc.returncode, wall_seconds=wall,

@@ -17,8 +17,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import pandas as pd  # noqa: E402
 from glasszoo.evaluation import stats  # noqa: E402
 from glasszoo.evaluation.metrics import METRIC_NAMES  # noqa: E402
 from glasszoo.evaluation.results import SCORE_KEYS, tradeoff_rows  # noqa: E402
+from glasszoo.training.atomic import atomic_write_text  # noqa: E402
 from glasszoo.training.errors import DataError  # noqa: E402
 from glasszoo.training.runner import safe_filename  # noqa: E402
 
@@ -1007,7 +1006,8 @@ def _audit_section(run_dir: Path) -> str:
                      f"{_e(marker.get('size', '?'))}, rate {_e(marker.get('rate', '?'))}.</p>")
     keys = [("accuracy_correlated", "accuracy (marker correlated)"),
             ("accuracy_decorrelated", "accuracy (marker decorrelated)"), ("accuracy_drop", "accuracy drop"),
-            ("auc_correlated", "AUC (correlated)"), ("auc_decorrelated", "AUC (decorrelated)")]
+            ("auc_correlated", "AUC (correlated)"), ("auc_decorrelated", "AUC (decorrelated)"),
+            ("auc_drop", "AUC drop")]
     models = audit.get("models", {}) or {}
     resisted = {str(m) for m in audit.get("resisted", []) or []}
     revealed = {(str(p[0]), str(p[1])) for p in audit.get("revealed", []) or [] if len(p) == 2}
@@ -1120,30 +1120,6 @@ def render_report(run_dir: str | Path, reference: str | None = None, max_cases: 
             "</body></html>\n")
 
 
-def _write_chunks(fh: io.TextIOBase, text: str, chunk: int = 1 << 20) -> None:
-    """Write ``text`` in chunks of ``chunk`` characters."""
-    for start in range(0, len(text), chunk):
-        fh.write(text[start:start + chunk])
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and :func:`os.replace`: ``path``
-    holds either its old content or the complete new text, never a part; the temporary file is removed on failure."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates the file private (0600); give it a normal file's mode
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            _write_chunks(fh, text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(run_dir: str | Path, reference: str | None = None, max_cases: int = 12,
                  max_misclassified: int = 8) -> Path:
     """Write ``run_dir/report.html``: one self-contained HTML file (figures embedded as base64 PNG, inline CSS,
@@ -1170,7 +1146,7 @@ def write_report(run_dir: str | Path, reference: str | None = None, max_cases: i
     run_dir = Path(run_dir)
     text = render_report(run_dir, reference, max_cases, max_misclassified)
     path = run_dir / REPORT_NAME
-    atomic_write(path, text)
+    atomic_write_text(path, text)
     return path
 
 

@@ -89,6 +89,12 @@ def _pooled_linear_head(net: nn.Module) -> nn.Linear | None:
         return None
     if getattr(net, "head_hidden_size", None) not in (None, width):
         return None
+    # and the last feature stage must be what is pooled (EfficientNet's conv_head and bn2 follow its last stage)
+    info = getattr(net, "feature_info", None)
+    if info:
+        last = info[-1] if isinstance(info, list) else info.info[-1]
+        if last.get("num_chs") != width:
+            return None
     return head
 
 
@@ -145,13 +151,21 @@ def cam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor, select: Calla
     if head is None:
         raise ValueError(f"{type(net).__name__} does not end in global average pooling and one linear layer")
     seen: dict[str, torch.Tensor] = {}
-    hooks = [last_feature_module(net).register_forward_hook(lambda m, i, o: seen.__setitem__("features", o)),
+    feature_module = last_feature_module(net)
+    hooks = [feature_module.register_forward_hook(lambda m, i, o: seen.__setitem__("features", o)),
+             net.global_pool.register_forward_pre_hook(lambda m, i: seen.__setitem__("pooled", i[0])),
              net.register_forward_hook(lambda m, i, o: seen.__setitem__("outputs", o))]
     try:
         model(x)
     finally:
         for h in hooks:
             h.remove()
+    if len(seen) < 3:
+        raise ValueError(f"a forward pass of {type(model).__name__} did not run {type(net).__name__} through its "
+                         f"last feature stage, global pooling and head (saw only {sorted(seen)})")
+    if seen["pooled"] is not seen["features"]:
+        raise ValueError(f"{type(net).__name__} pools a tensor other than the output of its last feature stage "
+                         f"({type(feature_module).__name__}): Grad-CAM there is not its CAM")
     feats, out = seen["features"], seen["outputs"]
     k = select(out)
     h, w = feats.shape[-2:]

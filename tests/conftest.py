@@ -16,7 +16,8 @@ def _torch_threads() -> int:
     each other then slow every training test down several times over.
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(workers, 1))
 
 
 def pytest_configure(config) -> None:

@@ -58,11 +58,12 @@ def _cbm(backbone: str = "resnet18"):
                         backbone=backbone, stem="standard", mode="independent")
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_small_050"])
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_small_050", "efficientnet_b0"])
 def test_own_gradcam_equals_captum_gradcam(backbone):
     """The one-pass CAM of a pooled-linear head (ResNet) and the LayerGradCam fallback (MobileNetV3, whose head has a
-    convolution after the pooling) both equal captum's Grad-CAM on the last feature stage, for the black box's
-    classes and for the CBM's top concept."""
+    convolution after the pooling; EfficientNet, whose conv_head and bn2 sit between its last feature stage and the
+    pooling) both equal captum's Grad-CAM on the last feature stage, for the black box's classes and for the CBM's
+    top concept."""
     from captum.attr import LayerGradCam
 
     from glasszoo.evaluation.posthoc import explain_posthoc
@@ -86,6 +87,18 @@ def test_own_gradcam_equals_captum_gradcam(backbone):
                                                                                    relu_attributions=True)
     attr = torch.nn.functional.interpolate(attr, size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
     np.testing.assert_allclose(hm.maps, attr.detach().numpy(), rtol=1e-4, atol=1e-6 * float(attr.max()) + 1e-12)
+
+
+def test_cam_forward_refuses_a_net_that_pools_something_else():
+    """The one-pass CAM is Grad-CAM only when the last feature stage's output is the pooled tensor; a layer slipped
+    in between is caught with an error naming the net, not turned into a wrong map."""
+    from glasszoo.models._backbones import cam_forward
+
+    bb = create_model("blackbox", num_classes=2, in_chans=1, img_size=48, backbone="resnet18", stem="standard").eval()
+    features = bb.net.forward_features
+    bb.net.forward_features = lambda x: features(x) * 2.0  # a layer after the last stage: pooled is a new tensor
+    with pytest.raises(ValueError, match="ResNet pools a tensor other than the output of its last feature stage"):
+        cam_forward(bb, bb.net, torch.rand(2, 1, 48, 48), lambda out: out.argmax(1))
 
 
 @pytest.mark.parametrize("make", [lambda: BlackBoxCNN(2, 1, 48, stem="standard"), _cbm], ids=["blackbox", "cbm"])

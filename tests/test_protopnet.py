@@ -385,7 +385,7 @@ def test_run_experiment_with_blackbox_and_protopnet(tmp_path):
     raw = read_yaml(ROOT / "configs" / "quickstart.yaml")
     raw["data"].update(n_cases=120, img_size=32)
     raw["training"].update(max_epochs=1, progress_bar=False)
-    raw["evaluation"].update(bootstrap=100, explain_cases=8, posthoc={"methods": ["gradcam"]})
+    raw["evaluation"].update(bootstrap=100, explain_cases=8, figure_cases=4, posthoc={"methods": ["gradcam"]})
     raw["output_dir"] = str(tmp_path)
     raw["models"] = [
         {"name": "blackbox", "params": {"backbone": "resnet18", "stem": "standard"}},

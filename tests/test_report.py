@@ -463,6 +463,8 @@ def test_minimal_run_skips_optional_parts(tmp_path: Path) -> None:
 
 
 def test_failed_write_keeps_the_old_report(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from glasszoo.training import atomic
+
     path = run_dir / "report.html"
     path.write_text("OLD REPORT")
 
@@ -470,7 +472,7 @@ def test_failed_write_keeps_the_old_report(run_dir: Path, monkeypatch: pytest.Mo
         fh.write(text[: len(text) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(report, "_write_chunks", half_then_fail)
+    monkeypatch.setattr(atomic, "_write_chunks", half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         report.write_report(run_dir)
     assert path.read_text() == "OLD REPORT"
@@ -481,7 +483,7 @@ def test_failed_write_keeps_the_old_report(run_dir: Path, monkeypatch: pytest.Mo
     def no_replace(src, dst) -> None:
         raise OSError("rename failed")
 
-    monkeypatch.setattr(report.os, "replace", no_replace)
+    monkeypatch.setattr(atomic.os, "replace", no_replace)
     with pytest.raises(OSError, match="rename failed"):
         report.write_report(run_dir)
     assert path.read_text() == "OLD REPORT"

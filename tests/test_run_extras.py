@@ -171,6 +171,21 @@ def test_marker_helpers_known_answers():
     assert mass[1] == pytest.approx(16 / 64)  # rows/cols 0..3 (grown by one pixel)
 
 
+def test_audit_verdict_needs_both_accuracy_and_auc_to_hold():
+    """A model that calls every case benign on both test sets has no accuracy drop, but its AUC falls from 0.99 to
+    0.76 without the marker: it relied on the marker and must not be called resistant."""
+    from glasszoo.training.audit import _resisted
+
+    def block(acc_drop, auc_corr, auc_dec):
+        return {"accuracy_drop": {"value": acc_drop}, "auc_drop": {"value": auc_corr - auc_dec}}
+
+    assert not _resisted(block(0.009, 0.988, 0.761), 0.02)  # the quickstart's attention classifier in one run
+    assert not _resisted(block(0.40, 0.99, 0.70), 0.02)
+    assert _resisted(block(0.0, 0.984, 0.984), 0.02)  # a glass-box model: nothing changes
+    assert _resisted(block(0.01, 0.98, 0.97), 0.02)
+    assert _resisted(block(0.0, float("nan"), float("nan")), 0.02)  # one-class test set: no AUC, no drop
+
+
 def test_audit_run_writes_the_audit(tmp_path):
     cfg = _cfg(tmp_path)
     run_dir = run_audit(cfg, out=tmp_path / "audit", rate=1.0, size=3)
@@ -180,7 +195,9 @@ def test_audit_run_writes_the_audit(tmp_path):
     for name, b in a["models"].items():
         drop = b["accuracy_correlated"]["value"] - b["accuracy_decorrelated"]["value"]
         assert b["accuracy_drop"]["value"] == pytest.approx(drop)
-        assert (name in a["resisted"]) == (b["accuracy_drop"]["value"] < 0.02)
+        auc_drop = b["auc_correlated"]["value"] - b["auc_decorrelated"]["value"]
+        assert b["auc_drop"]["value"] == pytest.approx(auc_drop)
+        assert (name in a["resisted"]) == (b["accuracy_drop"]["value"] < 0.02 and auc_drop < 0.02)
     assert "gradcam" in a["models"]["blackbox"]["explanations"]
     for b in a["models"]["blackbox"]["explanations"].values():
         assert 0.0 <= b["marker_mass"]["value"] <= 1.0

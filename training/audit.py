@@ -15,7 +15,9 @@ and measures both halves of the question:
 4. For every heatmap of the run, the share of its positive relevance that falls on the marker (the marker square
    grown by one pixel, on the explained test cases that carry it) says whether the explanation reveals the shortcut.
 
-A model *resisted* the shortcut when its accuracy drop is below ``resist_drop`` (default 0.02); an explanation
+A model *resisted* the shortcut when both its accuracy drop and its AUC drop are below ``resist_drop`` (default
+0.02): accuracy alone misses a model whose probabilities sit on one side of 0.5 on both test sets (accuracy near
+chance twice, no drop) while its ranking collapses without the marker; an explanation
 *revealed* it when more than half of its positive relevance lies on the marker (``reveal_mass``) although the
 marker covers well under 1% of the image.
 """
@@ -91,16 +93,17 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
         out, overwrite: where the run goes (as ``glasszoo run``).
         rate: in train/val, the probability that the marker is present for the positive class (absent for others).
         size: marker side in pixels (default: ``max(2, side // 12)``).
-        resist_drop: a model whose accuracy drops by less than this resisted the shortcut.
+        resist_drop: a model whose accuracy and AUC both drop by less than this resisted the shortcut.
         reveal_mass: an explanation with more than this share of its relevance on the marker revealed it.
 
     Returns:
         The run directory, holding ``audit.json``, ``figures/audit.png`` and ``report.html``.
     """
     from glasszoo.evaluation.metrics import mean_ci
+    from glasszoo.training.atomic import atomic_write_text
     from glasszoo.training.data import load_caseset
     from glasszoo.training.features import feature_table
-    from glasszoo.training.runner import _log, atomic_write_text, run_experiment
+    from glasszoo.training.runner import _log, run_experiment
     from glasszoo.training.saved import open_run
 
     if not 0.5 < rate <= 1.0:
@@ -154,6 +157,7 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
             "auc_decorrelated": _auc(y, p_dec, cs.positive_class),
             "explanations": {},
         }
+        block["auc_drop"] = {"value": block["auc_correlated"]["value"] - block["auc_decorrelated"]["value"]}
         for key, b in metrics["models"][name].get("explanation", {}).items():
             path = run_dir / "models" / name / f"heatmap_{key}.npz"
             if not (isinstance(b, dict) and b.get("kind") == "heatmap" and path.is_file()):
@@ -169,7 +173,7 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
                                           "n_cases_with_marker": int(on.sum())}
             if np.nanmean(mass) > reveal_mass:
                 result["revealed"].append([name, key])
-        if block["accuracy_drop"]["value"] < resist_drop:
+        if _resisted(block, resist_drop):
             result["resisted"].append(name)
         result["models"][name] = block
     result["summary"] = _audit_sentences(result, resist_drop, reveal_mass)
@@ -190,15 +194,22 @@ def _auc(y: np.ndarray, proba: np.ndarray, positive_class: int) -> dict:
     return {"value": task_metrics(y, proba, positive_class)["auc"]}
 
 
+def _resisted(block: dict, resist_drop: float) -> bool:
+    """Neither accuracy nor AUC dropped by ``resist_drop`` or more without the marker (a NaN AUC drop is no drop)."""
+    auc_drop = block["auc_drop"]["value"]
+    return block["accuracy_drop"]["value"] < resist_drop and not auc_drop >= resist_drop
+
+
 def _audit_sentences(result: dict, resist_drop: float, reveal_mass: float) -> list[str]:
     out = []
     for name, b in result["models"].items():
         d = b["accuracy_drop"]
         lo, hi = d["ci"]
-        verdict = "resisted the shortcut" if d["value"] < resist_drop else "relied on the shortcut"
+        verdict = "resisted the shortcut" if name in result["resisted"] else "relied on the shortcut"
         out.append(f"{name}: accuracy {b['accuracy_correlated']['value']:.3f} with the marker correlated, "
                    f"{b['accuracy_decorrelated']['value']:.3f} decorrelated (drop {d['value']:+.3f} "
-                   f"[{lo:+.3f}, {hi:+.3f}]): {verdict}.")
+                   f"[{lo:+.3f}, {hi:+.3f}]), AUC {b['auc_correlated']['value']:.3f} -> "
+                   f"{b['auc_decorrelated']['value']:.3f}: {verdict}.")
     if result["revealed"]:
         shown = ", ".join(f"{m}/{k}" for m, k in result["revealed"])
         out.append(f"Explanations that put more than {reveal_mass:.0%} of their relevance on the marker (revealed "

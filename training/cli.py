@@ -182,8 +182,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from glasszoo.evaluation.bench import SECTIONS, bench_command, format_section, run_section, write_markdown
+    from glasszoo.training.atomic import atomic_write_text
     from glasszoo.training.errors import ConfigError
-    from glasszoo.training.runner import atomic_write_text
 
     if args.only:
         names = [s.strip() for s in args.only.split(",") if s.strip()]

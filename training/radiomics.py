@@ -64,7 +64,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -73,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from glasszoo.training.atomic import atomic_write
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.errors import ConfigError, DataError
 
@@ -349,18 +349,9 @@ def _read_cache(path: Path) -> dict | None:
 
 
 def _write_cache(path: Path, values: np.ndarray, names: list[str], errors: list[str], seconds: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, values=values, names=np.asarray(names, dtype=str), errors=np.asarray(errors, dtype=str),
-                     seconds=np.float64(seconds))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, values=values, names=np.asarray(names, dtype=str),
+                                           errors=np.asarray(errors, dtype=str), seconds=np.float64(seconds)),
+                 binary=True)
 
 
 # ---------------------------------------------------------------------------------------------------- table

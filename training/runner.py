@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from glasszoo.models import Heatmap, ImageModel, create_model, model_info
+from glasszoo.training.atomic import atomic_write, atomic_write_text
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.cli import package_version
 from glasszoo.training.config import ExperimentConfig
@@ -25,18 +26,6 @@ from glasszoo.training.features import feature_table
 from glasszoo.training.train import build_image_model, train_image_model
 
 RESULT_KEYS = ("dataset", "models")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a reader never sees half a file."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -347,7 +336,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
          f"({time.perf_counter() - t0:.1f}s)")
     splits = pd.DataFrame({"case_id": cs.case_ids, "split": cs.split, "label": cs.labels,
                            "class_name": [cs.class_names[i] for i in cs.labels]})
-    atomic_write(run_dir / "splits.csv", lambda tmp: splits.to_csv(tmp, index=False))
+    atomic_write(run_dir / "splits.csv", lambda fh: splits.to_csv(fh, index=False))
 
     metrics: dict[str, Any] = {"dataset": {**cs.summary(), "source": cfg.data.get("source")}, "models": {}}
     test = cs.indices("test")
@@ -414,7 +403,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             t = time.perf_counter()
             model.fit(X[train], cs.labels[train], X[val], cs.labels[val], feature_names=names)
             train_seconds = time.perf_counter() - t
-            atomic_write(mdir / "model.pkl", lambda tmp, m=model: tmp.write_bytes(pickle.dumps(m)))
+            atomic_write(mdir / "model.pkl", lambda fh, m=model: pickle.dump(m, fh), binary=True)
             n_params = int(getattr(model, "n_params_", X.shape[1]))
             t = time.perf_counter()
             proba = model.predict_proba(X[test])
@@ -428,7 +417,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         pdf = pd.DataFrame({"case_id": cs.case_ids[test], "label": y_test, "pred": pred})
         for k, cname in enumerate(cs.class_names):
             pdf[f"p_{cname}"] = proba[:, k]
-        atomic_write(mdir / "predictions.csv", lambda tmp, df=pdf: df.to_csv(tmp, index=False))
+        atomic_write(mdir / "predictions.csv", lambda fh, df=pdf: df.to_csv(fh, index=False))
         curves[spec.name] = proba
         task = bootstrap_ci(y_test, proba, cs.positive_class, ev.bootstrap, ev.ci_level, cfg.seed)
 

@@ -56,7 +56,8 @@ def run_seeds(cfg: ExperimentConfig, n_seeds: int, out: str | Path | None = None
               resume: bool = False) -> Path:
     """Run ``cfg`` with seeds ``cfg.seed .. cfg.seed + n_seeds - 1``; write ``seeds.json`` and the report."""
     from glasszoo.evaluation.report import write_report
-    from glasszoo.training.runner import _log, atomic_write_text, run_experiment
+    from glasszoo.training.atomic import atomic_write_text
+    from glasszoo.training.runner import _log, run_experiment
 
     first = run_experiment(cfg, out=out, overwrite=overwrite, resume=resume, report=False)
     runs = {cfg.seed: first}
