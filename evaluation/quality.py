@@ -733,8 +733,8 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
         out["ssim"].append(ssim(ref_unit, _unit_abs(maps)))
     final_rho = out["spearman"][-1]
     flat_ref, flat_last = _is_flat(ref_abs), _is_flat(np.abs(maps))
-    one_flat = np.where(flat_ref & flat_last, 1.0, 0.0)
-    out["similarity"] = np.where(np.isnan(final_rho), one_flat, final_rho)
+    flat_similarity = np.where(flat_ref & flat_last, 1.0, 0.0)  # both flat: unchanged; one flat: changed
+    out["similarity"] = np.where(np.isnan(final_rho), flat_similarity, final_rho)
     out["passed"] = np.asarray(out["similarity"] < threshold, dtype=bool)
     return out
 

@@ -65,11 +65,18 @@ def create_backbone(name: str, num_classes: int, in_chans: int, img_size: tuple[
     return adapt_stem(net, resolved, in_chans), resolved
 
 
+def _last_feature_info(net: nn.Module) -> dict | None:
+    """timm's ``feature_info`` entry (module name, channels, reduction) of the net's last feature stage, if any."""
+    info = getattr(net, "feature_info", None)
+    if not info:
+        return None
+    return info[-1] if isinstance(info, list) else info.info[-1]
+
+
 def last_feature_module(net: nn.Module) -> nn.Module:
     """The module producing the last feature map (timm ``feature_info``), used for Grad-CAM."""
-    info = getattr(net, "feature_info", None)
-    if info:
-        last = info[-1] if isinstance(info, list) else info.info[-1]
+    last = _last_feature_info(net)
+    if last is not None:
         return net.get_submodule(last["module"])
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
@@ -90,11 +97,9 @@ def _pooled_linear_head(net: nn.Module) -> nn.Linear | None:
     if getattr(net, "head_hidden_size", None) not in (None, width):
         return None
     # and the last feature stage must be what is pooled (EfficientNet's conv_head and bn2 follow its last stage)
-    info = getattr(net, "feature_info", None)
-    if info:
-        last = info[-1] if isinstance(info, list) else info.info[-1]
-        if last.get("num_chs") != width:
-            return None
+    last = _last_feature_info(net)
+    if last is not None and last.get("num_chs") != width:
+        return None
     return head
 
 
