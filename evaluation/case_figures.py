@@ -1,6 +1,7 @@
 """One figure per explained case, for people: what the model predicted and the evidence it shows for it.
 
-``explain_case`` asks any zoo image model for its explanations of one image and draws what they hold:
+``explain_case`` asks any zoo model for its explanations of one case and draws what they hold, the figure chosen by
+the explanation's type (:data:`RENDERERS`; models return data, this module draws it):
 
 * a prototype network ("this looks like that", Chen et al. 2019): per top prototype, where on the test image it
   fires, the training case it was projected onto with the prototype patch boxed, the patch enlarged, and the
@@ -10,19 +11,30 @@
   correcting the most wrong concept (test-time intervention);
 * an attention-gated model (Oktay et al. 2018, Schlemper et al. 2019): the predicted lesion outline next to the
   ground truth, and each gate's attention map;
-* every model: its heatmap(s) over the image.
+* a tabular model: the features that moved the score most, with their values;
+* every other image model: its heatmap(s) over the image (a black box: its post-hoc Grad-CAM).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from glasszoo.evaluation.plots import _save, plt
-from glasszoo.models.explanations import ConceptEvidence, Heatmap, PrototypeEvidence, PrototypeMatch
+from glasszoo.evaluation.plots import _save, plot_feature_contributions, plt
+from glasszoo.evaluation.posthoc import explain_posthoc
+from glasszoo.evaluation.seg_figures import plot_segmentation_case
+from glasszoo.models.explanations import (
+    ConceptEvidence,
+    FeatureAttribution,
+    Heatmap,
+    PrototypeEvidence,
+    PrototypeMatch,
+)
 
 _BOX_PERCENTILE = 95.0  # the test-image box encloses the pixels at or above this percentile of the activation
 
@@ -183,60 +195,111 @@ def plot_concept_case(image: np.ndarray, evidence: ConceptEvidence, heatmap: np.
     _save(fig, path)
 
 
-@torch.no_grad()
-def explain_case(model, image: np.ndarray, class_names: list[str], path: str | Path,
-                 source_image: Callable[[str], np.ndarray | None] | None = None, case_id: str | None = None,
-                 label: int | None = None, mask: np.ndarray | None = None, top_k: int = 3,
-                 true_concepts: np.ndarray | None = None) -> list:
-    """Explain one image [C, H, W] with ``model`` and write its figure to ``path``; returns the explanations.
+@dataclass
+class Case:
+    """One case to draw: the model's input for it, and what a reader sees and knows of it.
 
-    A model that gives :class:`PrototypeEvidence` gets the prototype figure (``top_k`` prototypes), one that gives
-    :class:`ConceptEvidence` the concept figure (with ``true_concepts`` [K], when known, the correction of the most
-    wrong concept); any other image model gets its heatmaps drawn over the image.
+    Attributes:
+        x: the model's input for this one case (an image [1, C, H, W] or a feature row [1, F]).
+        image: the image [C, H, W] shown in the figure (None when there is none to show).
+        case_id, label, mask, true_concepts: the case's id, true class, lesion mask and true concepts, when known.
     """
-    x = np.asarray(image, dtype=np.float32)[None]
-    kinds = getattr(model, "explanation_kinds", ())
+
+    x: np.ndarray
+    image: np.ndarray | None = None
+    case_id: str | None = None
+    label: int | None = None
+    mask: np.ndarray | None = None
+    true_concepts: np.ndarray | None = None
+
+
+def case_explanations(model: Any, case: Case, top_k: int = 3) -> list:
+    """The explanations a case figure draws: the model's own, or, for a torch model with no heatmap of its own (a
+    black box), its post-hoc Grad-CAM (:func:`glasszoo.evaluation.posthoc.explain_posthoc`)."""
+    kinds = model.explanation_kinds
     kwargs: dict = {}
     if "prototype_evidence" in kinds:
         kwargs["top_k"] = top_k
-    if "concept_evidence" in kinds and true_concepts is not None:
-        kwargs["true_concepts"] = np.asarray(true_concepts, dtype=np.float32)[None]
-    exps = model.explain(x, case_ids=None if case_id is None else np.array([case_id], dtype=object), **kwargs)
-    exps = list(exps) if isinstance(exps, (list, tuple)) else [exps]
-    proba = model.predict_proba(x)[0]
-    evidence = next((e for e in exps if isinstance(e, PrototypeEvidence)), None)
-    if evidence is not None:
-        model.eval()
-        logits = model(torch.as_tensor(x, device=model.device)).float().cpu().numpy()[0]
-        heat = next(e for e in exps if isinstance(e, Heatmap))
-        plot_prototype_case(image, evidence.matches[0], class_names, proba, logits, int(heat.target[0]), path,
-                            source_image or (lambda _cid: None), case_id, label, mask)
-    elif any(isinstance(e, ConceptEvidence) for e in exps):
-        ev = next(e for e in exps if isinstance(e, ConceptEvidence))
-        heat = next(e for e in exps if isinstance(e, Heatmap))
-        corrected = None
-        if true_concepts is not None:
-            acts = model.predict_concepts(x)
-            truth = model.standardise(torch.as_tensor(np.asarray(true_concepts, np.float32)[None])).numpy()
-            worst = int(np.abs(truth - acts)[0].argmax())
-            fix = np.zeros_like(acts, dtype=bool)
-            fix[0, worst] = True
-            logits = model.intervene(acts, np.asarray(true_concepts, np.float32)[None], fix)
-            corrected = (ev.concept_names[worst], torch.softmax(torch.as_tensor(logits), 1).numpy()[0])
-        plot_concept_case(image, ev, heat.maps[0], class_names, proba, path, case_id, label, mask, corrected)
-    elif hasattr(model, "attention_maps"):
-        from glasszoo.evaluation.seg_figures import plot_segmentation_case
+    if "concept_evidence" in kinds and case.true_concepts is not None:
+        kwargs["true_concepts"] = np.asarray(case.true_concepts, dtype=np.float32)[None]
+    ids = None if case.case_id is None else np.array([case.case_id], dtype=object)
+    exps = list(model.explain(case.x, case_ids=ids, **kwargs))
+    if not any(isinstance(e, Heatmap) for e in exps) and isinstance(model, torch.nn.Module):
+        exps.append(explain_posthoc(model, case.x, "gradcam", case_ids=ids))
+    return exps
 
-        xt = torch.as_tensor(x, device=model.device)
+
+def _draw_prototypes(model: Any, case: Case, exps: list, proba: np.ndarray, class_names: list[str], path: Path,
+                     source_image: Callable[[str], np.ndarray | None]) -> None:
+    evidence = next(e for e in exps if isinstance(e, PrototypeEvidence))
+    heat = next(e for e in exps if isinstance(e, Heatmap))
+    with torch.no_grad():
+        model.eval()
+        logits = model(torch.as_tensor(case.x, device=model.device)).float().cpu().numpy()[0]
+    plot_prototype_case(case.image, evidence.matches[0], class_names, proba, logits, int(heat.target[0]), path,
+                        source_image, case.case_id, case.label, case.mask)
+
+
+def _draw_concepts(model: Any, case: Case, exps: list, proba: np.ndarray, class_names: list[str], path: Path,
+                   source_image: Callable[[str], np.ndarray | None]) -> None:
+    ev = next(e for e in exps if isinstance(e, ConceptEvidence))
+    heat = next(e for e in exps if isinstance(e, Heatmap))
+    corrected = None if ev.corrected is None else (ev.corrected[0], np.asarray(ev.corrected_proba)[0])
+    plot_concept_case(case.image, ev, heat.maps[0], class_names, proba, path, case.case_id, case.label, case.mask,
+                      corrected)
+
+
+def _draw_features(model: Any, case: Case, exps: list, proba: np.ndarray, class_names: list[str], path: Path,
+                   source_image: Callable[[str], np.ndarray | None]) -> None:
+    fa = next(e for e in exps if isinstance(e, FeatureAttribution))
+    k = int(proba.argmax())
+    title = (f"{case.case_id or 'new case'}" + (f" (true {class_names[case.label]}, " if case.label is not None
+                                                 else " (") + f"pred {class_names[k]} {proba[k]:.2f})")
+    plot_feature_contributions(fa.feature_names, fa.contribution[0], fa.values[0], path, title=title)
+
+
+def _draw_heatmaps(model: Any, case: Case, exps: list, proba: np.ndarray, class_names: list[str], path: Path,
+                   source_image: Callable[[str], np.ndarray | None]) -> None:
+    xt = torch.as_tensor(case.x, device=model.device)
+    with torch.no_grad():
         model.eval()
         gates = [g[0].float().cpu().numpy() for g in model.attention_maps(xt)]
-        pred = model.predict_masks(x)[0] if hasattr(model, "predict_masks") else None
+    if gates or model.segments:  # attention-gated models: the predicted outline and every gate
+        pred = model.predict_masks(case.x)[0] if model.segments else None
         k = int(proba.argmax())
-        title = (f"{'case ' + case_id if case_id is not None else 'new image'}: predicted {class_names[k]} "
-                 f"(p = {proba[k]:.2f})" + (f", true {class_names[label]}" if label is not None else ""))
-        plot_segmentation_case(image, pred, mask, gates, path, title=title,
+        title = (f"{'case ' + case.case_id if case.case_id is not None else 'new image'}: predicted "
+                 f"{class_names[k]} (p = {proba[k]:.2f})"
+                 + (f", true {class_names[case.label]}" if case.label is not None else ""))
+        plot_segmentation_case(case.image, pred, case.mask, gates, path, title=title,
                                gate_names=[f"gate {i + 1}" for i in range(len(gates))])
-    else:
-        maps = [(e.method, e.maps[0]) for e in exps if isinstance(e, Heatmap)]
-        plot_heatmap_case(image, maps, class_names, proba, path, case_id, label, mask)
+        return
+    maps = [(e.method, e.maps[0]) for e in exps if isinstance(e, Heatmap)]
+    plot_heatmap_case(case.image, maps, class_names, proba, path, case.case_id, case.label, case.mask)
+
+
+RENDERERS: tuple[tuple[type, Callable], ...] = (
+    (PrototypeEvidence, _draw_prototypes),
+    (ConceptEvidence, _draw_concepts),
+    (FeatureAttribution, _draw_features),
+    (Heatmap, _draw_heatmaps),
+)
+"""Explanation type -> the case figure that draws it; the first type a model's explanations hold wins."""
+
+
+def explain_case(model: Any, case: Case, class_names: list[str], path: str | Path,
+                 source_image: Callable[[str], np.ndarray | None] | None = None, top_k: int = 3) -> list:
+    """Explain one case with ``model`` and write its figure to ``path``; returns the explanations drawn.
+
+    The figure is chosen by the type of the explanations (:data:`RENDERERS`): prototype evidence gets the "this looks
+    like that" figure (``top_k`` prototypes, their training sources from ``source_image``), concept evidence the
+    concept bars (with the correction of the most wrong concept when the true concepts are known), feature
+    attributions the contribution bars, heatmaps the maps over the image (attention gates and the predicted outline
+    for attention-gated models).
+    """
+    exps = case_explanations(model, case, top_k)
+    proba = model.predict_proba(case.x)[0]
+    for kind, draw in RENDERERS:
+        if any(isinstance(e, kind) for e in exps):
+            draw(model, case, exps, proba, class_names, Path(path), source_image or (lambda _cid: None))
+            break
     return exps

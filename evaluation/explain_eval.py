@@ -13,24 +13,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from glasszoo.evaluation import quality as Q
+from glasszoo.evaluation.metrics import mean_ci, pointing_game, relevance_mass_in_mask
+from glasszoo.evaluation.plots import plot_heatmaps, plot_randomisation
+from glasszoo.evaluation.posthoc import PassCounter, explain_posthoc
 from glasszoo.models.explanations import Heatmap
+from glasszoo.training.caseset import CaseSet
+from glasszoo.training.rundir import ModelDir, RunDir
 
 ExplainFn = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]  # (model, x [N,C,H,W], target [N]) -> maps [N,H,W]
 
+RANDOMISATION_FIGURE_METHODS = ("gradcam", "integrated_gradients", "saliency", "lrp")
+"""Post-hoc methods shown in the run's randomisation figure of a model (the sanity check as pictures)."""
 
-def _as_list(exp: Any) -> list:
-    return list(exp) if isinstance(exp, (list, tuple)) else [exp]
+
+def explanation_key(exp: Any) -> str:
+    """The key of an explanation in ``metrics.json``: a heatmap's method, else the explanation's kind."""
+    return exp.method if isinstance(exp, Heatmap) else exp.kind
 
 
 def intrinsic_explain_fn(method: str) -> ExplainFn:
     """Recompute a model's own heatmap ``method`` (a key of its ``explain`` output) for other inputs or weights."""
 
     def fn(model: Any, x: np.ndarray, target: np.ndarray) -> np.ndarray:
-        for exp in _as_list(model.explain(x, target=target)):
+        for exp in model.explain(x, target=target):
             if isinstance(exp, Heatmap) and exp.method == method:
                 return exp.maps
         raise ValueError(f"{type(model).__name__}.explain returned no heatmap '{method}'")
@@ -40,8 +52,6 @@ def intrinsic_explain_fn(method: str) -> ExplainFn:
 
 def posthoc_explain_fn(method: str, params: dict | None = None, seed: int = 0) -> ExplainFn:
     """Recompute a post-hoc heatmap with the same explainer, parameters and seed."""
-    from glasszoo.evaluation.posthoc import explain_posthoc
-
     def fn(model: Any, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         return explain_posthoc(model, x, method, target=target, params=params, seed=seed).maps
 
@@ -51,8 +61,6 @@ def posthoc_explain_fn(method: str, params: dict | None = None, seed: int = 0) -
 def run_posthoc(model: Any, x: np.ndarray, method: str, params: dict | None, seed: int,
                 case_ids: np.ndarray | None = None) -> tuple[Heatmap, dict]:
     """Run one post-hoc explainer on ``x``; return its heatmap and its cost (ms and passes per image)."""
-    from glasszoo.evaluation.posthoc import PassCounter, explain_posthoc
-
     with PassCounter(model) as counter:
         t = time.perf_counter()
         hm = explain_posthoc(model, x, method, params=params, seed=seed, case_ids=case_ids)
@@ -67,8 +75,6 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 def _ci(values: np.ndarray, n_boot: int, level: float, seed: int) -> dict:
-    from glasszoo.evaluation.metrics import mean_ci
-
     return mean_ci(values, n_boot, level, seed)
 
 
@@ -91,9 +97,6 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
     Returns:
         A dict of score blocks; ``randomisation`` also holds the per-stage means and the fraction of cases that pass.
     """
-    from glasszoo.evaluation import quality as Q
-    from glasszoo.evaluation.metrics import pointing_game, relevance_mass_in_mask
-
     out: dict[str, Any] = {}
     maps = hm.maps
     if masks is not None and masks.reshape(len(masks), -1).any(axis=1).any():
@@ -137,10 +140,9 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
     return out
 
 
-def selected_for_posthoc(selectors: list[str], name: str, family: str, input_kind: str) -> bool:
-    """Whether the model ``name`` of ``family`` gets the post-hoc explainers (image models only)."""
-    if input_kind != "image":
-        return False
+def selected_for_posthoc(selectors: list[str], name: str, family: str) -> bool:
+    """Whether the config's ``evaluation.posthoc.models`` (model names, families or ``"all"``) selects the model
+    ``name`` of ``family`` for the post-hoc explainers."""
     return any(s in ("all", name, family) for s in selectors)
 
 
@@ -157,3 +159,99 @@ def summary_title(method: str, block: dict, sep: str = "\n") -> str:
     if "randomisation" in block:
         lines.append("randomisation " + ("passed" if block["randomisation"]["passed"] else "FAILED"))
     return sep.join(lines)
+
+
+def save_heatmap(hm: Heatmap, path: Path) -> None:
+    """A heatmap as ``maps`` (float16), ``target`` and ``case_ids`` in a compressed ``.npz``."""
+    ids = hm.case_ids.astype(str) if hm.case_ids is not None else np.array([], dtype=str)
+    np.savez_compressed(path, maps=hm.maps.astype(np.float16), target=hm.target, case_ids=ids)
+
+
+def stored_heatmaps(block: dict, name: str, mdir: ModelDir) -> list[tuple[str, np.ndarray]]:
+    """(column title, maps [n, H, W] of the first n explained cases) of every heatmap an earlier run saved."""
+    out = []
+    for key, b in block.get("explanation", {}).items():
+        path = mdir.heatmap(key)
+        if isinstance(b, dict) and b.get("kind") == "heatmap" and path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                out.append((f"{name}\n{key} ({b.get('source', '')})\n{summary_title(key, b)}",
+                            z["maps"].astype(np.float32)))
+    return out
+
+
+def explain_and_score(model: Any, name: str, exps_fn: Callable[[], list], x: np.ndarray, cs: CaseSet,
+                      rows: np.ndarray, proba: np.ndarray, ev: Any, seed: int, run: RunDir, torch_model: bool,
+                      posthoc: bool, heatmaps: list, log: Callable[[str], None] = lambda _m: None) -> dict:
+    """The model's own explanations of the explained test cases, then (``posthoc``) the configured post-hoc
+    explainers; every heatmap, whatever made it, scored by :func:`score_heatmap`, saved and drawn the same way.
+
+    Args:
+        model: the fitted model; ``exps_fn()`` returns its own explanations of ``x`` (a list, maybe empty).
+        x: the model's inputs of the explained cases ``rows`` (test rows of ``cs``); ``proba`` their probabilities.
+        ev: the config's ``EvaluationConfig``; ``seed`` the run's seed.
+        torch_model: the model is a torch module (pass counting, perturbation metrics, post-hoc explainers apply).
+        posthoc: the config selects the model for the post-hoc explainers.
+        heatmaps: receives (column title, maps) of each heatmap, for the run's comparison figures.
+
+    Returns:
+        The ``explanation`` blocks of the model, by key (:func:`explanation_key`).
+    """
+    masks = cs.masks[rows] if cs.masks is not None else None
+    boot = (ev.bootstrap, ev.ci_level, seed)
+    mdir = run.model(name)
+    out: dict[str, Any] = {}
+    randomised: dict[str, list[np.ndarray]] = {}  # post-hoc method -> maps of the trained and randomised models
+
+    def finish(key: str, hm: Heatmap, block: dict, explain_fn: ExplainFn | None, source: str) -> None:
+        n = len(hm)
+        keep: dict = {}
+        block.update(score_heatmap(model if torch_model else None, hm, x[:n], None if masks is None else masks[:n],
+                                   explain_fn, ev.quality, *boot, keep=keep))
+        if keep.get("randomisation_maps") and key in RANDOMISATION_FIGURE_METHODS and source == "post-hoc":
+            randomised[key] = keep["randomisation_maps"]
+        save_heatmap(hm, mdir.heatmap(key))
+        k = min(ev.figure_cases, n)
+        if k:
+            plot_heatmaps(cs, rows[:k], hm.maps[:k], run.method_figure(name, key), title=f"{name}: {key}",
+                          proba=proba[:k])
+        heatmaps.append((f"{name}\n{key} ({source})\n{summary_title(key, block)}", hm.maps))
+        out[key] = block
+        scores = summary_title(key, block, sep=" · ")
+        log(f"    {key}: {block['ms_per_image']:.1f} ms/image" + (f", {scores}" if scores else ""))
+
+    counter = PassCounter(model) if torch_model else nullcontext()
+    with counter:
+        t = time.perf_counter()
+        exps = exps_fn()
+        ms = 1000 * (time.perf_counter() - t) / max(len(rows), 1)
+    for exp in exps:
+        key = explanation_key(exp)
+        block: dict[str, Any] = {"kind": exp.kind, "source": "intrinsic", "n_cases": int(len(rows)),
+                                 "ms_per_image": ms}
+        if torch_model and counter.forward_images:  # an intrinsic explain() that bypasses forward() is not counted
+            block["passes_per_image"] = counter.per_image(len(rows))
+        if isinstance(exp, Heatmap):
+            finish(key, exp, block, intrinsic_explain_fn(key) if torch_model else None, "intrinsic")
+        else:
+            out[key] = block
+    if posthoc and torch_model:
+        ph = ev.posthoc
+        for method in ph.methods:
+            if method in out:
+                raise ValueError(f"{name}: its own explanation '{method}' has the name of a post-hoc method")
+            n = min(ph.max_cases.get(method, len(rows)), len(rows))
+            params = ph.params.get(method)
+            hm, cost = run_posthoc(model, x[:n], method, params, seed, case_ids=cs.case_ids[rows[:n]])
+            block = {"kind": "heatmap", "source": "post-hoc", "n_cases": int(n), **cost}
+            if params:
+                block["params"] = dict(params)
+            finish(method, hm, block, posthoc_explain_fn(method, params, seed), "post-hoc")
+    if randomised:
+        stages = next(iter(out[k]["randomisation"]["stages"] for k in out if "randomisation" in out[k]))
+        labels = ["trained"] + [f"{s:.0%} of parameters\nrandomised" for s in stages]
+        n = min(3, *(len(v[0]) for v in randomised.values()))
+        plot_randomisation(x[:n], labels, {k: [m[:n] for m in v] for k, v in randomised.items()},
+                           run.randomisation_figure(name),
+                           title=f"{name}: cascading randomisation from the output layer (Adebayo et al. 2018); "
+                                 f"a faithful map changes")
+    return out

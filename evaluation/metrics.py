@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 METRIC_NAMES: tuple[str, ...] = ("auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity")
 

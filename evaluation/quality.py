@@ -34,7 +34,7 @@ from scipy import ndimage
 from scipy.stats import rankdata
 from torch import nn
 
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 BASELINES: tuple[str, ...] = ("zero", "mean", "blur")
 """What removed patches become: black, the image's per-channel mean, or the Gaussian-blurred image."""

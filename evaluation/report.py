@@ -27,15 +27,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
 from glasszoo.evaluation import stats  # noqa: E402
 from glasszoo.evaluation.metrics import METRIC_NAMES  # noqa: E402
 from glasszoo.evaluation.results import SCORE_KEYS, tradeoff_rows  # noqa: E402
+from glasszoo.models.errors import DataError  # noqa: E402
 from glasszoo.training.atomic import atomic_write_text  # noqa: E402
-from glasszoo.training.errors import DataError  # noqa: E402
-from glasszoo.training.runner import safe_filename  # noqa: E402
-
-REPORT_NAME = "report.html"
+from glasszoo.training.rundir import RunDir, safe_filename  # noqa: E402
 
 METRIC_LABELS = {"auc": "AUC", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1": "F1",
                  "sensitivity": "sensitivity", "specificity": "specificity"}
@@ -196,19 +195,26 @@ def _read_json(path: Path) -> dict:
 
 def load_metrics(run_dir: str | Path) -> dict:
     """``run_dir/metrics.json`` (``DataError`` naming the file when it is missing or malformed)."""
-    metrics = _read_json(Path(run_dir) / "metrics.json")
+    metrics = _read_json(RunDir(run_dir).metrics)
     if not isinstance(metrics.get("models"), dict) or "dataset" not in metrics:
         raise DataError(f"{Path(run_dir) / 'metrics.json'} has no 'dataset' and 'models' entries")
     return metrics
 
 
+def explained_post_hoc_only(block: dict) -> bool:
+    """Whether a model of ``metrics.json`` has no explanation of its own (every explanation block is post hoc):
+    a black box."""
+    return not any(isinstance(b, dict) and b.get("source") == "intrinsic"
+                   for b in block.get("explanation", {}).values())
+
+
 def default_reference(metrics: dict) -> str:
-    """The first black-box model; else the first image model; else the first model."""
+    """The first model with no explanation of its own (a black box); else the first image model; else the first."""
     models = metrics["models"]
     if not models:
         raise DataError("the run has no models")
     for name, m in models.items():
-        if m.get("family") == "black-box":
+        if explained_post_hoc_only(m):
             return name
     for name, m in models.items():
         if m.get("input") == "image":
@@ -251,7 +257,7 @@ def load_predictions(run_dir: str | Path, metrics: dict) -> tuple[np.ndarray, di
     out: dict[str, pd.DataFrame] = {}
     first: tuple[Path, np.ndarray, pd.DataFrame] | None = None
     for name in metrics["models"]:
-        path = run_dir / "models" / name / "predictions.csv"
+        path = RunDir(run_dir).model(name).predictions
         if not path.is_file():
             raise DataError(f"{path} not found: every model of metrics.json needs its predictions")
         df = pd.read_csv(path, dtype={"case_id": str})
@@ -460,7 +466,7 @@ def summary_sentences(metrics: dict, tests: list[dict]) -> list[str]:
     reference = tests[0]["reference"] if tests else default_reference(metrics)
     by_model = {t["model"]: t for t in tests}
     ref = models[reference]
-    ref_label = "the black box" if ref.get("family") == "black-box" else reference
+    ref_label = "the black box" if explained_post_hoc_only(ref) else reference
     ref_auc = _task(ref, "auc")
     out = [f"On {data}, the reference {reference} ({ref.get('family', '?')}, {ref.get('input', '?')}) reaches a test "
            f"AUC of {format_ci(ref_auc.get('value'), _ci_bounds(ref_auc))} using {complexity_summary(ref)}."]
@@ -728,7 +734,7 @@ def _scalar_text(v: Any) -> str:
 
 def _header(run_dir: Path, metrics: dict) -> str:
     ds = metrics["dataset"]
-    run_json = run_dir / "run.json"
+    run_json = RunDir(run_dir).run_info
     run_info = {}
     if run_json.is_file():
         try:
@@ -736,11 +742,9 @@ def _header(run_dir: Path, metrics: dict) -> str:
         except (json.JSONDecodeError, OSError):
             run_info = {}
     experiment = run_dir.name
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = RunDir(run_dir).config
     cfg_text = cfg_path.read_text(encoding="utf-8") if cfg_path.is_file() else ""
     if cfg_text:
-        import yaml
-
         try:
             cfg = yaml.safe_load(cfg_text)
             if isinstance(cfg, dict) and cfg.get("experiment"):
@@ -841,7 +845,7 @@ def _calibration_section(run_dir: Path, metrics: dict, y: np.ndarray, preds: dic
     classes = _class_names(metrics)
     pos = positive_index(metrics)
     parts = []
-    roc = _file_figure(run_dir / "figures" / "roc.png", "ROC curves of every model on the test set")
+    roc = _file_figure(RunDir(run_dir).roc_figure, "ROC curves of every model on the test set")
     if roc:
         parts.append("<h3>ROC</h3>" + roc)
     cal = {name: _calibration(y, _proba(df, classes), pos) for name, df in preds.items()}
@@ -902,26 +906,38 @@ def _pareto_section(panels: list[dict]) -> str:
 
 
 def _figures_section(run_dir: Path, metrics: dict, used: set[str]) -> str:
-    fig_dir = run_dir / "figures"
+    rd = RunDir(run_dir)
+    fig_dir = rd.figures
     parts = []
-    for fname, caption in (("comparison.png", "Every heatmap of the run on the same test cases"),
-                           ("randomisation.png", "Model-parameter randomisation check")):
-        block = _file_figure(fig_dir / fname, caption)
-        if block:
-            used.add(fname)
-            parts.append(f"<h3>{_e(caption)}</h3>{block}")
+    block = _file_figure(rd.comparison_figure, "Every heatmap of the run on the same test cases")
+    if block:
+        used.add(rd.comparison_figure.name)
+        parts.append(f"<h3>Every heatmap of the run on the same test cases</h3>{block}")
+    randomisation = []
     for name in metrics["models"]:
-        fname = f"{name}_intervention.png"
-        block = _file_figure(fig_dir / fname, f"{name}: test-time concept intervention")
+        path = rd.randomisation_figure(name)
+        block = _file_figure(path, f"{name}: model-parameter randomisation check")
         if block:
-            used.add(fname)
+            used.add(path.name)
+            randomisation.append(f"<h4>{_e(name)}</h4>{block}")
+    if randomisation:
+        parts.append('<h3 id="randomisation-figures">Model-parameter randomisation check (Adebayo et al. 2018)</h3>'
+                     '<p class="note">Each method\'s maps as the model\'s parameters are randomised from the output '
+                     "layer down: a map that explains the model changes; one that stays the same follows the image, "
+                     "not the decision.</p>" + "".join(randomisation))
+    for name in metrics["models"]:
+        path = rd.intervention_figure(name)
+        block = _file_figure(path, f"{name}: test-time concept intervention")
+        if block:
+            used.add(path.name)
             parts.append(f"<h3>{_e(name)}: concept intervention</h3>{block}")
     per_model = []
     for r in tradeoff_rows(metrics):
         if not r.get("explanation"):
             continue
-        fname = f"{r['model']}_{r['explanation']}.png"
-        block = _file_figure(fig_dir / fname, f"{r['model']}: {r['explanation']}")
+        path = rd.method_figure(r["model"], r["explanation"])
+        fname = path.name
+        block = _file_figure(path, f"{r['model']}: {r['explanation']}")
         if block:
             used.add(fname)
             per_model.append(f"<details><summary>{_e(r['model'])}: {_e(r['explanation'])}</summary>{block}</details>")
@@ -941,7 +957,7 @@ def select_cases(run_dir: str | Path, ids: Sequence[str], preds: dict[str, pd.Da
     """The case ids that get a case page: test cases with a figure under ``figures/cases/``, the ones misclassified
     by any model first (at most ``max_misclassified``), then correctly classified ones, at most ``max_cases`` in all,
     each group in test-set order."""
-    case_dir = Path(run_dir) / "figures" / "cases"
+    case_dir = RunDir(run_dir).cases
     if not case_dir.is_dir():
         return []
     stems = {p.stem for p in case_dir.glob("*/*.png")}
@@ -962,8 +978,9 @@ def _cases_section(run_dir: Path, metrics: dict, ids: np.ndarray, preds: dict[st
         return ""
     classes = _class_names(metrics)
     row_of = {c: i for i, c in enumerate(ids)}
-    case_dir = run_dir / "figures" / "cases"
-    model_dirs = [d for d in sorted(case_dir.iterdir()) if d.is_dir() and d.name != "heatmaps"]
+    rd = RunDir(run_dir)
+    case_dir = rd.cases
+    model_dirs = [d for d in sorted(case_dir.iterdir()) if d.is_dir() and d.name != RunDir.HEATMAP_CASES]
     order = {n: i for i, n in enumerate(metrics["models"])}
     model_dirs.sort(key=lambda d: (order.get(d.name, len(order)), d.name))
     sections, toc = [], []
@@ -981,7 +998,7 @@ def _cases_section(run_dir: Path, metrics: dict, ids: np.ndarray, preds: dict[st
             rows.append([_e(name), _e(classes[k] if 0 <= k < len(classes) else k), _e(_fmt(prob)),
                          '<span class="pass">yes</span>' if ok else '<span class="fail">no</span>'])
         figs = [_file_figure(d / f"{safe}.png", d.name) for d in model_dirs]
-        figs.append(_file_figure(case_dir / "heatmaps" / f"{safe}.png", "every heatmap of this case"))
+        figs.append(_file_figure(rd.case_heatmaps(case), "every heatmap of this case"))
         flag = " (misclassified)" if any_wrong else ""
         sections.append(
             f'<section class="case" id="case-{_e(safe)}"><h3>Case {_e(case)}{_e(flag)}</h3>'
@@ -995,7 +1012,7 @@ def _cases_section(run_dir: Path, metrics: dict, ids: np.ndarray, preds: dict[st
 
 
 def _audit_section(run_dir: Path) -> str:
-    path = run_dir / "audit.json"
+    path = RunDir(run_dir).audit
     if not path.is_file():
         return ""
     audit = _read_json(path)
@@ -1026,12 +1043,12 @@ def _audit_section(run_dir: Path) -> str:
     sentences = audit.get("summary", []) or []
     if sentences:
         parts.append("<ul>" + "".join(f"<li>{_e(s)}</li>" for s in sentences) + "</ul>")
-    parts.append(_file_figure(run_dir / "figures" / "audit.png", "Shortcut audit"))
+    parts.append(_file_figure(RunDir(run_dir).audit_figure, "Shortcut audit"))
     return _section("audit", "Shortcut audit", "".join(parts))
 
 
 def _seeds_section(run_dir: Path, metrics: dict) -> str:
-    path = run_dir / "seeds.json"
+    path = RunDir(run_dir).seeds
     if not path.is_file():
         return ""
     seeds = _read_json(path)
@@ -1077,6 +1094,20 @@ def _diagnostics_section(metrics: dict) -> str:
     return _section("diagnostics", "Model-specific diagnostics", "".join(parts))
 
 
+def _failed_section(metrics: dict) -> str:
+    """The models of the run that failed, each with its error (the run went on without them)."""
+    failed = metrics.get("failed") or {}
+    if not failed:
+        return ""
+    rows = [[_e(name), _e(f.get("registry_name", "")), f'<span class="fail">{_e(f.get("error", ""))}</span>']
+            for name, f in failed.items()]
+    return _section("failed-models", "Failed models", (
+        f'<p class="note">{_plural(len(failed), "model")} of this run failed; the run went on without '
+        f"{'it' if len(failed) == 1 else 'them'}, so every table and figure below holds the other models only. "
+        "The traceback of each is under <code>failed</code> in metrics.json.</p>")
+        + _table(None, ["model", "registry name", "error"], rows, numeric_from=3))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------------------------------
@@ -1094,12 +1125,14 @@ def render_report(run_dir: str | Path, reference: str | None = None, max_cases: 
     y = next(iter(preds.values()))["label"].to_numpy(dtype=np.int64)
     tests = paired_tests(run_dir, reference)
     panels = pareto_rows(metrics)
-    used = {"roc.png", "audit.png"}
+    rd = RunDir(run_dir)
+    used = {rd.roc_figure.name, rd.audit_figure.name}
 
     sections = [
         ("dataset-summary", "Data set", _header(run_dir, metrics)),
         ("summary-section", "Summary", _section("summary-section", "Summary", '<ul id="summary">' + "".join(
             f"<li>{_e(s)}</li>" for s in summary_sentences(metrics, tests)) + "</ul>")),
+        ("failed-models", "Failed models", _failed_section(metrics)),
         ("results-section", "Results", _results_section(metrics)),
         ("paired", "Paired tests", _paired_section(tests, reference, metrics)),
         ("roc-calibration", "ROC & calibration", _calibration_section(run_dir, metrics, y, preds)),
@@ -1145,7 +1178,7 @@ def write_report(run_dir: str | Path, reference: str | None = None, max_cases: i
     """
     run_dir = Path(run_dir)
     text = render_report(run_dir, reference, max_cases, max_misclassified)
-    path = run_dir / REPORT_NAME
+    path = RunDir(run_dir).report
     atomic_write_text(path, text)
     return path
 

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from glasszoo.evaluation.metrics import mean_ci
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 # cases per distance transform call (bounds the memory of the stacked transform)
 _EDT_CHUNK = 256

@@ -14,7 +14,7 @@ the same test cases:
 * :func:`pareto_front`: non-dominated models in a two-objective plane.
 
 A statistic that is undefined on the given cases is ``nan``, never an exception; malformed input raises
-:class:`~glasszoo.training.errors.DataError` naming the argument at fault.
+:class:`~glasszoo.models.errors.DataError` naming the argument at fault.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats as sps
 
 from glasszoo.evaluation.metrics import _check_inputs
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 # Below this many discordant pairs (b + c) McNemar's test uses the exact binomial distribution by default.
 _MCNEMAR_EXACT_BELOW = 25

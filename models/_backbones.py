@@ -117,7 +117,7 @@ def gradcam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor,
     backward); any other head takes captum's ``LayerGradCam`` of ``outputs`` (the function giving ``net``'s outputs,
     e.g. ``net`` itself): a forward pass to select, then a forward and a backward pass.
     """
-    from captum.attr import LayerGradCam
+    from captum.attr import LayerGradCam  # heavy: captum, only for heads that are not pooled-linear
 
     if has_cam_head(net):
         with torch.no_grad():

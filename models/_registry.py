@@ -8,63 +8,79 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from glasszoo.training.errors import ConfigError
+from glasszoo.models.base import ImageModel, TabularModel
+from glasszoo.models.errors import ConfigError
 
 INPUT_KINDS = ("image", "features")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the zoo knows about a registered model.
+    """What the zoo knows about a registered model class.
 
     Attributes:
         name: registry name used in configs.
-        family: model family (e.g. ``"black-box"``, ``"prototype"``).
-        input_kind: ``"image"`` (eats CaseSet images) or ``"features"`` (eats a radiomic feature table).
-        explanations: explanation kinds ``explain()`` returns (see ``glasszoo.models.EXPLANATION_KINDS``);
-            the first one is the primary kind.
-        factory: callable building the model from keyword arguments.
+        family: model family (e.g. ``"black-box"``, ``"prototype"``): a label for tables and for selecting models
+            in a config; shared code never branches on it.
+        cls: the model class (an :class:`ImageModel` or a :class:`TabularModel`); its ``__init__`` signature is the
+            set of keywords a config may give.
         paper: the reference the implementation follows.
         test_kwargs: small settings used by the registry-wide unit tests.
     """
 
     name: str
     family: str
-    input_kind: str
-    explanations: tuple[str, ...]
-    factory: Callable[..., Any]
+    cls: type
     paper: str = ""
     test_kwargs: dict = field(default_factory=dict)
 
     @property
+    def input_kind(self) -> str:
+        """``"image"`` (eats CaseSet images) or ``"features"`` (eats a feature table), from the base class."""
+        return "image" if issubclass(self.cls, ImageModel) else "features"
+
+    @property
+    def explanations(self) -> tuple[str, ...]:
+        """Explanation kinds the model's own ``explain()`` returns (empty: explained post hoc only)."""
+        return tuple(self.cls.explanation_kinds)
+
+    def requirements(self, params: dict | None = None) -> tuple[str, ...]:
+        """What the model built with ``params`` needs of the data (``glasszoo.models.base.REQUIREMENTS``)."""
+        return tuple(self.cls.requirements(dict(params or {})))
+
+    @property
+    def intrinsic(self) -> bool:
+        """Whether the model explains itself (has explanation kinds of its own)."""
+        return bool(self.explanations)
+
+    @property
     def parameters(self) -> dict[str, inspect.Parameter]:
-        return dict(inspect.signature(self.factory).parameters)
+        params = dict(inspect.signature(self.cls.__init__).parameters)
+        params.pop("self", None)
+        return params
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(
-    name: str,
-    *,
-    family: str,
-    input_kind: str,
-    explanations: tuple[str, ...],
-    paper: str = "",
-    test_kwargs: dict | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering a model factory under ``name``."""
-    if input_kind not in INPUT_KINDS:
-        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
+def register_model(name: str, *, family: str, paper: str = "", test_kwargs: dict | None = None
+                   ) -> Callable[[type], type]:
+    """Class decorator registering a model class under ``name`` (the class itself is the factory)."""
 
-    def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, (ImageModel, TabularModel))):
+            raise TypeError(f"register_model('{name}'): {cls!r} is not an ImageModel or TabularModel class")
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"model name '{name}' is already registered")
-        _REGISTRY[name] = ModelInfo(name, family, input_kind, tuple(explanations), factory, paper,
-                                    dict(test_kwargs or {}))
-        return factory
+        _REGISTRY[name] = ModelInfo(name, family, cls, paper, dict(test_kwargs or {}))
+        return cls
 
     return deco
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (for tests that register a stand-in model)."""
+    _REGISTRY.pop(name, None)
 
 
 def list_models(pattern: str = "*", family: str | None = None, input_kind: str | None = None) -> list[str]:
@@ -88,7 +104,7 @@ def model_info(name: str) -> ModelInfo:
 
 
 def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` if ``kwargs`` holds a keyword the factory of ``name`` does not take."""
+    """Raise :class:`ConfigError` if ``kwargs`` holds a keyword the class of ``name`` does not take."""
     params = model_info(name).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
@@ -102,4 +118,4 @@ def create_model(name: str, **kwargs: Any) -> Any:
     """Build the registered model ``name``. Unknown names or keywords fail loudly."""
     info = model_info(name)
     check_kwargs(name, kwargs)
-    return info.factory(**kwargs)
+    return info.cls(**kwargs)

@@ -26,8 +26,8 @@ from torch import nn
 
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, batched_no_grad
+from glasszoo.models.errors import DataError
 from glasszoo.models.explanations import Heatmap
-from glasszoo.training.errors import DataError
 
 PAPER_UNET = 'Oktay et al., "Attention U-Net: Learning Where to Look for the Pancreas", MIDL 2018'
 PAPER_AGN = ('Schlemper et al., "Attention gated networks: Learning to leverage salient regions in medical images", '
@@ -247,6 +247,7 @@ def _targets(logits: torch.Tensor, target: np.ndarray | None, start: int) -> np.
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@register_model("attention_unet", family="attention", paper=PAPER_UNET, test_kwargs={"depth": 2, "base_width": 8})
 class AttentionUNet(ImageModel):
     """Attention U-Net with a lesion-level classifier: segments the lesion, then decides from inside it.
 
@@ -286,6 +287,8 @@ class AttentionUNet(ImageModel):
     """
 
     explanation_kinds = ("heatmap",)
+    requires = ("masks",)
+    segments = True
 
     def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 64, depth: int = 3,
                  base_width: int = 16, encoder: str = "unet", seg_weight: float = 1.0, lesion_pool_grad: bool = False,
@@ -350,10 +353,6 @@ class AttentionUNet(ImageModel):
         self._cache = (logits, seg) if self.training else None
         return logits
 
-    @property
-    def requires_masks(self) -> bool:
-        return True
-
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Lesion logits [N, 1, H, W] (input size)."""
         return self._run(x)[1]
@@ -408,36 +407,14 @@ class AttentionUNet(ImageModel):
         return [Heatmap(maps=att_m, method="attention", target=targets, case_ids=case_ids),
                 Heatmap(maps=seg_m, method="segmentation", target=targets, case_ids=case_ids)]
 
-    def segmentation_metrics(self, caseset: Any, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0) -> dict:
-        """Segmentation quality on the caseset's *test* split.
-
-        Dice and IoU over all test cases (1.0 when the ground truth and the prediction are both empty), the 95th
-        percentile Hausdorff distance in pixels over the cases where both are non-empty
-        (:mod:`glasszoo.evaluation.segmentation`), each as ``mean_ci`` (mean with a bootstrap 95% interval).
-
-        Returns:
-            ``{"dice": {"value", "ci"}, "iou": ..., "hausdorff95": ..., "n_cases", "n_cases_hausdorff",
-            "empty_prediction_rate", "threshold"}``.
-
-        Raises:
-            DataError: when the caseset has no masks.
-        """
-        from glasszoo.evaluation.segmentation import segmentation_summary
-
-        if getattr(caseset, "masks", None) is None:
-            raise DataError(f"data set '{caseset.name}' has no lesion masks: segmentation metrics need them")
-        test = caseset.indices("test")
-        pred = self.predict_masks(caseset.images[test], threshold=threshold)
-        out = segmentation_summary(pred, caseset.masks[test], n_boot=n_boot, seed=seed)
-        out["threshold"] = float(threshold)
-        return out
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Attention-gated classifier
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@register_model("attention_classifier", family="attention", paper=PAPER_AGN,
+                test_kwargs={"depth": 2, "base_width": 8})
 class AttentionGatedClassifier(ImageModel):
     """Attention-gated CNN classifier whose gates explain it.
 
@@ -569,9 +546,10 @@ class AttentionGatedClassifier(ImageModel):
         """Each evidence head's own logits [N, K] by name (empty for ``aggregation="concat"``)."""
         return dict(zip(self.head_names, self._run(x)[1]))
 
-    @property
-    def requires_masks(self) -> bool:
-        return self.seg_weight > 0
+    @classmethod
+    def requirements(cls, params: dict) -> tuple[str, ...]:
+        """Lesion masks only when the segmentation head trains (``seg_weight > 0``)."""
+        return ("masks",) if float(params.get("seg_weight", 0.0)) > 0 else ()
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Lesion logits [N, 1, H, W]; only with ``seg_weight > 0``."""
@@ -632,38 +610,3 @@ class AttentionGatedClassifier(ImageModel):
 # --------------------------------------------------------------------------------------------------------------------
 # Registration
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@register_model(
-    "attention_unet",
-    family="attention",
-    input_kind="image",
-    explanations=("heatmap",),
-    paper=PAPER_UNET,
-    test_kwargs={"depth": 2, "base_width": 8},
-)
-def attention_unet(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 64, depth: int = 3,
-                   base_width: int = 16, encoder: str = "unet", seg_weight: float = 1.0,
-                   lesion_pool_grad: bool = False, drop_rate: float = 0.0) -> AttentionUNet:
-    """Attention U-Net (Oktay et al., MIDL 2018) with a lesion-level classifier; needs lesion masks. See
-    :class:`AttentionUNet`."""
-    return AttentionUNet(num_classes, in_chans, img_size, depth, base_width, encoder, seg_weight, lesion_pool_grad,
-                         drop_rate)
-
-
-@register_model(
-    "attention_classifier",
-    family="attention",
-    input_kind="image",
-    explanations=("heatmap",),
-    paper=PAPER_AGN,
-    test_kwargs={"depth": 2, "base_width": 8},
-)
-def attention_classifier(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28, depth: int = 3,
-                         base_width: int = 16, encoder: str = "unet", aggregation: str = "mean",
-                         deep_supervision: float = 1.0, seg_weight: float = 0.0, lesion_pool_grad: bool = False,
-                         drop_rate: float = 0.0) -> AttentionGatedClassifier:
-    """Attention-gated classifier (Schlemper et al., Medical Image Analysis 2019); works without masks. See
-    :class:`AttentionGatedClassifier`."""
-    return AttentionGatedClassifier(num_classes, in_chans, img_size, depth, base_width, encoder, aggregation,
-                                    deep_supervision, seg_weight, lesion_pool_grad, drop_rate)

@@ -1,8 +1,15 @@
-"""The few methods every zoo model answers, for image models and tabular models."""
+"""The few methods every zoo model answers, for image models and tabular models, with every optional hook declared.
+
+Shared code (the training pipeline, the runner, the report) never asks a model what it is (no ``hasattr``, no family
+names): it calls the hooks below, whose defaults say "nothing to add". A model overrides the ones it needs.
+
+What a model needs from the data is declared in ``requires`` and checked for every model of a config before the
+first one trains (:func:`missing_requirements`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -30,15 +37,65 @@ def batched_no_grad(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: 
     return out
 
 
+
+REQUIREMENTS: dict[str, str] = {
+    "masks": "lesion masks in the training split",
+    "concepts": "a concept matrix (data.concepts, or concept columns in the CSV)",
+    "binary": "exactly two classes",
+}
+"""What a model may require of the data (the values of ``requires``), and how the check says it."""
+
+
+class CaseData(Protocol):
+    """What the models read of a data set (a ``glasszoo.training.CaseSet`` or a subset of one)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    case_ids: np.ndarray
+    class_names: list[str]
+    masks: np.ndarray | None
+    concepts: np.ndarray | None
+    concept_names: list[str]
+    positive_class: int
+    name: str
+
+
+def missing_requirements(requires: tuple[str, ...], data: CaseData, train_rows: np.ndarray | None = None) -> list[str]:
+    """The requirements of ``requires`` that ``data`` does not meet, in words (empty when it meets them all)."""
+    missing = []
+    for need in requires:
+        if need not in REQUIREMENTS:
+            raise ValueError(f"unknown requirement {need!r}; known: {sorted(REQUIREMENTS)}")
+        if need == "masks":
+            masks = data.masks
+            rows = slice(None) if train_rows is None else train_rows
+            ok = masks is not None and bool(np.asarray(masks[rows]).any())
+        elif need == "concepts":
+            ok = data.concepts is not None and len(data.concept_names) > 0
+        else:
+            ok = len(data.class_names) == 2
+        if not ok:
+            missing.append(REQUIREMENTS[need])
+    return missing
+
+
 class ImageModel(nn.Module):
     """Base class of the zoo's image models.
 
     ``forward(x)`` returns class logits [N, classes] and nothing else, so Lightning, torchmetrics and captum work
     unchanged. Anything more a model computes (prototype activations, concept logits, attention maps) comes from a
-    named method. ``extra_losses`` lets a model add terms to the shared training loss.
+    named method. Every optional hook is declared here with a default that adds nothing.
+
+    Class attributes:
+        explanation_kinds: the explanation kinds ``explain`` returns (empty: the model has no explanation of its own
+            and is explained post hoc only).
+        requires: what the model needs of the data (keys of :data:`REQUIREMENTS`).
+        segments: whether :meth:`predict_masks` gives lesion masks (the run then scores them against the data's).
     """
 
-    explanation_kinds: ClassVar[tuple[str, ...]] = ("heatmap",)
+    explanation_kinds: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+    segments: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, in_chans: int, img_size: int | tuple[int, int]) -> None:
         super().__init__()
@@ -54,17 +111,25 @@ class ImageModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    # ------------------------------------------------------------------ what the model needs of the data
+    @classmethod
+    def requirements(cls, params: dict) -> tuple[str, ...]:
+        """What a model built with ``params`` (the config's keywords) needs of the data. Default: ``requires``."""
+        return tuple(cls.requires)
+
+    @classmethod
+    def data_params(cls, data: CaseData, train_rows: np.ndarray) -> dict:
+        """Keyword arguments the model takes from the data besides classes, channels and size (e.g. a concept
+        bottleneck's concept names and their training-split scaling). Default: none."""
+        return {}
+
+    # ------------------------------------------------------------------ training hooks
     def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Additional named loss terms (already weighted) added to the cross-entropy. Default: none.
 
         ``batch`` holds ``image``, ``label`` and, when the data has them, ``mask`` and ``concepts``.
         """
         return {}
-
-    @property
-    def requires_masks(self) -> bool:
-        """Whether training needs lesion masks (checked before training starts). Default: no."""
-        return False
 
     @property
     def task_loss_weight(self) -> float:
@@ -89,48 +154,79 @@ class ImageModel(nn.Module):
         """
         return True
 
-    def explanation_metrics(self, caseset: Any) -> dict:
-        """Model-specific explanation figures for ``metrics.json`` (e.g. prototype quality), merged under the
-        model's ``explanation`` key after training. Default: none."""
-        return {}
-
+    # ------------------------------------------------------------------ predictions and explanations
     def predict_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Class probabilities [N, classes] for images [N, C, H, W] in [0, 1]."""
         out = batched_no_grad(self, x, batch_size, lambda xb: torch.softmax(self(xb).float(), dim=1).cpu().numpy())
         return np.concatenate(out, axis=0) if out else np.zeros((0, self.num_classes), np.float32)
 
-    def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None,
-                case_ids: np.ndarray | None = None, **kwargs: Any):
-        """The model's own explanation of ``x`` for class ``target`` (default: the predicted class).
+    def predict_masks(self, x: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+        """Predicted lesion masks uint8 [N, H, W], for models with ``segments = True``."""
+        raise NotImplementedError(f"{type(self).__name__} does not segment")
 
-        Returns one explanation object (see ``glasszoo.models.explanations``) or a list of them; every image model
-        returns at least one :class:`Heatmap` with the input's spatial shape, so all models meet the same metrics.
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each attention gate's map [N, 1, h, w] (models with attention gates; their case figure shows them).
+        Default: none."""
+        return []
+
+    def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None,
+                case_ids: np.ndarray | None = None, **kwargs: Any) -> list:
+        """The model's own explanations of ``x`` for class ``target`` (default: the predicted class), as a list.
+
+        Every explanation is an object of ``glasszoo.models.explanations``; a model with an explanation of its own
+        returns at least one :class:`Heatmap` of the input's spatial shape, so its maps meet the same metrics as the
+        post-hoc ones. Default: ``[]`` (no explanation of its own: the model is explained post hoc).
         """
-        raise NotImplementedError
+        return []
 
     def explain_global(self):
         """A global explanation, for models that have one."""
         raise NotImplementedError(f"{type(self).__name__} has no global explanation")
 
+    def extra_metrics(self, test: CaseData, train: CaseData) -> dict:
+        """Model-specific figures for ``metrics.json`` computed on the ``test`` cases the run passes (``train``
+        for what refers to the training split, e.g. where prototypes come from). A returned ``explanation`` block
+        is merged into the model's explanation scores; any other key becomes a block of its own. Default: none."""
+        return {}
+
 
 class TabularModel:
     """Base class of scikit-learn style models on a named feature table.
 
-    ``fit(X, y, X_val=None, y_val=None)`` returns ``self``; learned attributes end in ``_``. ``X`` is a float array
-    [N, F] whose column names are given by ``feature_names``.
+    ``fit(X, y, X_val=None, y_val=None, feature_names=None, feature_descriptions=None)`` returns ``self``; learned
+    attributes end in ``_``. ``X`` is a float array [N, F] whose column names are given by ``feature_names``;
+    ``feature_descriptions`` maps names to plain-language text for the global explanation.
     """
 
     explanation_kinds: ClassVar[tuple[str, ...]] = ("feature_attribution",)
+    requires: ClassVar[tuple[str, ...]] = ()
+    segments: ClassVar[bool] = False
+
+    @classmethod
+    def requirements(cls, params: dict) -> tuple[str, ...]:
+        """What a model built with ``params`` needs of the data. Default: ``requires``."""
+        return tuple(cls.requires)
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-            feature_names: list[str] | None = None) -> TabularModel:
+            feature_names: list[str] | None = None, feature_descriptions: dict[str, str] | None = None
+            ) -> TabularModel:
         raise NotImplementedError
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def explain(self, X: np.ndarray, target: np.ndarray | None = None, case_ids: np.ndarray | None = None):
+    def explain(self, X: np.ndarray, target: np.ndarray | None = None, case_ids: np.ndarray | None = None) -> list:
+        """Per-case explanations of the rows of ``X`` as a list (a :class:`FeatureAttribution` first)."""
         raise NotImplementedError
 
     def explain_global(self):
         raise NotImplementedError(f"{type(self).__name__} has no global explanation")
+
+    def complexity_(self) -> dict:
+        """How big the fitted model is (terms, nodes, points; see each model). Default: nothing to report."""
+        return {}
+
+    def extra_metrics(self, test: Any, train: Any) -> dict:
+        """Model-specific blocks for ``metrics.json`` (default: ``complexity`` when the model reports one)."""
+        c = self.complexity_()
+        return {"complexity": c} if c else {}

@@ -15,27 +15,28 @@ from glasszoo.models._backbones import create_backbone, gradcam_forward
 from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
+from glasszoo.models.errors import DataError
 from glasszoo.models.explanations import ConceptEvidence, GlobalExplanation, Heatmap
-from glasszoo.training.errors import DataError
+from glasszoo.models.scoring import auc_score
 
 PAPER = 'Koh et al., "Concept Bottleneck Models", ICML 2020'
 MODES = ("joint", "sequential", "independent")
 CONCEPT_KINDS = ("binary", "continuous")
 
 
-def concept_spec(caseset: Any) -> dict:
-    """The concept description a CBM is built with, from the CaseSet's *training* split.
+def concept_spec(data: Any, train_rows: np.ndarray) -> dict:
+    """The concept description a CBM is built with, from the concepts of the *training* rows of ``data``.
 
     A concept whose training values are all 0 or 1 is ``binary`` (predicted as a probability); any other is
     ``continuous`` (predicted standardised by the training mean and standard deviation). Raises
     :class:`DataError` when the data has no concepts, saying what is needed.
     """
-    if getattr(caseset, "concepts", None) is None or not len(caseset.concept_names):
+    if data.concepts is None or not len(data.concept_names):
         raise DataError(
-            f"data set '{caseset.name}' has no concepts, which a concept bottleneck model needs: give concept "
+            f"data set '{data.name}' has no concepts, which a concept bottleneck model needs: give concept "
             f"columns (folder source: numeric CSV columns, data.concept_columns), or lesion masks with "
             f"data.concepts: derived (concepts computed from the masks)")
-    c = np.asarray(caseset.concepts, dtype=np.float64)[caseset.indices("train")]
+    c = np.asarray(data.concepts, dtype=np.float64)[train_rows]
     kinds, center, scale = [], [], []
     for k in range(c.shape[1]):
         binary = bool(np.isin(c[:, k], (0.0, 1.0)).all())
@@ -43,10 +44,14 @@ def concept_spec(caseset: Any) -> dict:
         center.append(0.0 if binary else float(c[:, k].mean()))
         sd = float(c[:, k].std())
         scale.append(1.0 if binary else (sd if sd > 0 else 1.0))
-    return {"concept_names": list(caseset.concept_names), "concept_kinds": kinds, "concept_center": center,
+    return {"concept_names": list(data.concept_names), "concept_kinds": kinds, "concept_center": center,
             "concept_scale": scale}
 
 
+@register_model("cbm", family="concept", paper=PAPER,
+                test_kwargs={"backbone": "resnet18", "concept_names": ["a", "b", "c"],
+                             "concept_kinds": ["binary", "binary", "continuous"], "concept_center": [0.0, 0.0, 1.0],
+                             "concept_scale": [1.0, 1.0, 0.5]})
 class ConceptBottleneck(ImageModel):
     """Concept bottleneck model: image -> K concepts -> label, the label from the concepts only.
 
@@ -80,6 +85,7 @@ class ConceptBottleneck(ImageModel):
     """
 
     explanation_kinds = ("concept_evidence", "heatmap")
+    requires = ("concepts",)
 
     def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28,
                  concept_names: list[str] | None = None, concept_kinds: list[str] | None = None,
@@ -118,6 +124,11 @@ class ConceptBottleneck(ImageModel):
         self._cache: torch.Tensor | None = None
         if mode != "joint":
             self.label_head.requires_grad_(False)
+
+    @classmethod
+    def data_params(cls, data: Any, train_rows: np.ndarray) -> dict:
+        """The concepts of the data and their training-split scaling (:func:`concept_spec`)."""
+        return concept_spec(data, train_rows)
 
     @property
     def n_concepts(self) -> int:
@@ -194,6 +205,16 @@ class ConceptBottleneck(ImageModel):
         m = torch.as_tensor(np.broadcast_to(np.asarray(corrected, dtype=bool), a.shape).copy(), device=self.device)
         return self.label_head(torch.where(m, t, a)).cpu().numpy()
 
+    def correct_worst(self, activations: np.ndarray, true_concepts: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Test-time intervention on each case's most wrong concept: (its name per case, the class probabilities
+        [N, classes] after replacing it by the true value)."""
+        truth = self.standardise(torch.as_tensor(np.asarray(true_concepts, np.float32), device=self.device))
+        worst = np.abs(truth.cpu().numpy() - activations).argmax(1)
+        fix = np.zeros_like(activations, dtype=bool)
+        fix[np.arange(len(fix)), worst] = True
+        logits = self.intervene(activations, np.asarray(true_concepts, np.float32), fix)
+        return [self.concept_names[k] for k in worst], torch.softmax(torch.as_tensor(logits), 1).numpy()
+
     def intervention_curve(self, activations: np.ndarray, true_concepts: np.ndarray, labels: np.ndarray,
                            positive_class: int = 1, order: str = "random", seed: int = 0) -> dict:
         """Task AUC and accuracy as 0, 1, ..., K concepts per case are corrected.
@@ -202,8 +223,6 @@ class ConceptBottleneck(ImageModel):
         concepts by ascending ``|p - 0.5|`` (least certain first), continuous concepts after them (the model gives
         no uncertainty for those) in random order.
         """
-        from glasszoo.training.module import auc_score
-
         n, k = activations.shape
         rng = np.random.default_rng(seed)
         ranks = np.argsort(rng.random((n, k)), axis=1)  # random order per case
@@ -270,6 +289,8 @@ class ConceptBottleneck(ImageModel):
                                    contribution=contrib.cpu().numpy(), target=tgt.cpu().numpy(),
                                    true=None if true_concepts is None else np.asarray(true_concepts, np.float32),
                                    case_ids=case_ids)
+        if true_concepts is not None and len(acts):
+            evidence.corrected, evidence.corrected_proba = self.correct_worst(acts.cpu().numpy(), true_concepts)
         maps = torch.cat(parts["maps"]).cpu().numpy() if parts["maps"] else np.zeros((0, *self.img_size), np.float32)
         hm = Heatmap(maps=maps, method="concept_gradcam", target=tgt.cpu().numpy(), case_ids=case_ids)
         return [evidence, hm]
@@ -287,16 +308,13 @@ class ConceptBottleneck(ImageModel):
             lines.append(f"logit[class {c}] = {b[c]:+.2f} {terms}")
         return GlobalExplanation(form="weights", content=content, text="\n".join(lines))
 
-    def explanation_metrics(self, caseset: Any) -> dict:
-        """Concept accuracy on the test split and the intervention curves, under ``concepts``."""
-        from glasszoo.training.module import auc_score
-
-        test = caseset.indices("test")
-        if not len(test) or caseset.concepts is None:
+    def extra_metrics(self, test: Any, train: Any) -> dict:
+        """Concept accuracy on the ``test`` cases and the intervention curves, under ``explanation.concepts``."""
+        if not len(test.labels) or test.concepts is None:
             return {}
-        acts = self.predict_concepts(caseset.images[test])
-        true = np.asarray(caseset.concepts, dtype=np.float32)[test]
-        labels = np.asarray(caseset.labels)[test]
+        acts = self.predict_concepts(test.images)
+        true = np.asarray(test.concepts, dtype=np.float32)
+        labels = np.asarray(test.labels)
         per: dict[str, dict] = {}
         accs = []
         for k, name in enumerate(self.concept_names):
@@ -311,13 +329,12 @@ class ConceptBottleneck(ImageModel):
                 pred = acts[:, k] * float(self.concept_scale[k]) + float(self.concept_center[k])
                 per[name] = {"kind": "continuous", "rmse": float(np.sqrt(np.mean((pred - true[:, k]) ** 2))),
                              "accuracy_rounded": float((np.round(pred) == true[:, k]).mean())}
-        pos = int(getattr(caseset, "positive_class", 1))
-        curves = {o: self.intervention_curve(acts, true, labels, pos, order=o)
+        curves = {o: self.intervention_curve(acts, true, labels, int(test.positive_class), order=o)
                   for o in ("random", "uncertain_first")}
-        return {"concepts": {"mode": self.mode, "per_concept": per,
-                             "mean_concept_accuracy": float(np.mean(accs)) if accs else float("nan"),
-                             "intervention": curves,
-                             "label_head_nonzero": int((self.label_head.weight.abs() > 1e-6).sum())}}
+        mean_acc = float(np.mean(accs)) if accs else float("nan")
+        return {"explanation": {"concepts": {
+            "mode": self.mode, "per_concept": per, "mean_concept_accuracy": mean_acc, "intervention": curves,
+            "label_head_nonzero": int((self.label_head.weight.abs() > 1e-6).sum())}}}
 
 
 class LabelHeadFit(Callback):
@@ -355,23 +372,3 @@ class LabelHeadFit(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fit()  # a run without validation still ends with a fitted head
-
-
-@register_model(
-    "cbm",
-    family="concept",
-    input_kind="image",
-    explanations=("concept_evidence", "heatmap"),
-    paper=PAPER,
-    test_kwargs={"backbone": "resnet18", "concept_names": ["a", "b", "c"], "concept_kinds":
-                 ["binary", "binary", "continuous"], "concept_center": [0.0, 0.0, 1.0],
-                 "concept_scale": [1.0, 1.0, 0.5]},
-)
-def cbm(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28,
-        concept_names: list[str] | None = None, concept_kinds: list[str] | None = None,
-        concept_center: list[float] | None = None, concept_scale: list[float] | None = None,
-        backbone: str = "resnet18", stem: str = "auto", mode: str = "joint", concept_weight: float = 1.0,
-        label_l1: float = 1e-3) -> ConceptBottleneck:
-    """Concept bottleneck model (Koh et al., ICML 2020); see :class:`ConceptBottleneck`."""
-    return ConceptBottleneck(num_classes, in_chans, img_size, concept_names, concept_kinds, concept_center,
-                             concept_scale, backbone, stem, mode, concept_weight, label_l1)

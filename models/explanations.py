@@ -136,10 +136,13 @@ class ConceptEvidence(_Explanation):
         contribution: [N, K] each concept's additive contribution to the explained logit.
         target: [N] explained class.
         true: optional [N, K] true concept values.
+        corrected: with ``true``, per case the concept a test-time intervention corrects (the most wrong one).
+        corrected_proba: with ``true``, [N, classes] class probabilities after that correction.
     """
 
     kind: ClassVar[str] = "concept_evidence"
-    _array_fields: ClassVar[tuple[str, ...]] = ("predicted", "contribution", "target", "true", "case_ids")
+    _array_fields: ClassVar[tuple[str, ...]] = ("predicted", "contribution", "target", "true", "case_ids",
+                                                "corrected_proba")
 
     concept_names: list[str]
     predicted: np.ndarray
@@ -147,6 +150,8 @@ class ConceptEvidence(_Explanation):
     target: np.ndarray
     true: np.ndarray | None = None
     case_ids: np.ndarray | None = None
+    corrected: list[str] | None = None
+    corrected_proba: np.ndarray | None = None
 
 
 @dataclass

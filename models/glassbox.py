@@ -6,16 +6,16 @@ Every model is a scikit-learn classifier (``ClassifierMixin, BaseEstimator``) an
   given, selects the model's size (regularisation, depth, number of items, early stopping); the extra arguments are
   optional so ``fit(X, y)`` works (then an internal stratified CV, or the training data, stands in -- see each model).
 * ``predict_proba(X)`` [N, classes] with columns in ``classes_`` order; ``predict``; ``score``.
-* ``explain(X, target=None, case_ids=None)`` -> :class:`FeatureAttribution`. ``target`` is the explained class as an
+* ``explain(X, target=None, case_ids=None)`` -> ``[FeatureAttribution]``. ``target`` is the explained class as an
   index into ``classes_`` (default: the predicted class). Because a model's intercept depends on the explained
   class, ``FeatureAttribution.intercept`` is a float when every case is explained for the same class and a float64
   [N] array of per-case intercepts otherwise.
 * ``explain_global()`` -> :class:`GlobalExplanation` (weights, rules, shape functions or a score table, with a text
   rendering).
 * ``complexity_()`` -> dict (non-zero weights / leaves / terms / items and points) and the attribute ``n_params_``.
-* Feature descriptions: ``fit(..., feature_descriptions={name: text})`` or ``set_feature_descriptions(d)``; without
-  them, names of the built-in feature tables are described automatically
-  (:func:`glasszoo.training.features.feature_descriptions`).
+* Feature descriptions: ``fit(..., feature_descriptions={name: text})`` or ``set_feature_descriptions(d)``; the
+  pipeline passes those of its feature table (:func:`glasszoo.training.features.feature_descriptions`). A model
+  knows nothing of radiomics: without descriptions, ``explain_global`` names the features only.
 
 Labels may be any values scikit-learn accepts; internally the models work on class indices ``0..K-1``.
 """
@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.special import expit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import l1_min_c
+from sklearn.tree import DecisionTreeClassifier, export_text
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
@@ -57,10 +61,6 @@ def selection_score(y_idx: np.ndarray, proba: np.ndarray) -> float:
     if len(present) == 2:
         return float(roc_auc_score(y_idx == present[1], pr[:, 1]))
     return float(roc_auc_score(y_idx, pr, multi_class="ovr", average="macro", labels=present))
-
-
-def _is_better(score: float, best: float | None, tol: float = 1e-12) -> bool:
-    return best is None or score > best + tol
 
 
 class _GlassBox(ClassifierMixin, BaseEstimator, TabularModel):
@@ -134,6 +134,11 @@ class _GlassBox(ClassifierMixin, BaseEstimator, TabularModel):
             return float(per_case[0])
         return per_case if len(per_case) else 0.0
 
+    def explain(self, X, target=None, case_ids=None) -> list[FeatureAttribution]:
+        """``[FeatureAttribution]``: per case, each feature's (or term's) additive contribution to the explained
+        class's score (``target``, default: the predicted class)."""
+        return [self._attribution(X, target, case_ids)]
+
     # ---------------------------------------------------------------- descriptions
     def set_feature_descriptions(self, descriptions: dict[str, str]):
         """Plain-language descriptions of the features (used by ``explain_global``); returns ``self``."""
@@ -141,21 +146,13 @@ class _GlassBox(ClassifierMixin, BaseEstimator, TabularModel):
         return self
 
     def _describe(self, name: str) -> str:
-        given = getattr(self, "feature_descriptions_", {}) or {}
-        if name in given:
-            return str(given[name])
-        try:
-            from glasszoo.training.features import INTENSITY_FEATURES
-            from glasszoo.training.radiomics import GENERIC_MARK, describe_feature
-        except Exception:  # pragma: no cover - training package unavailable
-            return ""
-        if name in INTENSITY_FEATURES:
-            return INTENSITY_FEATURES[name]
-        text = describe_feature(name)
-        return "" if GENERIC_MARK in text else text
+        """The plain-language description of feature ``name`` given at fit time, or ``""``."""
+        return str((getattr(self, "feature_descriptions_", {}) or {}).get(name, ""))
 
 
 # ------------------------------------------------------------------------------------------------ sparse logreg
+@register_model("sparse_logreg", family="linear", test_kwargs={"n_Cs": 8},
+                paper="Tibshirani 1996, Regression shrinkage and selection via the lasso (L1 logistic regression)")
 class SparseLogReg(_GlassBox):
     """L1-penalised (lasso) logistic regression on standardised features, sized to at most ``max_features`` non-zero
     features (Tibshirani 1996, "Regression shrinkage and selection via the lasso", JRSS-B 58(1): 267-288).
@@ -195,7 +192,6 @@ class SparseLogReg(_GlassBox):
               stop_above: int | None = None) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """The fits along ``Cs`` (warm-started); with ``stop_above``, the path ends at the first fit with more
         non-zero features than that."""
-        from sklearn.linear_model import LogisticRegression
 
         clf = LogisticRegression(C=float(Cs[0]), l1_ratio=1.0, solver="saga", warm_start=True,
                                  max_iter=self.max_iter, tol=self.tol, class_weight=self.class_weight,
@@ -220,7 +216,6 @@ class SparseLogReg(_GlassBox):
         return softmax(logits, axis=1)
 
     def fit(self, X, y, X_val=None, y_val=None, feature_names=None, feature_descriptions=None):
-        from sklearn.svm import l1_min_c
 
         X, y, Xv, yv = self._prepare(X, y, X_val, y_val, feature_names, feature_descriptions)
         self.mean_ = X.mean(axis=0)
@@ -283,7 +278,7 @@ class SparseLogReg(_GlassBox):
             return sign[:, None] * self.coef_[0][None, :], sign * self.intercept_[0]
         return self.coef_[t], self.intercept_[t]
 
-    def explain(self, X, target=None, case_ids=None) -> FeatureAttribution:
+    def _attribution(self, X, target=None, case_ids=None) -> FeatureAttribution:
         """Per-case contributions ``coef x standardised value`` to the explained class's logit (see the class doc)."""
         proba = self.predict_proba(X)
         X = self._check_X(X)
@@ -330,6 +325,8 @@ class SparseLogReg(_GlassBox):
 
 
 # ------------------------------------------------------------------------------------------------ decision tree
+@register_model("decision_tree", family="tree", test_kwargs={"max_depth": 3},
+                paper="Breiman, Friedman, Olshen & Stone 1984, Classification and Regression Trees")
 class ShallowTree(_GlassBox):
     """A shallow CART decision tree (Breiman, Friedman, Olshen & Stone 1984, "Classification and Regression Trees").
 
@@ -357,7 +354,6 @@ class ShallowTree(_GlassBox):
         self.random_state = random_state
 
     def _tree(self, depth: int):
-        from sklearn.tree import DecisionTreeClassifier
 
         return DecisionTreeClassifier(max_depth=depth, min_samples_leaf=self.min_samples_leaf,
                                       min_weight_fraction_leaf=self.min_weight_fraction_leaf, criterion=self.criterion,
@@ -408,7 +404,7 @@ class ShallowTree(_GlassBox):
         v[:, self.tree_.classes_] = t.value[:, 0, :]
         return v / np.clip(v.sum(1, keepdims=True), 1e-300, None)
 
-    def explain(self, X, target=None, case_ids=None) -> FeatureAttribution:
+    def _attribution(self, X, target=None, case_ids=None) -> FeatureAttribution:
         """Saabas path decomposition of the explained class's probability (see the class doc)."""
         proba = self.predict_proba(X)
         X = self._check_X(X)
@@ -452,7 +448,6 @@ class ShallowTree(_GlassBox):
         """``form="rules"``: ``text`` is ``sklearn.tree.export_text``; ``content`` has ``n_leaves``, ``depth``,
         ``classes``, ``rules`` (per leaf: conditions, class probabilities, training cases), ``depth_path`` and the
         ``features`` used with their descriptions."""
-        from sklearn.tree import export_text
 
         check_is_fitted(self)
         text = export_text(self.tree_, feature_names=list(self.feature_names_), decimals=4, show_weights=False)
@@ -467,6 +462,9 @@ class ShallowTree(_GlassBox):
 
 
 # ------------------------------------------------------------------------------------------------ EBM
+@register_model("ebm", family="additive", test_kwargs={"outer_bags": 1, "max_rounds": 200, "interactions": 1},
+                paper="Lou et al. 2013, Accurate intelligible models with pairwise interactions (GA2M); "
+                      "Nori et al. 2019, InterpretML")
 class EBM(_GlassBox):
     """Explainable Boosting Machine: a GA2M, additive shape functions of single features plus a few pairwise
     interactions, learnt by cyclic gradient boosting of shallow trees with bagging (Lou, Caruana, Gehrke & Hooker
@@ -511,7 +509,7 @@ class EBM(_GlassBox):
         self.random_state = random_state
 
     def fit(self, X, y, X_val=None, y_val=None, feature_names=None, feature_descriptions=None):
-        from interpret.glassbox import ExplainableBoostingClassifier
+        from interpret.glassbox import ExplainableBoostingClassifier  # heavy: interpret (plotly, dash)
 
         X, y, Xv, yv = self._prepare(X, y, X_val, y_val, feature_names, feature_descriptions)
         ebm = ExplainableBoostingClassifier(
@@ -549,7 +547,7 @@ class EBM(_GlassBox):
         p[:, np.asarray(self.ebm_.classes_, dtype=int)] = self.ebm_.predict_proba(X)
         return p
 
-    def explain(self, X, target=None, case_ids=None) -> FeatureAttribution:
+    def _attribution(self, X, target=None, case_ids=None) -> FeatureAttribution:
         """Per-case term scores of the explained class's logit (see the class doc)."""
         proba = self.predict_proba(X)
         X = self._check_X(X)
@@ -618,12 +616,11 @@ def plot_shape_functions(model: EBM, path, top_k: int = 6, class_index: int | No
     Main terms are step plots of the score per bin; interactions are heatmaps. For > 2 classes main terms show one
     line per class and interactions the class ``class_index`` (default: the class whose scores vary most).
     """
-    from pathlib import Path
 
-    import matplotlib
+    import matplotlib  # heavy: only for this figure
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: as above
 
     terms = model.shape_functions()[:max(1, top_k)]
     cols = min(3, len(terms))
@@ -724,6 +721,8 @@ def _fit_logistic(Z: np.ndarray, y: np.ndarray, lam: float, max_iter: int = 100,
     return beta[1:], float(beta[0]), dev
 
 
+@register_model("point_score", family="score", test_kwargs={"max_terms": 3},
+                paper="Ustun & Rudin 2016, Supersparse linear integer models (simpler greedy + rounding heuristic)")
 class PointScore(_GlassBox):
     """An integer point score like the clinical ones (e.g. CHA2DS2-VASc): a few binary items ("feature > threshold"),
     each worth 1..``max_points`` points; the total maps to a risk. A simple greedy-and-round heuristic in the spirit of
@@ -756,6 +755,8 @@ class PointScore(_GlassBox):
 
     Complexity: items and points; ``n_params_`` = 2 per item (threshold, points) + 2 (intercept, scale).
     """
+
+    requires = ("binary",)
 
     def __init__(self, max_terms: int = 5, max_points: int = 3, quantiles: tuple[float, ...] = (0.25, 0.5, 0.75),
                  C: float = 1.0, min_deviance_drop: float = 2.0) -> None:
@@ -922,7 +923,7 @@ class PointScore(_GlassBox):
         r = np.asarray([risk[int(t)] for t in totals], dtype=np.float64)
         return np.column_stack([1 - r, r])
 
-    def explain(self, X, target=None, case_ids=None) -> FeatureAttribution:
+    def _attribution(self, X, target=None, case_ids=None) -> FeatureAttribution:
         """Points per item per case, for the explained class (see the class doc)."""
         proba = self.predict_proba(X)
         X = self._check_X(X)
@@ -963,22 +964,6 @@ class PointScore(_GlassBox):
                    "selection_path": getattr(self, "selection_path_", [])}
         return GlobalExplanation(form="score_table", content=content, text="\n".join(lines))
 
-
-# ------------------------------------------------------------------------------------------------ registry
-_FAST = {"sparse_logreg": {"n_Cs": 8}, "decision_tree": {"max_depth": 3},
-         "ebm": {"outer_bags": 1, "max_rounds": 200, "interactions": 1}, "point_score": {"max_terms": 3}}
-register_model("sparse_logreg", family="linear", input_kind="features", explanations=("feature_attribution",),
-               paper="Tibshirani 1996, Regression shrinkage and selection via the lasso (L1 logistic regression)",
-               test_kwargs=_FAST["sparse_logreg"])(SparseLogReg)
-register_model("decision_tree", family="tree", input_kind="features", explanations=("feature_attribution",),
-               paper="Breiman, Friedman, Olshen & Stone 1984, Classification and Regression Trees",
-               test_kwargs=_FAST["decision_tree"])(ShallowTree)
-register_model("ebm", family="additive", input_kind="features", explanations=("feature_attribution",),
-               paper="Lou et al. 2013, Accurate intelligible models with pairwise interactions (GA2M); "
-                     "Nori et al. 2019, InterpretML", test_kwargs=_FAST["ebm"])(EBM)
-register_model("point_score", family="score", input_kind="features", explanations=("feature_attribution",),
-               paper="Ustun & Rudin 2016, Supersparse linear integer models (simpler greedy + rounding heuristic)",
-               test_kwargs=_FAST["point_score"])(PointScore)
 
 __all__ = ["EBM", "PointScore", "ScoreItem", "ShallowTree", "SparseLogReg", "plot_shape_functions",
            "selection_score"]

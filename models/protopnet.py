@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from glasszoo.models._backbones import adapt_stem, resolve_stem
+from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
 from glasszoo.models.explanations import GlobalExplanation, Heatmap, PrototypeEvidence, PrototypeMatch
@@ -66,6 +67,8 @@ def cell_box(i: int, j: int, grid: tuple[int, int], size: tuple[int, int]) -> tu
             min(hh, int(math.ceil((i + 1) * hh / h))), min(ww, int(math.ceil((j + 1) * ww / w))))
 
 
+@register_model("protopnet", family="prototype", paper=PAPER,
+                test_kwargs={"backbone": "resnet18", "prototypes_per_class": 2, "prototype_dim": 16})
 class ProtoPNet(ImageModel):
     """Prototypical part network: logits are a linear function of similarities to learned prototype patches.
 
@@ -436,8 +439,6 @@ class ProtoPNet(ImageModel):
         schedule over the whole run the rate is near zero by then). The last-layer epochs that follow continue from
         the solution.
         """
-        from glasszoo.models._linear import fit_sparse_linear
-
         rows = np.asarray(caseset.indices("train"))
         scores = self.similarity_scores(caseset.images[rows]).float().cpu()
         y = torch.as_tensor(np.asarray(caseset.labels)[rows], dtype=torch.long)
@@ -548,9 +549,9 @@ class ProtoPNet(ImageModel):
 
     @torch.no_grad()
     def class_purity(self, caseset: Any, k: int = 5) -> float:
-        """Mean over prototypes of the fraction of its ``k`` nearest training images (by nearest patch) that are
-        of the prototype's class; one batched pass keeping a running top-k."""
-        rows = np.asarray(caseset.indices("train"))
+        """Mean over prototypes of the fraction of its ``k`` nearest images of ``caseset`` (the training cases; by
+        nearest patch) that are of the prototype's class; one batched pass keeping a running top-k."""
+        rows = np.arange(len(caseset.labels))
         labels = torch.as_tensor(np.asarray(caseset.labels), dtype=torch.long, device=self.device)
         was_training = self.training
         self.eval()
@@ -568,9 +569,10 @@ class ProtoPNet(ImageModel):
             self.train(was_training)
         return float((top_y == self.prototype_class[:, None]).float().mean())
 
-    def explanation_metrics(self, caseset: Any) -> dict:
-        """Prototype-quality figures under ``prototype_quality``: counts, push throughput, where sources lie,
-        class purity of each prototype's 5 nearest training images, last-layer sparsity."""
+    def extra_metrics(self, test: Any, train: Any) -> dict:
+        """Prototype-quality figures under ``explanation.prototype_quality``: counts, push throughput, how many
+        sources lie on a lesion of their ``train`` case, class purity of each prototype's 5 nearest ``train``
+        images, last-layer sparsity."""
         out: dict[str, Any] = {"n_prototypes": self.n_prototypes, "pushed": self.pushed}
         if self.pushed:
             pairs = {(int(r), tuple(b)) for r, b in zip(self.source_row.tolist(), self.source_box.tolist())}
@@ -578,9 +580,9 @@ class ProtoPNet(ImageModel):
         else:
             out["n_distinct_prototypes"] = int(torch.unique(self.prototypes.detach().flatten(1), dim=0).shape[0])
         out["push_images_per_second"] = self.push_images_per_second
-        masks = getattr(caseset, "masks", None)
+        masks = train.masks
         if self.pushed and masks is not None and np.asarray(masks).any():
-            row_of = {str(c): i for i, c in enumerate(caseset.case_ids)}
+            row_of = {str(c): i for i, c in enumerate(train.case_ids)}
             hits = []
             for j, cid in enumerate(self.source_case_ids):
                 if cid in row_of:
@@ -588,9 +590,9 @@ class ProtoPNet(ImageModel):
                     hits.append(bool(masks[row_of[cid]][r0:r1, c0:c1].any()))
             if hits:
                 out["fraction_source_in_lesion"] = float(np.mean(hits))
-        out["class_purity"] = self.class_purity(caseset, k=5)
+        out["class_purity"] = self.class_purity(train, k=5)
         out["last_layer_sparsity"] = float((self.last_layer.weight.detach().abs() < 1e-3).float().mean())
-        return {"prototype_quality": out}
+        return {"explanation": {"prototype_quality": out}}
 
 
 class ProtoPNetSchedule(Callback):
@@ -623,25 +625,3 @@ class ProtoPNetSchedule(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.model.set_stage(None)
-
-
-@register_model(
-    "protopnet",
-    family="prototype",
-    input_kind="image",
-    explanations=("prototype_evidence", "heatmap"),
-    paper=PAPER,
-    test_kwargs={"backbone": "resnet18", "prototypes_per_class": 2, "prototype_dim": 16},
-)
-def protopnet(num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28, backbone: str = "resnet18",
-              stem: str = "auto", feature_stage: int = 3, prototypes_per_class: int = 10, prototype_dim: int = 16,
-              warmup_epochs: int = 1, joint_epochs: int = 11, last_layer_epochs: int = 2, push_every: int = 0,
-              features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0, cluster_weight: float = 0.8,
-              separation_weight: float = -0.08, l1_weight: float = 1e-4, epsilon: float = 1e-4,
-              push_batch_size: int = 256, recalibrate_bn: bool = True, fit_last_layer: bool = True,
-              bn_samples: int = 512) -> ProtoPNet:
-    """ProtoPNet (Chen et al., NeurIPS 2019) on a timm backbone stage; see :class:`ProtoPNet`."""
-    return ProtoPNet(num_classes, in_chans, img_size, backbone, stem, feature_stage, prototypes_per_class,
-                     prototype_dim, warmup_epochs, joint_epochs, last_layer_epochs, push_every, features_lr_ratio,
-                     last_layer_lr_ratio, cluster_weight, separation_weight, l1_weight, epsilon, push_batch_size,
-                     recalibrate_bn, fit_last_layer, bn_samples)

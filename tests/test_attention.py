@@ -14,7 +14,7 @@ from glasszoo.evaluation.seg_figures import plot_segmentation_case
 from glasszoo.evaluation.segmentation import dice
 from glasszoo.models import AttentionGate, AttentionGatedClassifier, AttentionUNet, Heatmap, create_model, model_info
 from glasszoo.models.attention_unet import combine_gate_maps, dice_bce_loss
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 from glasszoo.training.synthetic import make_synthetic
 
 

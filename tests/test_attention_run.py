@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from glasszoo.training.config import parse_config
-from glasszoo.training.errors import DataError
-from glasszoo.training.runner import run_experiment
+from glasszoo.evaluation.experiment.config import parse_config
+from glasszoo.evaluation.experiment.runner import run_experiment
+from glasszoo.models.errors import DataError
 
 
 def test_run_writes_segmentation_metrics_and_case_figures(tmp_path):

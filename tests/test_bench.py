@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from glasszoo.evaluation import bench
-from glasszoo.evaluation.bench import BenchRow, BenchSection, run_measured, write_markdown
-from glasszoo.training.cli import main
+from glasszoo.evaluation.experiment.bench import BenchRow, BenchSection, run_measured, write_markdown
+from glasszoo.evaluation.experiment.cli import main
 
 TINY = {"backbone": "resnet18", "stem": "standard"}
 
@@ -86,7 +86,7 @@ def test_measured_cli_reports_its_own_peak_not_the_benchmarks(tmp_path):
     file's VmHWM is the peak reported."""
     import subprocess
 
-    from glasszoo.evaluation.bench import _STATUS_FILE_ENV, _glasszoo_command, _parse_status
+    from glasszoo.evaluation.experiment.bench import _STATUS_FILE_ENV, _glasszoo_command, _parse_status
 
     status = tmp_path / "status"
     subprocess.run(_glasszoo_command("--version"), check=True, capture_output=True,

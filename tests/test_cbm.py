@@ -10,13 +10,13 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from glasszoo.evaluation.experiment.config import parse_config
+from glasszoo.evaluation.experiment.runner import run_experiment
 from glasszoo.models import ConceptBottleneck, ConceptEvidence, Heatmap, create_model
 from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models.cbm import concept_spec
+from glasszoo.models.errors import DataError
 from glasszoo.training.caseset import CaseSet
-from glasszoo.training.config import parse_config
-from glasszoo.training.errors import DataError
-from glasszoo.training.runner import run_experiment
 
 
 def tiny_cbm(**kw) -> ConceptBottleneck:

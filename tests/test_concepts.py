@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.concepts import (
     DERIVED_CONCEPTS,
@@ -18,7 +19,6 @@ from glasszoo.training.concepts import (
     lesion_measures,
 )
 from glasszoo.training.data import load_caseset
-from glasszoo.training.errors import ConfigError, DataError
 from glasszoo.training.folder import load_folder
 
 

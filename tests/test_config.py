@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from glasszoo.training.config import apply_overrides, load_config, parse_config
-from glasszoo.training.errors import ConfigError
+from glasszoo.evaluation.experiment.config import apply_overrides, load_config, parse_config
+from glasszoo.models.errors import ConfigError
 
 BASE = {"experiment": "t", "data": {"source": "synthetic"}, "models": ["blackbox"]}
 

@@ -12,9 +12,9 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from glasszoo.evaluation.experiment.config import load_config
+from glasszoo.evaluation.experiment.runner import run_experiment
 from glasszoo.models import list_models
-from glasszoo.training.config import load_config
-from glasszoo.training.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["training.progress_bar=false", "evaluation.bootstrap=100", "evaluation.explain_cases=8"]

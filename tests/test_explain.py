@@ -12,14 +12,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from glasszoo.evaluation.bench import bench_push, format_section, write_markdown
 from glasszoo.evaluation.case_figures import activation_box
+from glasszoo.evaluation.experiment.bench import bench_push, format_section, write_markdown
+from glasszoo.evaluation.experiment.cli import main
+from glasszoo.evaluation.experiment.config import parse_config
+from glasszoo.evaluation.experiment.runner import run_experiment, safe_filename
+from glasszoo.evaluation.experiment.saved import open_run
 from glasszoo.models import ProtoPNet, PrototypeEvidence
-from glasszoo.training.cli import main
-from glasszoo.training.config import parse_config
-from glasszoo.training.errors import DataError
-from glasszoo.training.runner import run_experiment, safe_filename
-from glasszoo.training.saved import open_run
+from glasszoo.models.errors import DataError
 
 SIDE = 32
 
@@ -207,7 +207,7 @@ def test_cli_explains_a_case_with_its_concepts(run_dir, capsys, tmp_path):
 
 
 def test_bench_radiomics_rows_and_cache_hit():
-    from glasszoo.evaluation.bench import bench_radiomics
+    from glasszoo.evaluation.experiment.bench import bench_radiomics
 
     sec = bench_radiomics(n_cases=40, img_size=32, repeats=1)
     assert [r.operation for r in sec.rows] == ["extraction, 1 worker", "extraction, 2 workers",

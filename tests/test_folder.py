@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from glasszoo.models.errors import DataError
 from glasszoo.training.data import load_caseset, stratified_split
-from glasszoo.training.errors import DataError
 from glasszoo.training.folder import load_folder
 
 SIZE = 16

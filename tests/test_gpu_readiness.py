@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from glasszoo.training.config import AugmentConfig, TrainingConfig, _build, _validate_training
+from glasszoo.evaluation.experiment.config import AugmentConfig, TrainingConfig, _build, _validate_training
+from glasszoo.models.errors import ConfigError
 from glasszoo.training.datamodule import CaseSetDataModule, SeededBatches
-from glasszoo.training.errors import ConfigError
 from glasszoo.training.module import ClassifierModule
 from glasszoo.training.synthetic import make_synthetic
 from glasszoo.training.train import build_image_model, build_trainer, resolve_pin_memory, train_image_model

@@ -20,7 +20,7 @@ from glasszoo.evaluation.metrics import (
     stratified_bootstrap_indices,
     task_metrics,
 )
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 
 def binary_proba(p1) -> np.ndarray:

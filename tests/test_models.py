@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from glasszoo.models import EXPLANATION_KINDS, Heatmap, ImageModel, create_model, list_models, model_info
-from glasszoo.training.errors import ConfigError
+from glasszoo.models.errors import ConfigError
 
 IMAGE_MODELS = list_models(input_kind="image")
 SHAPES = [(1, 32, 2), (3, 28, 3)]  # (channels, side, classes)

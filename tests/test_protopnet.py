@@ -15,14 +15,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from glasszoo.evaluation.experiment.config import parse_config, read_yaml
+from glasszoo.evaluation.experiment.runner import run_experiment
 from glasszoo.models import GlobalExplanation, Heatmap, ProtoPNet, PrototypeEvidence, create_model
 from glasszoo.models.protopnet import cell_box
 from glasszoo.training.caseset import CaseSet
-from glasszoo.training.config import parse_config, read_yaml
 from glasszoo.training.data import load_caseset
 from glasszoo.training.datamodule import CaseSetDataModule
 from glasszoo.training.module import ClassifierModule
-from glasszoo.training.runner import run_experiment
 from glasszoo.training.train import SelectableEarlyStopping, build_image_model, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

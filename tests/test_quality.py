@@ -28,7 +28,7 @@ from glasszoo.evaluation.quality import (
     spearman_per_case,
     ssim,
 )
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 
 def sigmoid(v: float) -> float:

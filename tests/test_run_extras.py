@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from test_runner import learnable_npz  # noqa: F401  (also registers the test-only tabular model)
 
+from glasszoo.evaluation.experiment.audit import _marker_mass, marker_box, marker_presence, run_audit, stamp_marker
+from glasszoo.evaluation.experiment.config import parse_config
+from glasszoo.evaluation.experiment.runner import _misclassified_rows, run_experiment
+from glasszoo.evaluation.experiment.seeds import summarise_seeds
 from glasszoo.evaluation.posthoc import expected_passes
 from glasszoo.evaluation.results import tradeoff_rows
+from glasszoo.models.errors import ConfigError
 from glasszoo.training import runner as runner_mod
-from glasszoo.training.audit import _marker_mass, marker_box, marker_presence, run_audit, stamp_marker
-from glasszoo.training.config import parse_config
-from glasszoo.training.errors import ConfigError
-from glasszoo.training.runner import _misclassified_rows, run_experiment
-from glasszoo.training.seeds import summarise_seeds
 
 
 def _cfg(tmp_path, models=("blackbox", "test_logreg"), **evaluation):
@@ -95,8 +95,8 @@ def test_tradeoff_has_one_row_per_model_and_method(tmp_path):
 def test_configured_gradcam_replaces_the_black_boxs_own(tmp_path):
     """Grad-CAM with explicit parameters (an earlier layer) replaces the black box's own last-stage Grad-CAM: one
     `gradcam` block, post-hoc, with its parameters and its counted passes; its maps are captum's on that layer."""
+    from glasszoo.evaluation.experiment.saved import open_run
     from glasszoo.evaluation.posthoc import explain_posthoc
-    from glasszoo.training.saved import open_run
 
     cfg = _cfg(tmp_path, models=("blackbox",), posthoc={"methods": ["gradcam"],
                                                         "params": {"gradcam": {"layer": "net.layer2"}}})
@@ -174,7 +174,7 @@ def test_marker_helpers_known_answers():
 def test_audit_verdict_needs_both_accuracy_and_auc_to_hold():
     """A model that calls every case benign on both test sets has no accuracy drop, but its AUC falls from 0.99 to
     0.76 without the marker: it relied on the marker and must not be called resistant."""
-    from glasszoo.training.audit import _resisted
+    from glasszoo.evaluation.experiment.audit import _resisted
 
     def block(acc_drop, auc_corr, auc_dec):
         return {"accuracy_drop": {"value": acc_drop}, "auc_drop": {"value": auc_corr - auc_dec}}
@@ -208,7 +208,7 @@ def test_audit_run_writes_the_audit(tmp_path):
 
 
 def test_seeds_cli_and_report_command(tmp_path, capsys):
-    from glasszoo.training.cli import main
+    from glasszoo.evaluation.experiment.cli import main
 
     learnable_npz(tmp_path / "tiny.npz")
     cfg = tmp_path / "c.yaml"

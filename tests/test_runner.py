@@ -10,10 +10,10 @@ import pytest
 import yaml
 from sklearn.linear_model import LogisticRegression
 
+from glasszoo.evaluation.experiment.cli import main
+from glasszoo.evaluation.experiment.config import parse_config
+from glasszoo.evaluation.experiment.runner import run_experiment
 from glasszoo.models import FeatureAttribution, TabularModel, register_model
-from glasszoo.training.cli import main
-from glasszoo.training.config import parse_config
-from glasszoo.training.runner import run_experiment
 
 TASK_KEYS = ["auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity"]
 

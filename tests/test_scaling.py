@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from glasszoo.evaluation.experiment.config import AugmentConfig
+from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.training import caseset as caseset_module
 from glasszoo.training import synthetic
 from glasszoo.training.caseset import CaseSet, NpyWriter, open_npy
-from glasszoo.training.config import AugmentConfig
 from glasszoo.training.data import load_caseset
 from glasszoo.training.datamodule import CaseSetDataModule
-from glasszoo.training.errors import ConfigError, DataError
 from glasszoo.training.synthetic import make_synthetic
 
 ARGS = {"n_cases": 90, "img_size": 24, "shortcut_rate": 0.9, "channels": 3, "seed": 4}
@@ -157,8 +157,8 @@ def test_npy_writer_writes_whole_files_only(tmp_path):
 
 def test_scaling_config_is_a_valid_experiment():
     pytest.importorskip("glasszoo.evaluation.posthoc")  # the evaluation config needs it
-    from glasszoo.evaluation.bench import scaling_config
-    from glasszoo.training.config import parse_config
+    from glasszoo.evaluation.experiment.bench import scaling_config
+    from glasszoo.evaluation.experiment.config import parse_config
 
     cfg = parse_config(scaling_config(1000, 64))
     assert cfg.data["n_cases"] == 1000 and cfg.training.max_epochs == 1 and cfg.evaluation.explain_cases == 0

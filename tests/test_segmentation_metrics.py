@@ -14,7 +14,7 @@ from glasszoo.evaluation.segmentation import (
     iou,
     segmentation_summary,
 )
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 
 def rect(r0: int, r1: int, c0: int, c1: int, size: int = 12) -> np.ndarray:

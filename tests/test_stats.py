@@ -18,7 +18,7 @@ from glasszoo.evaluation.stats import (
     mcnemar_test,
     pareto_front,
 )
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 Z975 = NormalDist().inv_cdf(0.975)
 

@@ -11,9 +11,9 @@ from scipy import ndimage as ndi
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from glasszoo.models.errors import ConfigError
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.data import load_caseset
-from glasszoo.training.errors import ConfigError
 from glasszoo.training.synthetic import CONCEPT_NAMES, make_synthetic, marker_offset, max_shortcut_size, risk_score
 
 LARGE, IRREGULAR, HETEROGENEOUS, BRIGHT, CALCIFICATIONS = range(5)

@@ -1,25 +1,24 @@
-"""glasszoo.training: data sources, the CaseSet contract, the shared Lightning pipeline and the CLI.
+"""glasszoo.training: data sources, the CaseSet contract, feature tables and the shared Lightning pipeline.
 
-Heavy submodules are imported lazily so that ``glasszoo.models`` can use the error types without a cycle.
+Submodules that pull in Lightning, pyradiomics or SimpleITK are imported lazily (heavy: ``import glasszoo.training``
+stays cheap for the report and the CLI's light commands).
 """
 
 from __future__ import annotations
 
 import importlib
 
+from glasszoo.models.errors import ConfigError, DataError, GlasszooError
 from glasszoo.training.caseset import SPLITS, CaseSet
-from glasszoo.training.errors import ConfigError, DataError, GlasszooError
 
 _LAZY = {
     "load_caseset": "glasszoo.training.data",
     "make_synthetic": "glasszoo.training.synthetic",
     "load_medmnist": "glasszoo.training.medmnist",
     "load_folder": "glasszoo.training.folder",
-    "stratified_split": "glasszoo.training.data",
+    "stratified_split": "glasszoo.training.split",
     "CaseSetDataModule": "glasszoo.training.datamodule",
     "ClassifierModule": "glasszoo.training.module",
-    "load_config": "glasszoo.training.config",
-    "run_experiment": "glasszoo.training.runner",
 }
 
 __all__ = ["SPLITS", "CaseSet", "ConfigError", "DataError", "GlasszooError", *_LAZY]

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 INTENSITY_MODES = ("dtype", "minmax")
 RESIZE_MODES = ("stretch", "pad")

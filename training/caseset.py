@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glasszoo.training.errors import DataError
+from glasszoo.models.errors import DataError
 
 SPLITS = ("train", "val", "test")
 _CHECK_BYTES = 64 << 20  # the image checks read the array in slices of about this size

@@ -60,8 +60,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
+from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.training.caseset import CaseSet
-from glasszoo.training.errors import ConfigError, DataError
 
 MEASURES = ("area_fraction", "compactness", "solidity", "mean_intensity", "contrast_to_surround", "heterogeneity",
             "margin_sharpness")

@@ -7,55 +7,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from glasszoo.models.errors import ConfigError
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.concepts import DERIVED_CONCEPTS, EMPTY_MASK_POLICIES, derive_concepts
-from glasszoo.training.errors import ConfigError, DataError
+from glasszoo.training.medmnist import load_medmnist
+from glasszoo.training.synthetic import make_synthetic
 
 SOURCES = ("synthetic", "medmnist", "folder")
 CONCEPT_MODES = ("data", "derived")
 GENERIC_KEYS = ("concepts", "concepts_empty_mask")  # data keys of every source, handled here
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.2,
-                     seed: int = 0) -> np.ndarray:
-    """A seeded, stratified train/val/test assignment: [N] strings.
-
-    Within each class the cases are shuffled with ``seed`` and the first ``round(n * test_fraction)`` go to test,
-    the next ``round(n * val_fraction)`` to val, the rest to train; so each split keeps the class proportions and the
-    same seed always gives the same split. Every class needs at least 3 cases (one per split).
-    """
-    labels = np.asarray(labels).reshape(-1)
-    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < frac < 1.0:
-            raise ConfigError(f"data.{name} must lie in (0, 1), got {frac}")
-    if val_fraction + test_fraction >= 1.0:
-        raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}")
-    rng = np.random.default_rng(seed)
-    split = np.empty(len(labels), dtype=object)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) < 3:
-            raise DataError(f"class {c!r} has only {len(idx)} case(s); a train/val/test split needs at least 3")
-        idx = idx[rng.permutation(len(idx))]
-        n_test = min(max(1, round(len(idx) * test_fraction)), len(idx) - 2)
-        n_val = min(max(1, round(len(idx) * val_fraction)), len(idx) - n_test - 1)
-        split[idx[:n_test]] = "test"
-        split[idx[n_test:n_test + n_val]] = "val"
-        split[idx[n_test + n_val:]] = "train"
-    return split
-
-
 def _source_function(source: str):
     if source == "synthetic":
-        from glasszoo.training.synthetic import make_synthetic
         return make_synthetic
     if source == "medmnist":
-        from glasszoo.training.medmnist import load_medmnist
         return load_medmnist
     if source == "folder":
-        from glasszoo.training.folder import load_folder
+        from glasszoo.training.folder import load_folder  # heavy: SimpleITK and pydicom readers
+
         return load_folder
     raise ConfigError(f"data.source must be one of {SOURCES}, got {source!r}")
 

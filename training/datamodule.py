@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glasszoo.training.caseset import CaseSet
-from glasszoo.training.config import AugmentConfig
+from glasszoo.training.settings import AugmentConfig
 
 
 def augment_batch(image: torch.Tensor, mask: torch.Tensor | None, cfg: AugmentConfig,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from glasszoo.models.errors import ConfigError
 from glasszoo.training.caseset import CaseSet
-from glasszoo.training.config import FeaturesConfig
-from glasszoo.training.errors import ConfigError
+from glasszoo.training.radiomics import GENERIC_MARK, describe_feature, extract_radiomics
+from glasszoo.training.settings import FeaturesConfig
 
 FEATURE_KINDS = ("intensity", "radiomics")
 
@@ -68,8 +69,6 @@ def feature_table(cs: CaseSet, cfg: FeaturesConfig, return_info: bool = False):
         X, names = intensity_features(cs, cfg.region)
         info = {"kind": "intensity", "region": cfg.region, "n_features": len(names)}
     elif cfg.kind == "radiomics":
-        from glasszoo.training.radiomics import extract_radiomics
-
         X, names, info = extract_radiomics(
             cs, settings=cfg.settings, feature_classes=cfg.feature_classes, image_types=cfg.image_types,
             region=cfg.region, empty_mask=cfg.empty_mask, n_jobs=cfg.n_jobs, cache=cfg.cache,
@@ -80,7 +79,11 @@ def feature_table(cs: CaseSet, cfg: FeaturesConfig, return_info: bool = False):
 
 
 def feature_descriptions(names: list[str]) -> dict[str, str]:
-    """A plain-language description of every feature name (intensity names, else pyradiomics names)."""
-    from glasszoo.training.radiomics import describe_feature
-
-    return {n: INTENSITY_FEATURES.get(n) or describe_feature(n) for n in names}
+    """The one source of plain-language feature descriptions: every name of the built-in intensity table and every
+    pyradiomics name with a known description (``radiomics.describe_feature``); names without one map to ``""``.
+    The pipeline passes these to the tabular models' ``fit``, so the models themselves know nothing of radiomics."""
+    out = {}
+    for n in names:
+        text = INTENSITY_FEATURES.get(n) or describe_feature(n)
+        out[n] = "" if GENERIC_MARK in text else text
+    return out

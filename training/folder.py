@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.training._imageio import (
     INTENSITY_MODES,
     RESIZE_MODES,
@@ -26,8 +27,7 @@ from glasszoo.training._imageio import (
     to_unit_range,
 )
 from glasszoo.training.caseset import SPLITS, CaseSet
-from glasszoo.training.data import stratified_split
-from glasszoo.training.errors import ConfigError, DataError
+from glasszoo.training.split import stratified_split
 
 _MISSING = {"", "na", "nan", "n/a", "null", "none"}
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from glasszoo.models.errors import DataError
 from glasszoo.training.caseset import SPLITS, CaseSet
-from glasszoo.training.errors import DataError
 
 # Class names of the MedMNIST v2 sets glasszoo ships configs for (from the MedMNIST v2 paper's label descriptions).
 KNOWN_CLASS_NAMES: dict[str, list[str]] = {
@@ -20,8 +20,8 @@ DEFAULT_ROOT = Path(os.environ.get("GLASSZOO_DATA", Path.home() / ".medmnist"))
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
+    import torch  # heavy: only when a file must be resized
+    import torch.nn.functional as F  # heavy: as above
 
     t = torch.from_numpy(images)
     t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -35,7 +35,7 @@ def _download(name: str, root: Path, size: int | None) -> Path:
     where = (f"Put the official file at {target} (or set data.path to its location; data.root or the GLASSZOO_DATA "
              f"environment variable change the folder).")
     try:
-        import medmnist
+        import medmnist  # optional: the 'download' extra
     except ImportError:
         raise DataError(f"MedMNIST data set '{name}' not found at {target}, and the 'medmnist' package that could "
                         f"download it is not installed (pip install 'glasszoo[download]'). {where}") from None

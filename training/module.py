@@ -6,19 +6,9 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 from glasszoo.models.base import ImageModel
-
-
-def auc_score(y: np.ndarray, proba: np.ndarray) -> float:
-    """Binary AUC of class 1, or macro one-vs-rest AUC; NaN when undefined."""
-    try:
-        if proba.shape[1] == 2:
-            return float(roc_auc_score(y, proba[:, 1]))
-        return float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(proba.shape[1]))))
-    except ValueError:
-        return float("nan")
+from glasszoo.models.scoring import auc_score
 
 
 class ClassifierModule(L.LightningModule):

@@ -72,9 +72,9 @@ from typing import Any
 
 import numpy as np
 
+from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.training.atomic import atomic_write
 from glasszoo.training.caseset import CaseSet
-from glasszoo.training.errors import ConfigError, DataError
 
 GREY_SCALE = 255.0
 CACHE_FORMAT = 1
@@ -102,13 +102,13 @@ FAILURE_POLICIES = ("impute", "drop_feature", "error")
 
 # ---------------------------------------------------------------------------------------------------- options
 def pyradiomics_version() -> str:
-    import radiomics
+    import radiomics  # heavy: pyradiomics, loaded only when features are extracted or validated
 
     return str(radiomics.__version__)
 
 
 def _quiet_pyradiomics() -> None:
-    import radiomics  # its import sets the log level, so silence it afterwards
+    import radiomics  # heavy: pyradiomics; its import sets the log level, so silence it afterwards
 
     radiomics.setVerbosity(logging.ERROR)
     logging.getLogger("radiomics").setLevel(logging.ERROR)
@@ -165,7 +165,7 @@ def validate_options(settings: dict | None = None, feature_classes: Sequence[str
                           "pixels, e.g. [1.0, 2.0])")
     params = _params(merged, classes, types_)
     _quiet_pyradiomics()
-    from radiomics import featureextractor
+    from radiomics import featureextractor  # heavy: pyradiomics
 
     try:
         featureextractor.RadiomicsFeatureExtractor().loadJSONParams(json.dumps(params))
@@ -239,7 +239,7 @@ def region_masks(cs: CaseSet, region: str = "mask", empty_mask: str = "fail",
 @functools.lru_cache(maxsize=4)
 def _extractor(params_json: str):
     _quiet_pyradiomics()
-    from radiomics import featureextractor
+    from radiomics import featureextractor  # heavy: pyradiomics
 
     ex = featureextractor.RadiomicsFeatureExtractor()
     ex.loadJSONParams(params_json)
@@ -248,7 +248,7 @@ def _extractor(params_json: str):
 
 def _extract_case(grey: np.ndarray, mask: np.ndarray, params_json: str) -> tuple[dict[str, float] | None, str]:
     """Features of one case: ``({name: value}, "")`` or ``(None, reason)`` when pyradiomics fails."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # heavy: SimpleITK, with pyradiomics
 
     if not mask.any():
         return None, "empty region mask (nothing segmented)"
@@ -272,7 +272,7 @@ def _extract_case(grey: np.ndarray, mask: np.ndarray, params_json: str) -> tuple
 def _extract_chunk(greys: np.ndarray, masks: np.ndarray, params_json: str,
                    single_thread: bool = False) -> list[tuple[dict | None, str]]:
     if single_thread:  # in a worker process: n_jobs processes, one ITK thread each
-        import SimpleITK as sitk
+        import SimpleITK as sitk  # heavy: SimpleITK, with pyradiomics
 
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     return [_extract_case(g, m, params_json) for g, m in zip(greys, masks)]
@@ -288,7 +288,7 @@ def _run_cases(grey: np.ndarray, masks: np.ndarray, params_json: str, n_jobs: in
                desc: str = "radiomics") -> list[tuple[dict | None, str]]:
     """Per-case results in case order; ``n_jobs > 1`` runs chunks of cases in joblib's loky worker processes (fresh
     interpreters: no fork of the parent's torch / ITK threads, and no ``if __name__ == "__main__"`` guard needed)."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # heavy: only with a progress bar
 
     n = len(grey)
     jobs = _resolve_jobs(n_jobs, n)
@@ -300,7 +300,7 @@ def _run_cases(grey: np.ndarray, masks: np.ndarray, params_json: str, n_jobs: in
                 results.append(_extract_case(g, m, params_json))
                 bar.update(1)
             return results
-        from joblib import Parallel, delayed
+        from joblib import Parallel, delayed  # heavy: only with several workers
 
         chunk = max(1, min(32, math.ceil(n / (jobs * 4))))
         results = []
@@ -711,8 +711,3 @@ def describe_feature(name: str) -> str:
     if not text:
         return f"{label} {_humanise(feature)}: a feature of {long} ({GENERIC_MARK}){suffix}"
     return f"{label} {_humanise(feature)}: {text}{suffix}"
-
-
-def describe_features(names: Sequence[str]) -> dict[str, str]:
-    """``{name: describe_feature(name)}`` for every name."""
-    return {str(n): describe_feature(n) for n in names}

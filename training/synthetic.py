@@ -42,8 +42,9 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from glasszoo.models.errors import ConfigError
 from glasszoo.training.caseset import CaseSet, NpyWriter, cache_root, open_npy
-from glasszoo.training.errors import ConfigError
+from glasszoo.training.split import stratified_split
 
 CONCEPT_NAMES = ["large", "irregular_margin", "heterogeneous", "bright", "calcifications"]
 CLASS_NAMES = ["benign", "malignant"]
@@ -346,8 +347,6 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
     Raises:
         ConfigError: an argument is out of range (the message names it).
     """
-    from glasszoo.training.data import stratified_split
-
     _check_args(n_cases, img_size, class_balance, label_noise, shortcut_rate, shortcut_size, channels, seed)
     if memmap is not None and not isinstance(memmap, bool):
         raise ConfigError(f"data.memmap must be true, false or null (automatic), got {memmap!r}")

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.utils.deterministic as det
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from glasszoo.models import ImageModel, create_model, model_info
 from glasszoo.training.caseset import CaseSet
-from glasszoo.training.config import TrainingConfig
 from glasszoo.training.datamodule import CaseSetDataModule
 from glasszoo.training.module import ClassifierModule
+from glasszoo.training.settings import TrainingConfig
 
 
 class SelectableEarlyStopping(EarlyStopping):
@@ -66,13 +68,10 @@ class TrainResult:
 
 
 def build_image_model(model_name: str, params: dict, cs: CaseSet) -> ImageModel:
-    """The registered model ``model_name`` sized for the CaseSet (classes, channels, image size, and the concepts
-    of the training split for models that take ``concept_names``)."""
-    data_params: dict = {}
-    if "concept_names" in model_info(model_name).parameters:
-        from glasszoo.models.cbm import concept_spec
-
-        data_params = concept_spec(cs)
+    """The registered model ``model_name`` sized for the CaseSet: classes, channels, image size, and whatever else
+    the model takes from the data (its ``data_params``, e.g. a concept bottleneck's concepts and their scaling on the
+    training split)."""
+    data_params = model_info(model_name).cls.data_params(cs, cs.indices("train"))
     return create_model(model_name, num_classes=cs.num_classes, in_chans=cs.in_chans, img_size=cs.img_size,
                         **{**data_params, **params})
 
@@ -99,8 +98,6 @@ def _no_memory_fill():
     without; ``evaluation.bench.bench_training``) and no op of the zoo reads uninitialised memory, so it is off while
     fitting: the algorithms, and with them the results, are still the deterministic ones.
     """
-    import torch.utils.deterministic as det
-
     before = det.fill_uninitialized_memory
     det.fill_uninitialized_memory = False
     try:
@@ -137,8 +134,6 @@ def build_trainer(tcfg: TrainingConfig, out_dir: str | Path, callbacks: list) ->
 def resolve_pin_memory(setting: bool | str, trainer: L.Trainer) -> bool:
     """``pin_memory: auto`` is on when the trainer runs on a CUDA GPU; true/false force it."""
     if setting == "auto":
-        from lightning.pytorch.accelerators import CUDAAccelerator
-
         return isinstance(trainer.accelerator, CUDAAccelerator)
     return bool(setting)
 
@@ -150,11 +145,6 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
     Writes Lightning CSV logs to ``out_dir/logs`` and the best checkpoint to ``out_dir/checkpoint.ckpt``.
     ``callbacks`` are extra Lightning callbacks (e.g. the benchmark's timers).
     """
-    if model.requires_masks and (cs.masks is None or not cs.masks[cs.indices("train")].any()):
-        from glasszoo.training.errors import DataError
-
-        raise DataError(f"model '{name}' needs lesion masks for training, and data set '{cs.name}' has "
-                        f"{'none' if cs.masks is None else 'only empty ones in its training split'}")
     _quiet_lightning()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +179,7 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
 
 
 def _best_epoch(metrics_csv: Path) -> int:
-    import pandas as pd
+    import pandas as pd  # heavy: only for reading the training log at the end
 
     try:
         df = pd.read_csv(metrics_csv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,52 +18,14 @@ from typing import Any
 
 import yaml
 
-from glasszoo.training.errors import ConfigError
+from glasszoo.models import ConfigError, check_kwargs, list_models, model_info
+from glasszoo.training.settings import FeaturesConfig, TrainingConfig
 
 PIPELINE_KWARGS = ("num_classes", "in_chans", "img_size")
 
 
-@dataclass
-class AugmentConfig:
-    """Training-time augmentation of image batches (geometric ones are applied to masks too)."""
-
-    hflip: bool = True
-    vflip: bool = False
-    rotate90: bool = False
-    rotate: float = 0.0  # max degrees of a random rotation
-    translate: float = 0.0  # max shift as a fraction of the side
-    scale: float = 0.0  # max relative zoom in/out
-    brightness: float = 0.0  # max additive shift of intensity
-    contrast: float = 0.0  # max relative change of contrast
-
-
-@dataclass
-class TrainingConfig:
-    """How image models are trained (defaults for every model; a model entry can override any key)."""
-
-    max_epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
-    patience: int = 10
-    class_weighting: str = "auto"
-    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
-    accelerator: str = "auto"  # auto (a GPU when there is one), cpu, gpu, cuda, mps
-    devices: Any = "auto"  # auto, a count (e.g. 4; -1 = all), or a list of device indices (e.g. [0, 2])
-    precision: str = "32-true"  # or bf16-mixed, 16-mixed (automatic mixed precision)
-    channels_last: bool = False  # train in the NHWC memory layout (faster convolutions on GPUs with mixed precision)
-    num_workers: int = 0  # data-loader worker processes (kept alive across epochs)
-    pin_memory: Any = "auto"  # pinned host memory for batches: auto (on when training on a GPU), true, false
-    strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, ... (several devices or nodes)
-    num_nodes: int = 1  # machines for multi-node distributed training
-    deterministic: bool = True
-    progress_bar: bool = True
-
-
 def _default_posthoc_methods() -> list[str]:
-    from glasszoo.evaluation.posthoc import DEFAULT_METHODS
+    from glasszoo.evaluation.posthoc import DEFAULT_METHODS  # heavy: captum, zennit (not needed to parse)
 
     return list(DEFAULT_METHODS)
 
@@ -129,64 +92,6 @@ class EvaluationConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
 
 
-def _default_feature_classes() -> list[str]:
-    from glasszoo.training.radiomics import DEFAULT_FEATURE_CLASSES
-
-    return list(DEFAULT_FEATURE_CLASSES)
-
-
-@dataclass
-class FeaturesConfig:
-    """The feature table read by tabular models: ``intensity`` (built-in first-order set) or ``radiomics``
-    (pyradiomics; see ``glasszoo.training.radiomics`` for every policy).
-
-    Attributes:
-        kind: ``"intensity"`` or ``"radiomics"``.
-        region: ``"mask"`` (the lesion mask when the data has masks, else the whole image), ``"image"``, or (radiomics
-            only) ``"otsu"`` (foreground by Otsu's threshold).
-        settings: pyradiomics settings merged over ``radiomics.DEFAULT_SETTINGS`` (``binWidth: 8`` on the 0..255
-            grey image, ``label: 1``, no normalisation, no resampling); validated by pyradiomics' schema.
-        feature_classes: pyradiomics feature classes (default: firstorder, shape2D, glcm, glrlm, glszm, ngtdm, gldm).
-        image_types: pyradiomics image types (default ``["Original"]``; ``LoG`` needs ``settings.sigma``).
-        n_jobs: worker processes for the extraction (-1: all cores).
-        cache: keep the extracted table on disk, keyed by the data content, settings and pyradiomics version.
-        cache_dir: where (default ``$GLASSZOO_CACHE/radiomics`` or ``~/.cache/glasszoo/radiomics``).
-        on_failure: cases whose features cannot be computed: ``"impute"`` (training-split median),
-            ``"drop_feature"`` or ``"error"``.
-        empty_mask: an empty lesion mask is a failure (``"fail"``, handled by ``on_failure``) or uses the whole image
-            (``"image"``).
-        progress_bar: show a progress bar during the extraction.
-    """
-
-    kind: str = "intensity"
-    region: str = "mask"
-    settings: dict = field(default_factory=dict)
-    feature_classes: list[str] = field(default_factory=_default_feature_classes)
-    image_types: list[str] = field(default_factory=lambda: ["Original"])
-    n_jobs: int = 1
-    cache: bool = True
-    cache_dir: str | None = None
-    on_failure: str = "impute"
-    empty_mask: str = "fail"
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        kinds = ("intensity", "radiomics")
-        if self.kind not in kinds:
-            raise ConfigError(f"features.kind: must be one of {list(kinds)}, got {self.kind!r}")
-        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
-            raise ConfigError(f"features.cache_dir: expected a path string or null, got {self.cache_dir!r}")
-        if self.kind == "intensity":
-            if self.region not in ("mask", "image"):
-                raise ConfigError(f"features.region: must be 'mask' or 'image' for kind 'intensity', "
-                                  f"got {self.region!r}")
-            return
-        from glasszoo.training.radiomics import validate_options
-
-        validate_options(self.settings, self.feature_classes, self.image_types, self.region, self.empty_mask,
-                         self.on_failure, self.n_jobs)
-
-
 @dataclass
 class ModelSpec:
     """One model of the experiment: ``name`` is its result key, ``model`` its registry name."""
@@ -248,8 +153,6 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 def _validate_hardware(tc: TrainingConfig, at: str) -> None:
     """The device, precision, loader and distribution keys (what the Lightning Trainer receives)."""
-    import re
-
     if tc.precision not in PRECISIONS:
         raise ConfigError(f"{at}.precision: must be one of {PRECISIONS}, got {tc.precision!r}")
     if tc.accelerator not in ACCELERATORS:
@@ -269,7 +172,7 @@ def _validate_hardware(tc: TrainingConfig, at: str) -> None:
     if tc.num_nodes < 1:
         raise ConfigError(f"{at}.num_nodes: must be >= 1, got {tc.num_nodes}")
     if tc.strategy != "auto":
-        from lightning.pytorch.strategies import StrategyRegistry
+        from lightning.pytorch.strategies import StrategyRegistry  # heavy: Lightning, only for a strategy name
 
         known = sorted(StrategyRegistry.available_strategies())
         if tc.strategy not in known:
@@ -351,8 +254,6 @@ def _build(cls: type, data: Any, where: str, src: str):
 
 
 def _parse_models(raw: Any, src: str) -> list[ModelSpec]:
-    from glasszoo.models import check_kwargs, model_info
-
     prefix = f"{src}: " if src else ""
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{prefix}models: expected a non-empty list of models, got {raw!r}")
@@ -403,7 +304,7 @@ def parse_config(raw: dict, source: str = "") -> ExperimentConfig:
 
 def _validate_evaluation(cfg: ExperimentConfig, prefix: str) -> None:
     """Post-hoc methods, their parameters and the quality settings, checked before any training."""
-    from glasszoo.evaluation.posthoc import POSTHOC_METHODS
+    from glasszoo.evaluation.posthoc import POSTHOC_METHODS  # heavy: captum, zennit (not needed to parse)
 
     ph, q = cfg.evaluation.posthoc, cfg.evaluation.quality
     where = "evaluation.posthoc"
@@ -425,8 +326,6 @@ def _validate_evaluation(cfg: ExperimentConfig, prefix: str) -> None:
             elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{prefix}{where}.max_cases.{m}: expected an integer >= 1, got {v!r}")
     names = {s.name for s in cfg.models}
-    from glasszoo.models import list_models, model_info
-
     families = {model_info(n).family for n in list_models()}
     for i, sel in enumerate(ph.models):
         if sel != "all" and sel not in names and sel not in families:

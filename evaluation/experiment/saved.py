@@ -8,7 +8,6 @@ an explanation made later refers to exactly the cases the run trained and tested
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from glasszoo.evaluation.experiment.config import ExperimentConfig, ModelSpec, load_config
+from glasszoo.models import DataError
+from glasszoo.training._imageio import fit_square, read_array, to_unit_range
+from glasszoo.training.adapters import Adapter, Adapters
 from glasszoo.training.caseset import CaseSet
-from glasszoo.training.config import ExperimentConfig, ModelSpec, load_config
-from glasszoo.training.errors import DataError
-
-RUN_INFO = "run.json"
+from glasszoo.training.data import load_caseset
+from glasszoo.training.rundir import RunDir
 
 
 def _preview(values: list[str], n: int = 5) -> str:
@@ -44,6 +45,7 @@ class SavedRun:
     metrics: dict
     info: dict = field(default_factory=dict)
     _caseset: CaseSet | None = field(default=None, repr=False)
+    _adapters: Adapters | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ models
     @property
@@ -60,33 +62,24 @@ class SavedRun:
         raise DataError(f"{self.run_dir}: no finished model named '{name}' in this run; "
                         f"finished models: {', '.join(names) or 'none'}")
 
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    def adapter(self, name: str) -> Adapter:
+        """The adapter of the finished model ``name`` on the run's data (see ``glasszoo.training.adapters``)."""
+        if self._adapters is None:
+            self._adapters = Adapters(self.caseset, self.config.features)
+        return self._adapters(self.spec(name).model)
+
     def load_model(self, name: str):
         """The trained model ``name`` with the weights the run selected (no retraining).
 
-        Image models are rebuilt from the config and their ``checkpoint.ckpt`` is loaded with ``weights_only=True``;
-        tabular models are unpickled from ``model.pkl`` (a file this run wrote; do not open runs you do not trust).
+        Image models are rebuilt from the config and their checkpoint loaded with ``weights_only=True``; tabular
+        models are unpickled from ``model.pkl`` (a file this run wrote; do not open runs you do not trust).
         """
-        from glasszoo.models import model_info
-        from glasszoo.training.train import build_image_model, load_checkpoint
-
         spec = self.spec(name)
-        mdir = self.run_dir / "models" / name
-        if model_info(spec.model).input_kind == "image":
-            ckpt = mdir / "checkpoint.ckpt"
-            if not ckpt.is_file():
-                raise DataError(f"{ckpt} not found: the run's checkpoint of '{name}' is missing")
-            model = build_image_model(spec.model, spec.params, self.caseset)
-            try:
-                load_checkpoint(model, ckpt)
-            except (RuntimeError, KeyError) as exc:
-                raise DataError(f"{ckpt}: does not fit model '{name}' as configured in "
-                                f"{self.run_dir / 'config.yaml'} ({str(exc).splitlines()[0]})") from None
-            return model.eval()
-        path = mdir / "model.pkl"
-        if not path.is_file():
-            raise DataError(f"{path} not found: the run's fitted '{name}' is missing")
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
+        return self.adapter(name).load(spec.model, spec.params, self.dir.model(name))
 
     # ------------------------------------------------------------------ data
     @property
@@ -97,14 +90,12 @@ class SavedRun:
         return self._caseset
 
     def _load_caseset(self) -> CaseSet:
-        from glasszoo.training.data import load_caseset
-
         base = self.info.get("cwd")
         try:
             cs = load_caseset(self.config.data, seed=self.config.seed, base_dir=base)
         except DataError as exc:
             raise DataError(f"cannot rebuild the data of run {self.run_dir}: {exc}") from None
-        splits_csv = self.run_dir / "splits.csv"
+        splits_csv = self.dir.splits
         if splits_csv.is_file():
             saved = pd.read_csv(splits_csv, dtype={"case_id": str, "split": str})
             same = (len(saved) == cs.n_cases and np.array_equal(saved["case_id"].to_numpy(dtype=str),
@@ -132,8 +123,6 @@ class SavedRun:
         have the models' channel count and size; with ``resize`` it is resized to the models' size as the folder
         source does (its ``resize`` mode). Otherwise a wrong size or channel count is a :class:`DataError`.
         """
-        from glasszoo.training._imageio import fit_square, read_array, to_unit_range
-
         path = Path(path)
         data = self.config.data
         where = f"image {path}"
@@ -162,7 +151,8 @@ def open_run(run_dir: str | Path) -> SavedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"run directory {run_dir} not found")
-    cfg_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
+    rd = RunDir(run_dir)
+    cfg_path, metrics_path = rd.config, rd.metrics
     for p in (cfg_path, metrics_path):
         if not p.is_file():
             raise DataError(f"{p} not found: RUN_DIR must be a directory written by 'glasszoo run'")
@@ -172,6 +162,6 @@ def open_run(run_dir: str | Path) -> SavedRun:
     except json.JSONDecodeError as exc:
         raise DataError(f"{metrics_path}: not valid JSON ({exc})") from None
     info: dict[str, Any] = {}
-    if (run_dir / RUN_INFO).is_file():
-        info = json.loads((run_dir / RUN_INFO).read_text())
+    if rd.run_info.is_file():
+        info = json.loads(rd.run_info.read_text())
     return SavedRun(run_dir=run_dir, config=cfg, metrics=metrics, info=info)

@@ -15,8 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from glasszoo.evaluation.experiment.config import ExperimentConfig
+from glasszoo.evaluation.experiment.runner import log, run_experiment
 from glasszoo.evaluation.metrics import METRIC_NAMES
-from glasszoo.training.config import ExperimentConfig
+from glasszoo.evaluation.report import write_report
+from glasszoo.training.atomic import atomic_write_text
+from glasszoo.training.rundir import RunDir
 
 
 def summarise_seeds(metrics_by_seed: dict[int, dict]) -> dict:
@@ -55,22 +59,18 @@ def summarise_seeds(metrics_by_seed: dict[int, dict]) -> dict:
 def run_seeds(cfg: ExperimentConfig, n_seeds: int, out: str | Path | None = None, overwrite: bool = False,
               resume: bool = False) -> Path:
     """Run ``cfg`` with seeds ``cfg.seed .. cfg.seed + n_seeds - 1``; write ``seeds.json`` and the report."""
-    from glasszoo.evaluation.report import write_report
-    from glasszoo.training.atomic import atomic_write_text
-    from glasszoo.training.runner import _log, run_experiment
-
     first = run_experiment(cfg, out=out, overwrite=overwrite, resume=resume, report=False)
     runs = {cfg.seed: first}
     for k in range(1, n_seeds):
         seed = cfg.seed + k
-        _log(f"seed {k + 1} of {n_seeds} (seed {seed})")
-        runs[seed] = run_experiment(replace(cfg, seed=seed), out=first / "seeds" / f"seed-{seed}",
+        log(f"seed {k + 1} of {n_seeds} (seed {seed})")
+        runs[seed] = run_experiment(replace(cfg, seed=seed), out=RunDir(first).seed_run(seed).path,
                                     overwrite=overwrite, resume=resume, report=False)
-    summary = summarise_seeds({s: json.loads((d / "metrics.json").read_text()) for s, d in runs.items()})
+    summary = summarise_seeds({s: json.loads(RunDir(d).metrics.read_text()) for s, d in runs.items()})
     summary["runs"] = {str(s): str(d) for s, d in runs.items()}
-    atomic_write_text(first / "seeds.json", json.dumps(summary, indent=2, allow_nan=True))
+    atomic_write_text(RunDir(first).seeds, json.dumps(summary, indent=2, allow_nan=True))
     for name, m in summary["models"].items():
         auc = m["auc"]
-        _log(f"{name}: AUC {auc['mean']:.3f} +- {auc['sd']:.3f} over {auc['n']} seeds")
-    _log(f"report: {write_report(first)}")
+        log(f"{name}: AUC {auc['mean']:.3f} +- {auc['sd']:.3f} over {auc['n']} seeds")
+    log(f"report: {write_report(first)}")
     return first

@@ -1,64 +1,69 @@
-"""The ``glasszoo`` command line."""
+"""The ``glasszoo`` command line.
+
+Each command imports what it runs when it runs (``# heavy:`` beside those imports): ``glasszoo report`` or
+``glasszoo models`` must not wait for Lightning, captum and pyradiomics to load.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from glasszoo.training.errors import GlasszooError
+from glasszoo.evaluation.results import format_markdown, format_table
+from glasszoo.models.errors import ConfigError, DataError, GlasszooError
+from glasszoo.training.atomic import atomic_write_text
+from glasszoo.training.rundir import RunDir, package_version, safe_filename
 
 
-def package_version() -> str:
-    try:
-        return version("glasszoo")
-    except PackageNotFoundError:
-        return "unknown"
+def _failed(run_dir: Path) -> int:
+    """Exit status of a finished run: 1 (and the failed models named) when a model failed, else 0."""
+    from glasszoo.evaluation.experiment.runner import failures  # heavy: the runner (Lightning, captum)
+
+    failed = failures(run_dir)
+    for name, f in failed.items():
+        print(f"glasszoo: error: model '{name}' failed: {f['error']}", file=sys.stderr)
+    if failed:
+        print(f"glasszoo: the other models' results and the report are in {run_dir}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from glasszoo.training.config import load_config
-    from glasszoo.training.runner import run_experiment
+    from glasszoo.evaluation.experiment.config import load_config  # heavy: validates models against the registry
+    from glasszoo.evaluation.experiment.runner import run_experiment  # heavy: Lightning, captum
+    from glasszoo.evaluation.experiment.seeds import run_seeds  # heavy: the runner
 
     cfg = load_config(args.config, args.set)
     if args.seeds < 1:
-        from glasszoo.training.errors import ConfigError
-
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     if args.seeds == 1:
-        run_experiment(cfg, out=args.out, overwrite=args.overwrite, resume=args.resume)
+        run_dir = run_experiment(cfg, out=args.out, overwrite=args.overwrite, resume=args.resume)
     else:
-        from glasszoo.training.seeds import run_seeds
-
-        run_seeds(cfg, args.seeds, out=args.out, overwrite=args.overwrite, resume=args.resume)
-    return 0
+        run_dir = run_seeds(cfg, args.seeds, out=args.out, overwrite=args.overwrite, resume=args.resume)
+    return _failed(run_dir)
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from glasszoo.training.audit import run_audit
-    from glasszoo.training.config import load_config
+    from glasszoo.evaluation.experiment.audit import run_audit  # heavy: the runner
+    from glasszoo.evaluation.experiment.config import load_config  # heavy: the registry
 
     cfg = load_config(args.config, args.set)
-    run_audit(cfg, out=args.out, overwrite=args.overwrite, rate=args.rate, size=args.size)
-    return 0
+    return _failed(run_audit(cfg, out=args.out, overwrite=args.overwrite, rate=args.rate, size=args.size))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from glasszoo.evaluation.report import write_report  # heavy: matplotlib
 
-    from glasszoo.evaluation.report import write_report
-    from glasszoo.training.errors import DataError
-
-    if not (Path(args.run_dir) / "metrics.json").exists():
-        raise DataError(f"{Path(args.run_dir) / 'metrics.json'} not found: RUN_DIR must be a directory written by "
+    if not RunDir(args.run_dir).metrics.exists():
+        raise DataError(f"{RunDir(args.run_dir).metrics} not found: RUN_DIR must be a directory written by "
                         f"'glasszoo run'")
     print(write_report(args.run_dir, reference=args.reference))
     return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from glasszoo.models import list_models, model_info
+    from glasszoo.models import list_models, model_info  # heavy: torch, timm
 
     names = list_models(args.pattern)
     if not names:
@@ -67,14 +72,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     w = max(len(n) for n in names)
     for n in names:
         info = model_info(n)
-        print(f"{n.ljust(w)}  {info.family:<12} {info.input_kind:<8} explains: {', '.join(info.explanations)}"
+        print(f"{n.ljust(w)}  {info.family:<12} {info.input_kind:<8} "
+              f"explains: {', '.join(info.explanations) or 'post hoc only'}"
               f"{'  — ' + info.paper if info.paper and args.verbose else ''}")
     return 0
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from glasszoo.training.config import load_config
-    from glasszoo.training.data import load_caseset
+    from glasszoo.evaluation.experiment.config import load_config  # heavy: the registry
+    from glasszoo.training.data import load_caseset  # heavy: SimpleITK
 
     cfg = load_config(args.config, args.set)
     cs = load_caseset(cfg.data, seed=cfg.seed)
@@ -83,12 +89,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from glasszoo.evaluation.results import format_markdown, format_table
-    from glasszoo.training.errors import DataError
-
-    path = Path(args.run_dir) / "metrics.json"
+    path = RunDir(args.run_dir).metrics
     if not path.exists():
         raise DataError(f"{path} not found: RUN_DIR must be a directory written by 'glasszoo run'")
     try:
@@ -101,7 +102,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _describe(exps: list, class_names: list[str]) -> str:
     """A few lines of text for the terminal: the prediction's evidence, in words."""
-    from glasszoo.models import ConceptEvidence, Heatmap, PrototypeEvidence
+    from glasszoo.models import ConceptEvidence, FeatureAttribution, Heatmap, PrototypeEvidence  # heavy: torch
 
     lines = []
     for e in exps:
@@ -114,18 +115,20 @@ def _describe(exps: list, class_names: list[str]) -> str:
             for k, name in enumerate(e.concept_names):
                 true = "" if e.true is None else f" (true {e.true[0, k]:g})"
                 lines.append(f"  concept {name}: {e.predicted[0, k]:.2f}{true}, {e.contribution[0, k]:+.2f} points")
+        elif isinstance(e, FeatureAttribution):
+            order = sorted(range(len(e.feature_names)), key=lambda j: -abs(float(e.contribution[0, j])))[:5]
+            for j in order:
+                lines.append(f"  feature {e.feature_names[j]} = {float(e.values[0, j]):.3g}: "
+                             f"{float(e.contribution[0, j]):+.2f}")
         elif isinstance(e, Heatmap):
             lines.append(f"  heatmap '{e.method}' for class {class_names[int(e.target[0])]}")
     return "\n".join(lines)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from glasszoo.evaluation.case_figures import explain_case
-    from glasszoo.training.errors import DataError
-    from glasszoo.training.runner import safe_filename, training_image_lookup
-    from glasszoo.training.saved import open_run
+    from glasszoo.evaluation.case_figures import Case, explain_case  # heavy: matplotlib, captum
+    from glasszoo.evaluation.experiment.runner import case_of, training_image_lookup  # heavy: the runner
+    from glasszoo.evaluation.experiment.saved import open_run  # heavy: the registry, Lightning
 
     if not args.case and not args.image:
         raise DataError("nothing to explain: give --case CASE_ID (see RUN_DIR/splits.csv) or --image PATH")
@@ -135,40 +138,30 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if len(run.model_names) != 1:
             raise DataError(f"the run has several models; choose one with --model ({', '.join(run.model_names)})")
         name = run.model_names[0]
-    from glasszoo.models import model_info
-
-    spec = run.spec(name)  # unknown model name -> clear error before the data is rebuilt
-    if model_info(spec.model).input_kind != "image":
-        raise DataError(f"'{name}' is a tabular model: it explains feature tables, not images; its per-case "
-                        f"feature contributions come from model.explain(X) (see docs/models/glassbox.md) and its "
-                        f"whole logic from model.explain_global()")
+    run.spec(name)  # unknown model name -> clear error before the data is rebuilt
     cs = run.caseset
-    items = []  # (label for the file, image, case id, true label, mask, true concepts)
+    adapter = run.adapter(name)
+    items = []  # (file stem, case)
     for cid in args.case:
-        r = run.case_row(cid)
-        items.append((safe_filename(cid), cs.images[r], str(cs.case_ids[r]), int(cs.labels[r]),
-                      None if cs.masks is None else cs.masks[r], None if cs.concepts is None else cs.concepts[r]))
+        items.append((safe_filename(cid), case_of(cs, adapter, run.case_row(cid))))
     for path in args.image:
-        items.append((safe_filename(Path(path).stem), run.read_image(path, resize=args.resize), None, None, None,
-                      None))
+        image = run.read_image(path, resize=args.resize)
+        items.append((safe_filename(Path(path).stem), Case(x=adapter.inputs_for_image(image), image=image)))
     model = run.load_model(name)
     source_image = training_image_lookup(cs)
-    out_dir = Path(args.out) if args.out else run.run_dir / "explanations" / name
-    for stem, image, cid, label, mask, concepts in items:
+    out_dir = Path(args.out) if args.out else run.dir.explanations(name)
+    for stem, case in items:
         fig = out_dir / f"{stem}.png"
-        exps = explain_case(model, image, cs.class_names, fig, source_image, cid, label, mask, top_k=args.top_k,
-                            true_concepts=concepts)
-        proba = model.predict_proba(image[None])[0]
+        exps = explain_case(model, case, cs.class_names, fig, source_image, top_k=args.top_k)
+        proba = model.predict_proba(case.x)[0]
         k = int(proba.argmax())
-        print(f"{cid or stem}: predicted {cs.class_names[k]} (p = {proba[k]:.2f})"
-              + (f", true {cs.class_names[label]}" if label is not None else "") + f" -> {fig}")
+        print(f"{case.case_id or stem}: predicted {cs.class_names[k]} (p = {proba[k]:.2f})"
+              + (f", true {cs.class_names[case.label]}" if case.label is not None else "") + f" -> {fig}")
         print(_describe(exps, cs.class_names))
     return 0
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
-    from glasszoo.training.errors import ConfigError
-
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -179,12 +172,13 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from glasszoo.evaluation.bench import SECTIONS, bench_command, format_section, run_section, write_markdown
-    from glasszoo.training.atomic import atomic_write_text
-    from glasszoo.training.errors import ConfigError
-
+    from glasszoo.evaluation.experiment.bench import (  # heavy: Lightning, timm, captum
+        SECTIONS,
+        bench_command,
+        format_section,
+        run_section,
+        write_markdown,
+    )
     if args.only:
         names = [s.strip() for s in args.only.split(",") if s.strip()]
     else:
@@ -201,6 +195,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     img_sizes = _int_list(args.train_sizes, "--train-sizes") if args.train_sizes else (
         (args.img_size,) if args.img_size else None)
     options = {"n_cases": args.n_cases, "img_size": args.img_size, "repeats": args.repeats, "device": args.device,
+               "config": args.config,
                "epochs": args.epochs, "img_sizes": img_sizes,
                "sizes": _int_list(args.scaling_sizes, "--scaling-sizes") if args.scaling_sizes else None}
     out = None if args.out in ("", "-") else Path(args.out)
@@ -305,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs per timed training run (default 1)")
     p.add_argument("--device", default="auto", help="auto (default: cuda when available, else cpu), cpu or cuda")
     p.add_argument("--repeats", type=int, help="timed repeats per operation (default 3; training 5)")
+    p.add_argument("--config", help="experiment config of the explain and quickstart sections "
+                                    "(default: configs/quickstart.yaml in the current folder)")
     p.add_argument("--out", default="docs/performance.md",
                    help="the Markdown report to write or update (default docs/performance.md; '-' to only print)")
     p.set_defaults(func=_cmd_bench)

@@ -33,9 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from glasszoo.evaluation.experiment.config import ExperimentConfig
+from glasszoo.evaluation.experiment.runner import log, run_experiment
+from glasszoo.evaluation.experiment.saved import open_run
+from glasszoo.evaluation.metrics import mean_ci, task_metrics
+from glasszoo.evaluation.plots import _save, plt
+from glasszoo.evaluation.report import write_report
+from glasszoo.models import ConfigError
+from glasszoo.training.atomic import atomic_write_text
 from glasszoo.training.caseset import CaseSet
-from glasszoo.training.config import ExperimentConfig
-from glasszoo.training.errors import ConfigError
+from glasszoo.training.data import load_caseset
+from glasszoo.training.rundir import RunDir
 
 
 def marker_box(img_size: tuple[int, int], size: int) -> tuple[int, int, int, int]:
@@ -99,13 +107,6 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
     Returns:
         The run directory, holding ``audit.json``, ``figures/audit.png`` and ``report.html``.
     """
-    from glasszoo.evaluation.metrics import mean_ci
-    from glasszoo.training.atomic import atomic_write_text
-    from glasszoo.training.data import load_caseset
-    from glasszoo.training.features import feature_table
-    from glasszoo.training.runner import _log, run_experiment
-    from glasszoo.training.saved import open_run
-
     if not 0.5 < rate <= 1.0:
         raise ConfigError(f"audit rate must lie in (0.5, 1], got {rate}")
     if cfg.data.get("shortcut_rate") is not None:
@@ -125,27 +126,24 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
     t0 = time.perf_counter()
     run_dir = run_experiment(replace(cfg, experiment=f"{cfg.experiment}-audit"), out, overwrite, caseset=marked,
                              report=False)
-    _log("audit: scoring every model on the correlated and the decorrelated test set")
+    log("audit: scoring every model on the correlated and the decorrelated test set")
     run = open_run(run_dir)
     run._caseset = marked  # the run's data is the marked data, not what the config alone rebuilds
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rd = RunDir(run_dir)
+    metrics = json.loads(rd.metrics.read_text())
     ev = cfg.evaluation
     y = cs.labels[test]
-    feats: dict[str, np.ndarray] = {}
     result: dict[str, Any] = {"marker": {"kind": "white square, top-left", "size": int(size), "box": list(box),
                                          "rate": rate, "test_fraction_marked": float(decorrelated[test].mean())},
                               "models": {}, "revealed": [], "resisted": [], "summary": []}
+    correlated_adapters: dict = {}
     for name in run.model_names:
         model = run.load_model(name)
-        if metrics["models"][name]["input"] == "image":
-            p_corr = model.predict_proba(corr_cs.images[test])
-            p_dec = model.predict_proba(marked.images[test])
-        else:
-            if not feats:
-                feats["corr"] = feature_table(corr_cs, cfg.features)[0]
-                feats["dec"] = feature_table(marked, cfg.features)[0]
-            p_corr = model.predict_proba(feats["corr"][test])
-            p_dec = model.predict_proba(feats["dec"][test])
+        adapter = run.adapter(name)
+        p_dec = adapter.predict(model, test)
+        if adapter.input_kind not in correlated_adapters:  # one adapter (one feature table) of the copy per kind
+            correlated_adapters[adapter.input_kind] = adapter.with_data(corr_cs)
+        p_corr = correlated_adapters[adapter.input_kind].predict(model, test)
         right_corr = (p_corr.argmax(1) == y).astype(float)
         right_dec = (p_dec.argmax(1) == y).astype(float)
         boot = (ev.bootstrap, ev.ci_level, cfg.seed)
@@ -159,7 +157,7 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
         }
         block["auc_drop"] = {"value": block["auc_correlated"]["value"] - block["auc_decorrelated"]["value"]}
         for key, b in metrics["models"][name].get("explanation", {}).items():
-            path = run_dir / "models" / name / f"heatmap_{key}.npz"
+            path = rd.model(name).heatmap(key)
             if not (isinstance(b, dict) and b.get("kind") == "heatmap" and path.is_file()):
                 continue
             with np.load(path, allow_pickle=False) as z:
@@ -178,19 +176,15 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
         result["models"][name] = block
     result["summary"] = _audit_sentences(result, resist_drop, reveal_mass)
     result["seconds"] = time.perf_counter() - t0
-    atomic_write_text(run_dir / "audit.json", json.dumps(result, indent=2, allow_nan=True))
+    atomic_write_text(rd.audit, json.dumps(result, indent=2, allow_nan=True))
     _plot_audit(result, run_dir)
     for line in result["summary"]:
         print(line)
-    from glasszoo.evaluation.report import write_report
-
-    _log(f"report: {write_report(run_dir)}")
+    log(f"report: {write_report(run_dir)}")
     return run_dir
 
 
 def _auc(y: np.ndarray, proba: np.ndarray, positive_class: int) -> dict:
-    from glasszoo.evaluation.metrics import task_metrics
-
     return {"value": task_metrics(y, proba, positive_class)["auc"]}
 
 
@@ -221,8 +215,6 @@ def _audit_sentences(result: dict, resist_drop: float, reveal_mass: float) -> li
 
 def _plot_audit(result: dict, run_dir: Path) -> None:
     """Accuracy with the marker correlated vs decorrelated per model, and each explanation's marker mass."""
-    from glasszoo.evaluation.plots import _save, plt
-
     names = list(result["models"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     x = np.arange(len(names))
@@ -249,4 +241,4 @@ def _plot_audit(result: dict, run_dir: Path) -> None:
         axes[1].set_xlim(0, 1)
     axes[1].set_xlabel("share of positive relevance on the marker")
     axes[1].set_title("where the explanations look (cases with the marker)", fontsize=9)
-    _save(fig, run_dir / "figures" / "audit.png")
+    _save(fig, RunDir(run_dir).audit_figure)

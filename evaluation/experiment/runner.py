@@ -1,0 +1,343 @@
+"""``glasszoo run``: train every model of a config on one split, evaluate them the same way, write the run.
+
+The runner knows no model family and no input kind: each model is handled through the adapter of its input kind
+(``glasszoo.training.adapters``: build, fit, predict, explain, save, load) and its declared hooks
+(``glasszoo.models.base``: what it requires of the data, its extra metrics). What every model needs of the data is
+checked before the first one trains; a model that still fails while it trains or is evaluated fails alone: the run
+records its error, keeps every other model's results and writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from glasszoo.evaluation.case_figures import Case, explain_case
+from glasszoo.evaluation.experiment.config import ExperimentConfig, ModelSpec
+from glasszoo.evaluation.explain_eval import explain_and_score, selected_for_posthoc, stored_heatmaps
+from glasszoo.evaluation.metrics import bootstrap_ci
+from glasszoo.evaluation.plots import plot_comparison, plot_intervention, plot_roc
+from glasszoo.evaluation.report import write_report
+from glasszoo.evaluation.results import format_table, write_tradeoff
+from glasszoo.evaluation.segmentation import segmentation_summary
+from glasszoo.models import ConfigError, DataError, model_info
+from glasszoo.training.adapters import Adapter, Adapters, check_data
+from glasszoo.training.atomic import atomic_write, atomic_write_text
+from glasszoo.training.caseset import CaseSet
+from glasszoo.training.data import load_caseset
+from glasszoo.training.rundir import RunDir, package_version
+
+
+def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Where the run goes: ``out`` or ``<output_dir>/<experiment>``.
+
+    An earlier run is never overwritten silently: with the default location a numbered sibling
+    (``<experiment>-2``, ...) is used; an explicit ``out`` that already holds a run is an error unless ``overwrite``.
+    """
+    if out is not None:
+        run_dir = Path(out)
+        if RunDir(run_dir).metrics.exists() and not overwrite:
+            raise ConfigError(f"{run_dir} already holds a run (metrics.json); pass --overwrite or another --out")
+        return run_dir
+    base = Path(cfg.output_dir) / cfg.experiment
+    if overwrite or not RunDir(base).metrics.exists():
+        return base
+    n = 2
+    while RunDir(base.parent / f"{base.name}-{n}").metrics.exists():
+        n += 1
+    return base.parent / f"{base.name}-{n}"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _explain_sample(cs: CaseSet, n: int, seed: int) -> np.ndarray:
+    test = cs.indices("test")
+    if n < 0 or n >= len(test):
+        return test
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(test, size=n, replace=False))
+
+
+def _case_figure_rows(cs: CaseSet, rows: np.ndarray, per_class: int) -> np.ndarray:
+    """The first ``per_class`` of ``rows`` of each true class (the cases that get a per-case figure)."""
+    picked = [rows[cs.labels[rows] == c][:per_class] for c in range(cs.num_classes)]
+    return np.sort(np.concatenate(picked)) if picked else rows[:0]
+
+
+def training_image_lookup(cs: CaseSet):
+    """case id -> its image [C, H, W] if the case is in the training split, else None (prototype sources)."""
+    row_of = {str(cs.case_ids[r]): int(r) for r in cs.indices("train")}
+
+    def source_image(case_id: str) -> np.ndarray | None:
+        r = row_of.get(str(case_id))
+        return None if r is None else cs.images[r]
+
+    return source_image
+
+
+def case_of(cs: CaseSet, adapter: Adapter, row: int) -> Case:
+    """The :class:`Case` of row ``row``: the model's input for it, its image, id, label, mask and concepts."""
+    return Case(x=adapter.inputs(np.array([row])), image=cs.images[row], case_id=str(cs.case_ids[row]),
+                label=int(cs.labels[row]), mask=None if cs.masks is None else cs.masks[row],
+                true_concepts=None if cs.concepts is None else cs.concepts[row])
+
+
+def write_case_figures(model: Any, adapter: Adapter, rows: np.ndarray, run: RunDir, name: str) -> None:
+    """Per case in ``rows``, the model's case figure (:func:`glasszoo.evaluation.case_figures.explain_case`)."""
+    cs = adapter.cs
+    source_image = training_image_lookup(cs)
+    for r in rows:
+        explain_case(model, case_of(cs, adapter, int(r)), cs.class_names, run.case_figure(name, cs.case_ids[r]),
+                     source_image)
+
+
+def write_case_heatmaps(cs: CaseSet, rows: np.ndarray, explain_rows: np.ndarray,
+                        columns: list[tuple[str, np.ndarray]], run: RunDir) -> None:
+    """Per case of ``rows`` that was explained, every heatmap of the run side by side."""
+    for r in rows:
+        j = int(np.searchsorted(explain_rows, r))
+        if j >= len(explain_rows) or explain_rows[j] != r:
+            continue
+        cols = [(title, maps[j:j + 1]) for title, maps in columns if j < len(maps)]
+        if cols:
+            label = f"{cs.case_ids[r]}\ntrue: {cs.class_names[cs.labels[r]]}"
+            plot_comparison(cs.images[[r]], cs.masks[[r]] if cs.masks is not None else None, [label], cols,
+                            run.case_heatmaps(cs.case_ids[r]))
+
+
+def _check_resumable(run: RunDir, cfg: ExperimentConfig) -> dict:
+    """The finished model blocks of the run in ``run``, if it was run with the same configuration."""
+    if not run.metrics.exists() or not run.config.exists():
+        return {}
+    then = yaml.safe_load(run.config.read_text())
+    now = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if then != now:
+        keys = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+        raise ConfigError(f"cannot resume {run.path}: it was run with another configuration (differs in {keys}); "
+                          f"run it again with --overwrite or another --out")
+    try:
+        return json.loads(run.metrics.read_text()).get("models", {})
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"cannot resume {run.path}: metrics.json is not valid JSON ({exc})") from None
+
+
+def read_predictions(cs: CaseSet, path: Path) -> np.ndarray:
+    """The test probabilities saved in ``predictions.csv``, checked against the data's test cases."""
+    pred = pd.read_csv(path, dtype={"case_id": str})
+    test_ids = cs.case_ids[cs.indices("test")].astype(str)
+    if not np.array_equal(pred["case_id"].to_numpy(dtype=str), test_ids):
+        raise ConfigError(f"cannot resume: {path} does not list this data's test cases")
+    return pred[[f"p_{c}" for c in cs.class_names]].to_numpy(dtype=np.float64)
+
+
+def _misclassified_rows(cs: CaseSet, curves: dict[str, np.ndarray], limit: int) -> np.ndarray:
+    """Test cases some model got wrong, most-often-wrong first (ties by row), at most ``limit``."""
+    test = cs.indices("test")
+    if not curves or limit <= 0:
+        return test[:0]
+    wrong = np.sum([p.argmax(1) != cs.labels[test] for p in curves.values()], axis=0)
+    order = np.lexsort((test, -wrong))
+    return np.sort(test[order][wrong[order] > 0][:limit])
+
+
+def check_config_data(cfg: ExperimentConfig, cs: CaseSet) -> None:
+    """Refuse, before anything trains, a config with a model that cannot take the data; names every such model."""
+    problems = []
+    for spec in cfg.models:
+        try:
+            check_data(spec.name, spec.model, spec.params, cs)
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DataError(f"{cfg.source or 'config'}: " + "; ".join(problems) + ". Nothing was trained: remove these "
+                        "models from the config or give the data what they need")
+
+
+def _model_metrics(model: Any, cs: CaseSet, cfg: ExperimentConfig) -> dict:
+    """The model's own extra blocks (``extra_metrics``) and, for a model that segments, its segmentation scores."""
+    test, train = cs.subset(cs.indices("test")), cs.subset(cs.indices("train"))
+    blocks = dict(model.extra_metrics(test, train))
+    if model.segments and cs.masks is not None:
+        ev = cfg.evaluation
+        seg = segmentation_summary(model.predict_masks(test.images), test.masks, n_boot=ev.bootstrap, seed=cfg.seed)
+        blocks["segmentation"] = {**seg, "threshold": 0.5}
+    return blocks
+
+
+def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: ExperimentConfig, run: RunDir,
+                        explain_rows: np.ndarray, heatmaps: list) -> tuple[Any, np.ndarray, dict]:
+    """Fit one model, predict the test split, explain and score it; returns (model, test proba, metrics block)."""
+    info = model_info(spec.model)
+    ev = cfg.evaluation
+    mdir = run.model(spec.name)
+    mdir.path.mkdir(parents=True, exist_ok=True)
+    test = cs.indices("test")
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only, not on the models before
+    model = adapter.build(spec.model, spec.params)
+    fitted = adapter.fit(model, mdir, cfg.training_for(spec), cfg.seed, spec.name)
+    t = time.perf_counter()
+    proba = adapter.predict(model, test)
+    infer_ms = 1000 * (time.perf_counter() - t) / len(test)
+    pdf = pd.DataFrame({"case_id": cs.case_ids[test], "label": cs.labels[test], "pred": proba.argmax(1)})
+    for k, cname in enumerate(cs.class_names):
+        pdf[f"p_{cname}"] = proba[:, k]
+    atomic_write(mdir.predictions, lambda fh: pdf.to_csv(fh, index=False))
+    task = bootstrap_ci(cs.labels[test], proba, cs.positive_class, ev.bootstrap, ev.ci_level, cfg.seed)
+
+    t_explain = time.perf_counter()
+    explanation: dict[str, Any] = {}
+    if len(explain_rows):
+        explanation = explain_and_score(
+            model, spec.name, lambda: adapter.explain(model, explain_rows), adapter.inputs(explain_rows), cs,
+            explain_rows, proba[np.searchsorted(test, explain_rows)], ev, cfg.seed, run, adapter.torch_model,
+            selected_for_posthoc(ev.posthoc.models, spec.name, info.family), heatmaps, log)
+    extra = _model_metrics(model, cs, cfg)
+    explanation.update(extra.pop("explanation", {}))
+    intervention = explanation.get("concepts", {}).get("intervention")
+    if intervention:
+        plot_intervention(intervention, run.intervention_figure(spec.name),
+                          title=f"{spec.name}: test-time intervention")
+    explain_seconds = time.perf_counter() - t_explain
+    block = {
+        "family": info.family,
+        "registry_name": spec.model,
+        "input": info.input_kind,
+        "task": task,
+        "explanation": explanation,
+        "cost": {"train_seconds": fitted.train_seconds, "params": adapter.n_params(model),
+                 "inference_ms_per_image": infer_ms},
+        **({"training": fitted.training} if fitted.training is not None else {}),
+        **extra,
+    }
+    auc = task["auc"]
+    log(f"    test AUC {auc['value']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}], trained in "
+        f"{fitted.train_seconds:.1f}s, explained and scored in {explain_seconds:.1f}s")
+    return model, proba, block
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: bool = False,
+                   resume: bool = False, caseset: CaseSet | None = None, report: bool = True) -> Path:
+    """Run the experiment ``cfg`` and return its run directory.
+
+    Writes ``config.yaml`` (resolved), ``splits.csv``, per model ``models/<name>/`` (weights, logs,
+    ``predictions.csv``, explanations), then ``metrics.json``, ``tradeoff.csv``, ``figures/`` and ``report.html``.
+    ``metrics.json`` is rewritten (atomically) after each model, so an interrupted run keeps what it finished, and
+    ``resume=True`` continues it: models already in its ``metrics.json`` (with their weights and predictions on disk)
+    are loaded, not retrained. ``caseset`` replaces the data the config describes (the shortcut audit stamps a marker
+    on it); it must have the same cases and split.
+
+    A model that fails while it trains or is evaluated is recorded under ``metrics.json``'s ``failed`` (its error,
+    by name) and the run goes on without it; :func:`failures` reads them back (``glasszoo run`` then exits 1).
+    """
+    run = RunDir(resolve_run_dir(cfg, out, overwrite or resume))
+    done = _check_resumable(run, cfg) if resume else {}
+    t0 = time.perf_counter()
+    cs = caseset if caseset is not None else load_caseset(cfg.data, seed=cfg.seed)
+    check_config_data(cfg, cs)  # every model's needs, before anything is written or trained
+    run.figures.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    # where relative data paths resolve from, so the run can be reopened from anywhere (glasszoo explain)
+    atomic_write_text(run.run_info, json.dumps({"cwd": os.getcwd(), "glasszoo_version": package_version(),
+                                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+    log(f"glasszoo: run '{cfg.experiment}' -> {run.path}" + (f" (resuming: {len(done)} models done)" if done else ""))
+    log(f"data: {cs.name}, {cs.n_cases} cases, image {list(cs.images.shape[1:])}, classes {cs.class_names} "
+        f"({time.perf_counter() - t0:.1f}s)")
+    splits = pd.DataFrame({"case_id": cs.case_ids, "split": cs.split, "label": cs.labels,
+                           "class_name": [cs.class_names[i] for i in cs.labels]})
+    atomic_write(run.splits, lambda fh: splits.to_csv(fh, index=False))
+
+    metrics: dict[str, Any] = {"dataset": {**cs.summary(), "source": cfg.data.get("source")}, "models": {}}
+    failed: dict[str, dict] = {}
+    adapters = Adapters(cs, cfg.features)
+    test = cs.indices("test")
+    curves: dict[str, np.ndarray] = {}
+    ev = cfg.evaluation
+    explain_rows = _explain_sample(cs, ev.explain_cases, cfg.seed)  # the same test cases for every model
+    # the cases of the all-methods comparison grid: within the smallest per-method case cap, so every column has them
+    caps = [ev.posthoc.max_cases[m] for m in ev.posthoc.methods if m in ev.posthoc.max_cases]
+    pool = explain_rows[:min(caps)] if caps else explain_rows
+    cmp_rows = _case_figure_rows(cs, pool, ev.comparison_cases_per_class)
+    cmp_idx = np.searchsorted(explain_rows, cmp_rows)
+    heatmaps: list[tuple[str, np.ndarray]] = []  # (column title, maps of the explained cases) of every heatmap
+    finished: dict[str, tuple[Any, Adapter]] = {}  # kept for the case figures
+
+    def save_metrics() -> None:
+        metrics["dataset"].update(adapters.dataset_info())
+        if failed:
+            metrics["failed"] = failed
+        atomic_write_text(run.metrics, json.dumps(metrics, indent=2, allow_nan=True))
+
+    for i, spec in enumerate(cfg.models, 1):
+        info = model_info(spec.model)
+        adapter = adapters.for_info(info)
+        mdir = run.model(spec.name)
+        if spec.name in done and adapter.saved(mdir):
+            model = adapter.load(spec.model, spec.params, mdir)
+            curves[spec.name] = read_predictions(cs, mdir.predictions)
+            adapter.inputs(test[:1])  # builds the feature table of a tabular model (its provenance under dataset)
+            metrics["models"][spec.name] = done[spec.name]
+            heatmaps.extend(stored_heatmaps(done[spec.name], spec.name, mdir))
+            finished[spec.name] = (model, adapter)
+            save_metrics()
+            log(f"[{i}/{len(cfg.models)}] {spec.name}: done in the earlier run, loaded (not retrained)")
+            continue
+        log(f"[{i}/{len(cfg.models)}] {spec.name} ({info.family}, {info.input_kind})")
+        n_heat = len(heatmaps)
+        try:
+            model, proba, block = _train_and_evaluate(spec, adapter, cs, cfg, run, explain_rows, heatmaps)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one model's failure must not cost the others' results
+            del heatmaps[n_heat:]
+            failed[spec.name] = {"registry_name": spec.model, "error": f"{type(exc).__name__}: {exc}",
+                                 "traceback": traceback.format_exc(limit=8)}
+            save_metrics()
+            log(f"    FAILED: {type(exc).__name__}: {exc} (the run goes on without '{spec.name}')")
+            continue
+        metrics["models"][spec.name] = block
+        curves[spec.name] = proba
+        finished[spec.name] = (model, adapter)
+        save_metrics()
+
+    t_figures = time.perf_counter()
+    save_metrics()
+    write_tradeoff(metrics, run.tradeoff)
+    plot_roc(cs.labels[test], curves, cs.class_names, cs.positive_class, run.roc_figure)
+    if heatmaps and len(cmp_rows):
+        cols = [(title, maps[cmp_idx]) for title, maps in heatmaps if len(maps) > cmp_idx.max()]
+        labels = [f"{cs.case_ids[r]}\ntrue: {cs.class_names[cs.labels[r]]}" for r in cmp_rows]
+        plot_comparison(cs.images[cmp_rows], cs.masks[cmp_rows] if cs.masks is not None else None, labels,
+                        cols, run.comparison_figure,
+                        title=f"{cs.name}: every heatmap of the run on the same test cases")
+    # case pages: the sampled cases of each class and the misclassified ones get every model's figure
+    page_rows = np.union1d(_case_figure_rows(cs, explain_rows, ev.case_figures_per_class),
+                           _misclassified_rows(cs, curves, ev.report_misclassified))
+    for name, (model, adapter) in finished.items():
+        write_case_figures(model, adapter, page_rows, run, name)
+    write_case_heatmaps(cs, page_rows, explain_rows, heatmaps, run)
+    log(f"figures: ROC, comparison grid and case pages ({time.perf_counter() - t_figures:.1f}s)")
+    print(format_table(metrics))
+    if report:
+        log(f"report: {write_report(run.path)}")
+    log(f"done in {time.perf_counter() - t0:.0f}s: {run.path}")
+    for name, f in failed.items():
+        log(f"glasszoo: model '{name}' FAILED: {f['error']}")
+    return run.path
+
+
+def failures(run_dir: str | Path) -> dict[str, dict]:
+    """The models of a run that failed, by name (``metrics.json``'s ``failed``: registry name, error, traceback)."""
+    path = RunDir(run_dir).metrics
+    return json.loads(path.read_text()).get("failed", {}) if path.is_file() else {}

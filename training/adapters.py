@@ -1,0 +1,224 @@
+"""One adapter per input kind: how a model of that kind is built, fitted, asked, explained, saved and loaded.
+
+The runner, saved runs, the audit, the bench and the CLI call an adapter and never branch on the input kind:
+:func:`adapter_for` picks the adapter of a registered model. An :class:`ImageAdapter` feeds the CaseSet's images
+and trains with the shared Lightning pipeline; a :class:`FeatureAdapter` feeds a feature table
+(:func:`glasszoo.training.features.feature_table`, built once per data set and shared by every tabular model of a
+run) and calls the estimator's ``fit``. Both see the same CaseSet, split and seed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from glasszoo.models import DataError, ModelInfo, create_model, missing_requirements, model_info
+from glasszoo.training.atomic import atomic_write
+from glasszoo.training.caseset import CaseSet
+from glasszoo.training.features import feature_descriptions, feature_table
+from glasszoo.training.rundir import ModelDir
+from glasszoo.training.settings import FeaturesConfig, TrainingConfig
+
+
+@dataclass
+class Fitted:
+    """What fitting one model produced: its wall time and, for trained networks, the epochs."""
+
+    train_seconds: float
+    training: dict | None = None  # {"epochs", "best_epoch", "best_val_auc"} of image models
+
+
+def check_data(name: str, model: str, params: dict, cs: CaseSet) -> None:
+    """Raise :class:`DataError` naming the model when ``cs`` lacks what the registered ``model`` built with
+    ``params`` declares it needs (lesion masks, concepts, two classes)."""
+    missing = missing_requirements(model_info(model).requirements(params), cs, cs.indices("train"))
+    if missing:
+        raise DataError(f"model '{name}' ({model}) needs {' and '.join(missing)}, which data set '{cs.name}' "
+                        f"does not have")
+
+
+class Adapter:
+    """The operations the pipeline runs on a model, for one input kind (see the subclasses)."""
+
+    input_kind: ClassVar[str] = ""
+    torch_model: ClassVar[bool] = False  # a torch module: pass counting, perturbation metrics and post-hoc explainers
+
+    def __init__(self, cs: CaseSet, features: FeaturesConfig | None = None) -> None:
+        self.cs = cs
+        self.features = features or FeaturesConfig()  # the feature table's settings (feature adapters read them)
+
+    def build(self, model: str, params: dict) -> Any:
+        raise NotImplementedError
+
+    def fit(self, model: Any, mdir: ModelDir, tcfg: TrainingConfig, seed: int, name: str) -> Fitted:
+        """Fit on the training split (the validation split selects), save the weights under ``mdir``."""
+        raise NotImplementedError
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        """What the model reads for the cases at ``rows``: images [n, C, H, W] or feature rows [n, F]."""
+        raise NotImplementedError
+
+    def predict(self, model: Any, rows: np.ndarray) -> np.ndarray:
+        """Class probabilities [n, classes] of the cases at ``rows``."""
+        return model.predict_proba(self.inputs(rows))
+
+    def explain(self, model: Any, rows: np.ndarray, **kwargs: Any) -> list:
+        """The model's own explanations of the cases at ``rows`` (a list, possibly empty)."""
+        return list(model.explain(self.inputs(rows), case_ids=self.cs.case_ids[rows], **kwargs))
+
+    def n_params(self, model: Any) -> int:
+        raise NotImplementedError
+
+    def saved(self, mdir: ModelDir) -> bool:
+        """Whether ``mdir`` holds this kind's weights (and the predictions) of a finished model."""
+        return self.weights(mdir).is_file() and mdir.predictions.is_file()
+
+    def weights(self, mdir: ModelDir) -> Any:
+        raise NotImplementedError
+
+    def load(self, model: str, params: dict, mdir: ModelDir) -> Any:
+        """The fitted model saved in ``mdir`` (no retraining); a :class:`DataError` names a missing file."""
+        raise NotImplementedError
+
+    def with_data(self, cs: CaseSet) -> Adapter:
+        """The same adapter on other data with the same cases (e.g. the audit's marked copy)."""
+        return type(self)(cs, self.features)
+
+    def dataset_info(self) -> dict:
+        """What the adapter adds under ``metrics.json``'s ``dataset`` (e.g. the feature table's provenance)."""
+        return {}
+
+
+class ImageAdapter(Adapter):
+    """Image models: built sized for the data, trained by the shared Lightning pipeline, saved as a checkpoint."""
+
+    input_kind = "image"
+    torch_model = True
+
+    def build(self, model: str, params: dict) -> Any:
+        from glasszoo.training.train import build_image_model  # heavy: Lightning
+
+        return build_image_model(model, params, self.cs)
+
+    def fit(self, model: Any, mdir: ModelDir, tcfg: TrainingConfig, seed: int, name: str) -> Fitted:
+        from glasszoo.training.train import train_image_model  # heavy: Lightning
+
+        res = train_image_model(model, self.cs, tcfg, mdir.path, seed=seed, name=name)
+        return Fitted(res.train_seconds, {"epochs": res.epochs, "best_epoch": res.best_epoch,
+                                          "best_val_auc": res.best_val_auc})
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        return self.cs.images[rows]
+
+    def n_params(self, model: Any) -> int:
+        return int(sum(p.numel() for p in model.parameters()))
+
+    def weights(self, mdir: ModelDir) -> Any:
+        return mdir.checkpoint
+
+    def load(self, model: str, params: dict, mdir: ModelDir) -> Any:
+        from glasszoo.training.train import load_checkpoint  # heavy: Lightning
+
+        ckpt = mdir.checkpoint
+        if not ckpt.is_file():
+            raise DataError(f"{ckpt} not found: the run's checkpoint of '{mdir.path.name}' is missing")
+        net = self.build(model, params)
+        try:
+            load_checkpoint(net, ckpt)
+        except (RuntimeError, KeyError) as exc:
+            raise DataError(f"{ckpt}: does not fit model '{mdir.path.name}' as configured "
+                            f"({str(exc).splitlines()[0]})") from None
+        return net.eval()
+
+
+class FeatureAdapter(Adapter):
+    """Tabular models: fed the run's feature table (built on first use), fitted in-process, saved as a pickle."""
+
+    input_kind = "features"
+
+    def __init__(self, cs: CaseSet, features: FeaturesConfig | None = None) -> None:
+        super().__init__(cs, features)
+        self._table: tuple[np.ndarray, list[str]] | None = None
+        self._info: dict = {}
+
+    @property
+    def table(self) -> tuple[np.ndarray, list[str]]:
+        """The feature matrix [N, F] of every case and its column names (computed once)."""
+        if self._table is None:
+            t = time.perf_counter()
+            X, names, finfo = feature_table(self.cs, self.features, return_info=True)
+            self._table = (X, names)
+            self._info = {"kind": self.features.kind, "n_features": len(names),
+                          "seconds": time.perf_counter() - t, **(finfo or {})}
+        return self._table
+
+    def build(self, model: str, params: dict) -> Any:
+        return create_model(model, **params)
+
+    def fit(self, model: Any, mdir: ModelDir, tcfg: TrainingConfig, seed: int, name: str) -> Fitted:
+        X, names = self.table
+        cs = self.cs
+        train, val = cs.indices("train"), cs.indices("val")
+        np.random.seed(seed)  # for estimators that draw from the global numpy RNG
+        t = time.perf_counter()
+        model.fit(X[train], cs.labels[train], X[val], cs.labels[val], feature_names=names,
+                  feature_descriptions=feature_descriptions(names))
+        seconds = time.perf_counter() - t
+        mdir.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(mdir.pickle, lambda fh: pickle.dump(model, fh), binary=True)
+        return Fitted(seconds)
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        return self.table[0][rows]
+
+    def n_params(self, model: Any) -> int:
+        return int(getattr(model, "n_params_", self.table[0].shape[1]))
+
+    def weights(self, mdir: ModelDir) -> Any:
+        return mdir.pickle
+
+    def load(self, model: str, params: dict, mdir: ModelDir) -> Any:
+        path = mdir.pickle
+        if not path.is_file():
+            raise DataError(f"{path} not found: the run's fitted '{mdir.path.name}' is missing")
+        with open(path, "rb") as fh:  # a file this run wrote; do not open runs you do not trust
+            return pickle.load(fh)
+
+    def dataset_info(self) -> dict:
+        return {"features": dict(self._info)} if self._info else {}
+
+
+ADAPTERS: dict[str, type[Adapter]] = {"image": ImageAdapter, "features": FeatureAdapter}
+
+
+@dataclass
+class Adapters:
+    """The adapters of one data set, one per input kind, created on first use (so the feature table is built once
+    and only when a tabular model asks for it)."""
+
+    cs: CaseSet
+    features: FeaturesConfig | None = None
+    _made: dict[str, Adapter] = field(default_factory=dict)
+
+    def for_info(self, info: ModelInfo) -> Adapter:
+        kind = info.input_kind
+        if kind not in self._made:
+            self._made[kind] = ADAPTERS[kind](self.cs, self.features)
+        return self._made[kind]
+
+    def __call__(self, model: str) -> Adapter:
+        """The adapter of the registered model ``model``."""
+        return self.for_info(model_info(model))
+
+    def dataset_info(self) -> dict:
+        out: dict = {}
+        for a in self._made.values():
+            out.update(a.dataset_info())
+        return out
+
+    def with_data(self, cs: CaseSet) -> Adapters:
+        return Adapters(cs, self.features)
