@@ -9,7 +9,9 @@ Methods and their documented defaults (also in :data:`POSTHOC_METHODS`; referenc
 
 * ``gradcam`` -- Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
   Localization", ICCV 2017): captum ``LayerGradCam`` on ``layer`` (None -> :func:`cam_layer`), ReLU, bilinear
-  upsampling to the input size.
+  upsampling to the input size. With the default layer, a model whose logits come from a global-average-pooled
+  linear head on it (every timm ResNet, e.g. the black box) gets the same map from one forward pass and no backward
+  pass: it is the class activation map (``glasszoo.models._backbones.cam_forward``).
 * ``hirescam`` -- HiResCAM (Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations of
   convolutional neural networks", arXiv:2011.08891, 2020): captum ``LayerGradientXActivation`` on the same layer,
   i.e. the element-wise gradient x activation summed over the channels, ReLU, bilinear upsampling.
@@ -84,7 +86,7 @@ from zennit.layer import Sum
 from zennit.rules import Epsilon
 from zennit.types import Convolution
 
-from glasszoo.models._backbones import last_feature_module
+from glasszoo.models._backbones import cam_forward, has_cam_head, last_feature_module
 from glasszoo.models.base import as_tensor
 from glasszoo.models.explanations import Heatmap
 
@@ -272,6 +274,15 @@ def _upsample(attr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg: dict, chunk: _Chunk) -> torch.Tensor:
+    net = getattr(model, "net", None)
+    if cfg["layer"] is None and isinstance(net, nn.Module) and has_cam_head(net):
+        # Grad-CAM of a global-average-pooled linear head is its class activation map: one forward pass, no
+        # backward (models/_backbones.cam_forward), when the model's logits are that head's outputs
+        try:
+            with torch.no_grad():
+                return cam_forward(model, net, x, lambda _out: t, logits_are_outputs=True)[2]
+        except ValueError:
+            pass
     cam = LayerGradCam(model, _layer_of(model, cfg["layer"]))
     attr = cam.attribute(x, target=t, relu_attributions=True)
     return _upsample(attr, x.shape[-2:])

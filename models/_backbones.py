@@ -130,8 +130,8 @@ def gradcam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor,
     return out, k, cam.detach()
 
 
-def cam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor, select: Callable[[torch.Tensor], torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor, select: Callable[[torch.Tensor], torch.Tensor],
+                logits_are_outputs: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Outputs of ``net`` and their class activation maps from one ordinary forward pass of ``model``, no backward.
 
     For a head ``y_k = sum_c W_kc * mean_ij A_cij + b_k`` (global average pooling, then linear), the gradient of
@@ -147,6 +147,8 @@ def cam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor, select: Calla
         net: a timm classifier inside ``model`` (:func:`has_cam_head` must hold).
         x: images [N, C, H, W].
         select: maps ``net``'s outputs [N, K] to the explained output index per case [N] (e.g. ``argmax``).
+        logits_are_outputs: require that ``model(x)`` returns ``net``'s outputs themselves (a ValueError otherwise),
+            i.e. that the explained outputs are the model's logits (a post-hoc Grad-CAM of a class).
 
     Returns:
         ``(outputs [N, K], selected [N], maps [N, H, W])``, the maps ReLU'd and bilinearly upsampled to the input
@@ -161,13 +163,15 @@ def cam_forward(model: nn.Module, net: nn.Module, x: torch.Tensor, select: Calla
              net.global_pool.register_forward_pre_hook(lambda m, i: seen.__setitem__("pooled", i[0])),
              net.register_forward_hook(lambda m, i, o: seen.__setitem__("outputs", o))]
     try:
-        model(x)
+        result = model(x)
     finally:
         for h in hooks:
             h.remove()
     if len(seen) < 3:
         raise ValueError(f"a forward pass of {type(model).__name__} did not run {type(net).__name__} through its "
                          f"last feature stage, global pooling and head (saw only {sorted(seen)})")
+    if logits_are_outputs and result is not seen.get("outputs"):
+        raise ValueError(f"{type(model).__name__}'s logits are not the outputs of {type(net).__name__}")
     if seen["pooled"] is not seen["features"]:
         raise ValueError(f"{type(net).__name__} pools a tensor other than the output of its last feature stage "
                          f"({type(feature_module).__name__}): Grad-CAM there is not its CAM")

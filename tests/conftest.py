@@ -39,3 +39,28 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data not found: real-data tests need the shared data folder beside the project")
     return path
+
+
+@pytest.fixture
+def standin_models():
+    """Registers the stand-in models of ``tests/standins.py`` for one test, and removes them afterwards."""
+    from standins import STANDINS
+
+    from glasszoo.models import register_model, unregister_model
+
+    for name, (cls, family) in STANDINS.items():
+        register_model(name, family=family, paper="test stand-in")(cls)
+    yield STANDINS
+    for name in STANDINS:
+        unregister_model(name)
+
+
+@pytest.fixture(autouse=True)
+def _registry_unchanged():
+    """No test leaves an entry in the model registry (or takes one away)."""
+    from glasszoo.models import list_models
+
+    before = list_models()
+    yield
+    after = list_models()
+    assert after == before, f"the test changed the model registry: {sorted(set(after) ^ set(before))}"

@@ -10,25 +10,35 @@ import pytest
 from scipy.special import expit, logsumexp
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from glasszoo.models import FeatureAttribution, GlobalExplanation, create_model, model_info
+from glasszoo.models import FeatureAttribution, GlobalExplanation, create_model, list_models, model_info
 from glasszoo.models.glassbox import EBM, PointScore, ScoreItem, ShallowTree, SparseLogReg, plot_shape_functions
+from glasszoo.training.features import feature_descriptions
 
-# small settings so the ~55 checks per estimator stay fast
-CHECKED = [SparseLogReg(n_Cs=8), ShallowTree(), EBM(outer_bags=1, max_rounds=200, interactions=1), PointScore()]
-# Checks expected to fail, per estimator class, with the reason. All checks currently pass, so the lists are empty
-# (xfail_strict makes a listed check that starts passing fail loudly, so the list cannot go stale). Checks sklearn
-# does not yield: the sample_weight checks (fit takes no sample_weight) and, for point_score (tag
-# multi_class=False), the multiclass variants -- replaced by check_classifier_not_supporting_multiclass.
-EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {
-    "SparseLogReg": {},
-    "ShallowTree": {},
-    "EBM": {},
-    "PointScore": {},
-}
+# every registered tabular model, built with its registry test_kwargs (small settings, so the ~55 checks per
+# estimator stay fast): a new tabular model is checked the moment it registers
+TABULAR = list_models(input_kind="features")
+CHECKED = [create_model(n, **model_info(n).test_kwargs) for n in TABULAR]
+REGISTRY_NAME = {model_info(n).cls: n for n in TABULAR}
+# Checks expected to fail, per registry name, with the reason beside each: {check name: reason}. All checks
+# currently pass, so there are none (xfail_strict makes a listed check that starts passing fail loudly, so the list
+# cannot go stale; a model not listed here is expected to pass every check). Checks sklearn does not yield: the
+# sample_weight checks (fit takes no sample_weight), check_class_weight_classifiers for the models without a
+# class_weight parameter (ebm, point_score) and, for point_score (tag multi_class=False), the multiclass variants --
+# replaced by check_classifier_not_supporting_multiclass. check_array_api_input skips itself unless SCIPY_ARRAY_API
+# is set.
+EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {}
 
 
-@parametrize_with_checks(CHECKED, expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS[type(est).__name__],
-                         xfail_strict=True)
+def expected_failed_checks(estimator) -> dict[str, str]:
+    return EXPECTED_FAILED_CHECKS.get(REGISTRY_NAME[type(estimator)], {})
+
+
+def test_every_tabular_model_is_checked():
+    assert TABULAR and sorted(REGISTRY_NAME.values()) == TABULAR == sorted(REGISTRY_NAME[type(e)] for e in CHECKED)
+    assert set(EXPECTED_FAILED_CHECKS) <= set(TABULAR)
+
+
+@parametrize_with_checks(CHECKED, expected_failed_checks=expected_failed_checks, xfail_strict=True)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
@@ -81,14 +91,14 @@ def test_sparse_logreg_contributions_add_up_to_the_logit(data):
     X = data[2][:20]
     p = m.predict_proba(X)
     for target in (None, 0, 1):
-        e = m.explain(X, target=target)
+        [e] = m.explain(X, target=target)
         t = e.target
         logit = np.log(p[np.arange(len(X)), t] / p[np.arange(len(X)), 1 - t])
         np.testing.assert_allclose(e.contribution.sum(1) + e.intercept, logit, atol=1e-8)
-    e1 = m.explain(X, target=1)
+    [e1] = m.explain(X, target=1)
     assert isinstance(e1.intercept, float) and e1.intercept == pytest.approx(m.intercept_[0])
     assert np.all(e1.contribution[:, ~np.isin(m.feature_names_, m.nonzero_features())] == 0)
-    np.testing.assert_allclose(m.explain(X, target=0).contribution, -e1.contribution)
+    np.testing.assert_allclose(m.explain(X, target=0)[0].contribution, -e1.contribution)
 
 
 def test_sparse_logreg_multiclass_and_global_text(data):
@@ -98,7 +108,7 @@ def test_sparse_logreg_multiclass_and_global_text(data):
                                                      feature_descriptions={"f2": "the second signal"})
     assert m.selection_ == "3-fold CV" and m.coef_.shape == (3, 10)
     p = m.predict_proba(X[:10])
-    e = [m.explain(X[:10], target=k) for k in range(3)]
+    e = [m.explain(X[:10], target=k)[0] for k in range(3)]
     scores = np.stack([ek.contribution.sum(1) + ek.intercept for ek in e], axis=1)
     np.testing.assert_allclose(np.exp(scores - logsumexp(scores, axis=1, keepdims=True)), p, atol=1e-8)
     g = m.explain_global()
@@ -120,7 +130,7 @@ def test_tree_rules_name_the_informative_feature(data):
 def test_tree_path_contributions_sum_to_leaf_minus_root(data, target):
     m = fitted(ShallowTree, data, class_weight="balanced")
     X = data[2][:25]
-    e = m.explain(X, target=target)
+    [e] = m.explain(X, target=target)
     p = m.predict_proba(X)
     root = m._node_proba()[0]
     np.testing.assert_allclose(np.asarray(e.intercept) * np.ones(len(X)), root[e.target], atol=1e-12)
@@ -134,7 +144,7 @@ def test_ebm_binary_contributions_plus_intercept_are_the_logit(data, tmp_path):
     m = fitted(EBM, data, outer_bags=2, max_rounds=300, interactions=2)
     X = data[2][:15]
     p = m.predict_proba(X)
-    e = m.explain(X)
+    [e] = m.explain(X)
     t = e.target
     logit = np.log(p[np.arange(len(X)), t] / p[np.arange(len(X)), 1 - t])
     np.testing.assert_allclose(e.contribution.sum(1) + e.intercept, logit, atol=1e-6)
@@ -157,7 +167,7 @@ def test_ebm_multiclass(data):
     m = EBM(outer_bags=1, max_rounds=200, interactions=1).fit(X, y, Xv, yv, feature_names=names)
     p = m.predict_proba(Xv[:8])
     assert p.shape == (8, 3)
-    scores = np.stack([(lambda e: e.contribution.sum(1) + e.intercept)(m.explain(Xv[:8], target=k))
+    scores = np.stack([(lambda e: e.contribution.sum(1) + e.intercept)(m.explain(Xv[:8], target=k)[0])
                        for k in range(3)], axis=1)
     np.testing.assert_allclose(np.exp(scores - logsumexp(scores, axis=1, keepdims=True)), p, atol=1e-6)
     assert np.asarray(m.explain_global().content["terms"][0]["scores"]).shape[-1] == 3
@@ -184,11 +194,11 @@ def test_point_score_known_answer():
     np.testing.assert_allclose(p[:, 1], expit(-2.0 + 0.8 * np.array([4, 1, 3, 0])))
     np.testing.assert_allclose(p.sum(1), 1.0)
     np.testing.assert_array_equal(m.predict(X), [1, 0, 1, 0])  # risk > 0.5 iff total >= 3
-    e = m.explain(X, target=1)
+    [e] = m.explain(X, target=1)
     assert e.feature_names == ["a > 0.5", "b <= 1", "c > 0"]
     np.testing.assert_array_equal(e.contribution, [[2, 1, 1], [0, 0, 1], [2, 1, 0], [0, 0, 0]])
     np.testing.assert_array_equal(e.contribution.sum(1), m.total_points(X))
-    np.testing.assert_array_equal(m.explain(X, target=0).contribution, -e.contribution)
+    np.testing.assert_array_equal(m.explain(X, target=0)[0].contribution, -e.contribution)
     assert m.complexity_() == {"n_items": 3, "points": [2, 1, 1], "total_points": 4, "n_features_used": 3,
                                "n_params": 8}
     g = m.explain_global()
@@ -220,20 +230,18 @@ def test_point_score_rejects_multiclass():
 
 
 # ------------------------------------------------------------------------------------------------ all models
-FAST = {"sparse_logreg": {"n_Cs": 8}, "decision_tree": {}, "ebm": {"outer_bags": 1, "max_rounds": 200},
-        "point_score": {}}
-
-
-@pytest.mark.parametrize("name", list(FAST))
+@pytest.mark.parametrize("name", TABULAR)
 def test_registered_explanations_shapes_and_pickle(name, data):
     info = model_info(name)
     assert info.input_kind == "features" and info.explanations == ("feature_attribution",) and info.paper
-    m = create_model(name, **FAST[name])
+    m = create_model(name, **info.test_kwargs)
     Xtr, ytr, Xva, yva, names = data
     m.fit(Xtr, ytr, Xva, yva, feature_names=names)
     X = Xva[:7]
     ids = np.array([f"case{i}" for i in range(7)], dtype=object)
-    e = m.explain(X, case_ids=ids)
+    exps = m.explain(X, case_ids=ids)
+    assert isinstance(exps, list) and len(exps) == 1
+    e = exps[0]
     assert isinstance(e, FeatureAttribution)
     f = len(e.feature_names)
     assert e.values.shape == e.contribution.shape == (7, f) and e.target.shape == (7,)
@@ -249,13 +257,22 @@ def test_registered_explanations_shapes_and_pickle(name, data):
     np.testing.assert_array_equal(twin.predict_proba(X), m.predict_proba(X))
 
 
-def test_radiomics_names_are_described_automatically(data):
+def test_feature_descriptions_come_from_the_caller_only(data):
     Xtr, ytr, Xva, yva, _ = data
     names = ["original_glcm_Contrast", "original_firstorder_Mean"] + [f"x{i}" for i in range(8)]
-    m = SparseLogReg(max_features=10).fit(Xtr[:, [2, 7, 0, 1, 3, 4, 5, 6, 8, 9]], ytr, feature_names=names)
+    X = Xtr[:, [2, 7, 0, 1, 3, 4, 5, 6, 8, 9]]
+    # the model knows nothing of radiomics: without descriptions it names the features only
+    bare = SparseLogReg(max_features=10).fit(X, ytr, feature_names=names)
+    g = bare.explain_global()
+    desc = {w["feature"]: w["description"] for w in g.content["weights"]}
+    assert {"original_glcm_Contrast", "original_firstorder_Mean"} <= set(desc) and not any(desc.values())
+    assert "GLCM contrast" not in g.text and " -- " not in g.text
+    # the pipeline passes the feature table's descriptions (glasszoo.training.features.feature_descriptions)
+    m = SparseLogReg(max_features=10).fit(X, ytr, feature_names=names, feature_descriptions=feature_descriptions(names))
     g = m.explain_global()
     desc = {w["feature"]: w["description"] for w in g.content["weights"]}
     assert desc["original_glcm_Contrast"].startswith("GLCM contrast:")
     assert desc["original_firstorder_Mean"].startswith("First-order mean:")
+    assert "GLCM contrast:" in g.text
     m.set_feature_descriptions({"original_glcm_Contrast": "my words"})
     assert "my words" in m.explain_global().text

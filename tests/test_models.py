@@ -1,4 +1,7 @@
-"""Registry-wide model tests: every registered image model is checked the moment it is registered."""
+"""Registry-wide model tests: every registered model, image or tabular, is checked the moment it is registered.
+
+(scikit-learn's estimator checks over every registered tabular model are in ``test_glassbox.py``.)
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,24 @@ import io
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
-from glasszoo.models import EXPLANATION_KINDS, Heatmap, ImageModel, create_model, list_models, model_info
+from glasszoo.models import (
+    EXPLANATION_KINDS,
+    REQUIREMENTS,
+    FeatureAttribution,
+    Heatmap,
+    ImageModel,
+    TabularModel,
+    create_model,
+    list_models,
+    model_info,
+)
 from glasszoo.models.errors import ConfigError
 
+ALL_MODELS = list_models()
 IMAGE_MODELS = list_models(input_kind="image")
+TABULAR_MODELS = list_models(input_kind="features")
 SHAPES = [(1, 32, 2), (3, 28, 3)]  # (channels, side, classes)
 
 
@@ -73,14 +89,18 @@ def test_state_dict_round_trip(name):
 def test_explain_returns_declared_kind_with_input_shape(name, in_chans, side, classes):
     model = _make(name, in_chans, side, classes).eval()
     x = np.random.default_rng(0).random((3, in_chans, side, side), dtype=np.float32)
+    info = model_info(name)
     exps = model.explain(x, case_ids=np.array(["a", "b", "c"]))
-    exps = exps if isinstance(exps, list) else [exps]
+    assert isinstance(exps, list), "explain() always returns a list"
+    if not info.intrinsic:  # no explanation of its own: explained post hoc only
+        assert exps == [], f"{name} declares no explanation kinds, so its explain() must return []"
+        return
     kinds = {e.kind for e in exps}
-    declared = set(model_info(name).explanations)
-    assert kinds <= declared and model_info(name).explanations[0] in kinds
+    declared = set(info.explanations)
+    assert kinds <= declared and info.explanations[0] in kinds
     assert all(k in EXPLANATION_KINDS for k in declared)
     heatmaps = [e for e in exps if isinstance(e, Heatmap)]
-    assert heatmaps, "every image model must give at least one Heatmap"
+    assert heatmaps, "every image model with an explanation of its own must give at least one Heatmap"
     for hm in heatmaps:
         assert hm.maps.shape == (3, side, side)
         assert np.isfinite(hm.maps).all()
@@ -88,13 +108,92 @@ def test_explain_returns_declared_kind_with_input_shape(name, in_chans, side, cl
         assert hm.target.shape == (3,)
 
 
-@pytest.mark.parametrize("name", IMAGE_MODELS)
+# ------------------------------------------------------------------------------------------------ tabular models
+def _table(classes: int = 2, n: int = 120, n_features: int = 6, seed: int = 0):
+    """A seeded synthetic table: the label depends on f1 and f4 only (``classes`` balanced classes)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, n_features))
+    s = 1.5 * X[:, 1] - X[:, 4] + 0.3 * rng.normal(size=n)
+    y = np.digitize(s, np.quantile(s, np.arange(1, classes) / classes))
+    return X, y, [f"f{j}" for j in range(n_features)]
+
+
+def _make_tabular(name: str) -> TabularModel:
+    return create_model(name, **model_info(name).test_kwargs)
+
+
+def _check_attribution(exps, info, X, names, classes: int) -> FeatureAttribution:
+    assert isinstance(exps, list) and exps, "explain() returns a non-empty list"
+    assert all(e.kind in info.explanations for e in exps)
+    e = exps[0]
+    assert isinstance(e, FeatureAttribution)
+    n_cols = len(e.feature_names)
+    # one column per feature, or per term (EBM interactions "a & b", point-score items "a > t"), each built of
+    # input features
+    assert n_cols >= 1 and (e.feature_names == names or all(set(c.split()) & set(names) for c in e.feature_names))
+    assert e.contribution.shape == e.values.shape == (len(X), n_cols)
+    assert np.isfinite(e.contribution).all()
+    assert e.target.shape == (len(X),) and set(np.unique(e.target)) <= set(range(classes))
+    return e
+
+
+@pytest.mark.parametrize("name", TABULAR_MODELS)
+def test_tabular_fit_predict_explain_complexity(name):
+    info = model_info(name)
+    X, y, names = _table()
+    model = _make_tabular(name)
+    assert model.fit(X, y, feature_names=names) is model
+    proba = model.predict_proba(X)
+    assert proba.shape == (len(X), 2) and np.isfinite(proba).all() and (proba >= 0).all()
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+    assert roc_auc_score(y, proba[:, 1]) > 0.7, "the fitted model must beat chance on its training data"
+    e = _check_attribution(model.explain(X), info, X, names, 2)
+    np.testing.assert_array_equal(e.target, proba.argmax(1))  # default: the predicted class
+    top = e.feature_names[int(np.argmax(np.abs(e.contribution).mean(0)))]
+    assert {"f1", "f4"} & set(top.split()), f"the largest contribution ({top}) must come from f1 or f4"
+    complexity = model.complexity_()
+    assert isinstance(complexity, dict) and complexity
+    assert model.extra_metrics(None, None) == {"complexity": complexity}
+
+
+@pytest.mark.parametrize("name", TABULAR_MODELS)
+def test_tabular_binary_requirement(name):
+    info = model_info(name)
+    X, y, names = _table(classes=3)
+    assert np.bincount(y).tolist() == [40, 40, 40]
+    model = _make_tabular(name)
+    if "binary" in info.requirements({}):
+        with pytest.raises(ValueError, match="binary"):
+            model.fit(X, y, feature_names=names)
+        return
+    model.fit(X, y, feature_names=names)
+    proba = model.predict_proba(X)
+    assert proba.shape == (len(X), 3) and np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+    assert roc_auc_score(y, proba, multi_class="ovr") > 0.7
+    _check_attribution(model.explain(X), info, X, names, 3)
+
+
+# ------------------------------------------------------------------------------------------------ every model
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_registry_info_matches_model(name):
     info = model_info(name)
-    model = _make(name, 1, 32, 2)
-    assert isinstance(model, ImageModel)
-    assert tuple(model.explanation_kinds) == info.explanations
+    assert issubclass(info.cls, ImageModel) != issubclass(info.cls, TabularModel), "exactly one base class"
+    base = ImageModel if info.input_kind == "image" else TabularModel
+    assert info.input_kind == ("image" if issubclass(info.cls, ImageModel) else "features")
+    model = _make(name, 1, 32, 2) if info.input_kind == "image" else _make_tabular(name)
+    assert isinstance(model, base) and type(model) is info.cls
+    assert info.explanations == tuple(info.cls.explanation_kinds) == tuple(model.explanation_kinds)
+    assert info.intrinsic == bool(info.explanations)
+    assert all(k in EXPLANATION_KINDS for k in info.explanations)
+    assert set(info.requirements({})) <= set(REQUIREMENTS)
     assert info.paper, "every model cites its paper"
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_create_model_rejects_an_unknown_keyword(name):
+    with pytest.raises(ConfigError, match=rf"model '{name}' got unknown keyword\(s\) \['not_a_parameter'\]"):
+        create_model(name, **model_info(name).test_kwargs, not_a_parameter=1)
 
 
 def test_unknown_name_and_kwarg_fail_loudly():
@@ -110,3 +209,5 @@ def test_list_models_filters():
     assert list_models("zzz*") == []
     assert "blackbox" in list_models(family="black-box")
     assert "blackbox" not in list_models(input_kind="features")
+    assert {"sparse_logreg", "decision_tree", "ebm", "point_score"} <= set(TABULAR_MODELS)
+    assert set(IMAGE_MODELS).isdisjoint(TABULAR_MODELS) and sorted(IMAGE_MODELS + TABULAR_MODELS) == ALL_MODELS

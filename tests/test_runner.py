@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.linear_model import LogisticRegression
+from standins import standin_config
 
 from glasszoo.evaluation.experiment.cli import main
 from glasszoo.evaluation.experiment.config import parse_config
-from glasszoo.evaluation.experiment.runner import run_experiment
-from glasszoo.models import FeatureAttribution, TabularModel, register_model
+from glasszoo.evaluation.experiment.runner import failures, run_experiment
+from glasszoo.evaluation.posthoc import DEFAULT_METHODS
+from glasszoo.models import DataError
+from glasszoo.training.rundir import RunDir
 
 TASK_KEYS = ["auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity"]
 
@@ -33,36 +36,12 @@ def learnable_npz(path, side=16, seed=0):
     np.savez(path, **arrays)
 
 
-class LogReg(TabularModel):
-    """Test-only tabular model: plain logistic regression on the feature table."""
-
-    def __init__(self, C: float = 1.0) -> None:
-        self.C = C
-
-    def fit(self, X, y, X_val=None, y_val=None, feature_names=None):
-        self.mu_, self.sd_ = X.mean(0), X.std(0) + 1e-9
-        self.clf_ = LogisticRegression(C=self.C).fit((X - self.mu_) / self.sd_, y)
-        self.feature_names_ = list(feature_names)
-        self.n_params_ = int(self.clf_.coef_.size + 1)
-        return self
-
-    def predict_proba(self, X):
-        return self.clf_.predict_proba((X - self.mu_) / self.sd_)
-
-    def explain(self, X, target=None, case_ids=None):
-        z = (X - self.mu_) / self.sd_
-        return FeatureAttribution(self.feature_names_, X, z * self.clf_.coef_[0], np.ones(len(X), int),
-                                  float(self.clf_.intercept_[0]), case_ids)
-
-
-register_model("test_logreg", family="test-linear", input_kind="features", explanations=("feature_attribution",),
-               paper="test only")(LogReg)
-
-
-def tiny_config(tmp_path, models=("blackbox",), seed=0, methods=None):
-    """A tiny run; ``methods``: the post-hoc methods (default: all of them)."""
+def tiny_config(tmp_path, models=("tiny_net",), seed=0, methods=None):
+    """A tiny run of stand-in models on the bright-square data; ``methods``: the post-hoc methods (default: all but
+    LRP, whose rules need a ResNet or an ``nn.Sequential``; tests/test_posthoc.py tests it on those)."""
     learnable_npz(tmp_path / "tiny.npz")
-    posthoc = {} if methods is None else {"methods": list(methods)}
+    all_but_lrp = [m for m in DEFAULT_METHODS if m != "lrp"]
+    posthoc = {"models": ["stand-in-black-box"], "methods": list(methods or all_but_lrp)}
     return parse_config({
         "experiment": "tiny", "seed": seed, "output_dir": str(tmp_path / "runs"),
         "data": {"source": "medmnist", "path": str(tmp_path / "tiny.npz")},
@@ -70,28 +49,27 @@ def tiny_config(tmp_path, models=("blackbox",), seed=0, methods=None):
         "evaluation": {"bootstrap": 200, "explain_cases": 8, "figure_cases": 4, "posthoc": posthoc,
                        "quality": {"steps": 4, "faithfulness_subsets": 8, "randomisation_stages": 2,
                                    "sensitivity_samples": 1}},
-        "models": [{"name": "blackbox", "params": {"backbone": "resnet18", "stem": "standard"}}
-                   if m == "blackbox" else m for m in models],
+        "models": list(models),
     })
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(tmp, models=("blackbox", "test_logreg"))
+@pytest.fixture
+def tiny_run(tmp_path, standin_models):
+    cfg = tiny_config(tmp_path, models=("tiny_net", "tiny_cam", "tiny_logreg"))
     return run_experiment(cfg), cfg
 
 
 def test_run_writes_the_results_contract(tiny_run):
     run_dir, cfg = tiny_run
     for f in ("config.yaml", "splits.csv", "metrics.json", "tradeoff.csv", "figures/roc.png",
-              "figures/blackbox_gradcam.png", "models/blackbox/checkpoint.ckpt", "models/blackbox/predictions.csv",
-              "models/blackbox/logs/metrics.csv", "models/test_logreg/predictions.csv"):
+              "figures/tiny_net_gradcam.png", "models/tiny_net/checkpoint.ckpt", "models/tiny_net/predictions.csv",
+              "models/tiny_net/logs/metrics.csv", "models/tiny_logreg/predictions.csv", "models/tiny_logreg/model.pkl",
+              "figures/tiny_cam_cam.png", "models/tiny_cam/heatmap_cam.npz", "report.html"):
         assert (run_dir / f).exists(), f
     m = json.loads((run_dir / "metrics.json").read_text())
     assert set(m) == {"dataset", "models"}
     assert m["dataset"]["n_cases"] == 120 and m["dataset"]["source"] == "medmnist"
-    for name in ("blackbox", "test_logreg"):
+    for name in ("tiny_net", "tiny_cam", "tiny_logreg"):
         block = m["models"][name]
         assert {"family", "task", "explanation", "cost"} <= set(block)
         assert list(block["task"]) == TASK_KEYS
@@ -99,58 +77,65 @@ def test_run_writes_the_results_contract(tiny_run):
             v, (lo, hi) = block["task"][key]["value"], block["task"][key]["ci"]
             assert 0 <= lo <= v <= hi <= 1
         assert block["cost"]["train_seconds"] > 0 and block["cost"]["params"] > 0
-    assert m["models"]["blackbox"]["family"] == "black-box"
-    assert m["models"]["blackbox"]["explanation"]["gradcam"]["kind"] == "heatmap"
-    assert m["models"]["test_logreg"]["explanation"]["feature_attribution"]["n_cases"] == 8
+    bb, cam, lr = (m["models"][n] for n in ("tiny_net", "tiny_cam", "tiny_logreg"))
+    assert bb["family"] == "stand-in-black-box" and bb["input"] == "image" and lr["input"] == "features"
+    # the model with no explanation of its own has post-hoc maps only; the self-explaining one its own map only
+    assert {b["source"] for b in bb["explanation"].values()} == {"post-hoc"}
+    assert bb["explanation"]["gradcam"]["kind"] == "heatmap"
+    assert set(cam["explanation"]) == {"cam"} and cam["explanation"]["cam"]["source"] == "intrinsic"
+    assert lr["explanation"]["feature_attribution"]["n_cases"] == 8
+    with open(run_dir / "models" / "tiny_logreg" / "model.pkl", "rb") as fh:  # the declared hook's block
+        assert lr["complexity"] == pickle.load(fh).complexity_() and 1 <= lr["complexity"]["n_nonzero"] <= 9
+    assert m["dataset"]["features"]["kind"] == "intensity"
     # predictions.csv agrees with metrics.json
-    pred = pd.read_csv(run_dir / "models" / "blackbox" / "predictions.csv")
+    pred = pd.read_csv(run_dir / "models" / "tiny_net" / "predictions.csv")
     assert len(pred) == 32
     acc = float((pred["pred"] == pred["label"]).mean())
-    assert acc == pytest.approx(m["models"]["blackbox"]["task"]["accuracy"]["value"])
+    assert acc == pytest.approx(bb["task"]["accuracy"]["value"])
     # splits.csv holds the official split
     splits = pd.read_csv(run_dir / "splits.csv")
     assert splits["split"].value_counts().to_dict() == {"train": 64, "test": 32, "val": 24}
     trade = pd.read_csv(run_dir / "tradeoff.csv")
     primary = trade[trade["primary"]].reset_index(drop=True)
-    assert list(primary["model"]) == ["blackbox", "test_logreg"]
-    assert primary.loc[0, "auc"] == pytest.approx(m["models"]["blackbox"]["task"]["auc"]["value"])
-    # one row per (model, explanation method): the black box's own Grad-CAM and every post-hoc method
-    blackbox_methods = set(trade.loc[trade["model"] == "blackbox", "explanation"])
-    assert blackbox_methods == set(m["models"]["blackbox"]["explanation"]) >= {"gradcam", "integrated_gradients"}
+    assert list(primary["model"]) == ["tiny_net", "tiny_cam", "tiny_logreg"]
+    assert primary.loc[0, "auc"] == pytest.approx(bb["task"]["auc"]["value"])
+    # one row per (model, explanation method): every post-hoc method of the model explained post hoc
+    methods = set(trade.loc[trade["model"] == "tiny_net", "explanation"])
+    assert methods == set(bb["explanation"]) == set(DEFAULT_METHODS) - {"lrp"}
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert resolved["training"]["max_epochs"] == 3 and resolved["models"][0]["model"] == "blackbox"
+    assert resolved["training"]["max_epochs"] == 3 and resolved["models"][0]["model"] == "tiny_net"
 
 
 def test_tabular_path_learns_the_bright_square(tiny_run):
     run_dir, _ = tiny_run
     m = json.loads((run_dir / "metrics.json").read_text())
     # the p90 / max-like intensity features separate the classes almost perfectly
-    assert m["models"]["test_logreg"]["task"]["auc"]["value"] > 0.9
+    assert m["models"]["tiny_logreg"]["task"]["auc"]["value"] > 0.9
 
 
 def _without_times(metrics: dict) -> dict:
     return {k: {kk: vv for kk, vv in b.items() if kk != "ms_per_image"}
-            for k, b in metrics["models"]["blackbox"]["explanation"].items()}
+            for k, b in metrics["models"]["tiny_net"]["explanation"].items()}
 
 
-def test_same_seed_same_splits_and_metrics(tmp_path):
+def test_same_seed_same_splits_and_metrics(tmp_path, standin_models):
     runs = []
     for i in range(2):
         (tmp_path / str(i)).mkdir()
-        cfg = tiny_config(tmp_path / str(i), models=("blackbox",), seed=5, methods=("smoothgrad", "kernel_shap"))
+        cfg = tiny_config(tmp_path / str(i), models=("tiny_net",), seed=5, methods=("smoothgrad", "kernel_shap"))
         runs.append(run_experiment(cfg))
     a, b = (json.loads((r / "metrics.json").read_text()) for r in runs)
-    assert a["models"]["blackbox"]["task"] == b["models"]["blackbox"]["task"]
+    assert a["models"]["tiny_net"]["task"] == b["models"]["tiny_net"]["task"]
     # the seeded post-hoc methods and every quality score repeat exactly
     assert json.dumps(_without_times(a), sort_keys=True) == json.dumps(_without_times(b), sort_keys=True)
-    assert a["models"]["blackbox"]["training"] == b["models"]["blackbox"]["training"]
-    pa, pb = (pd.read_csv(r / "models" / "blackbox" / "predictions.csv") for r in runs)
+    assert a["models"]["tiny_net"]["training"] == b["models"]["tiny_net"]["training"]
+    pa, pb = (pd.read_csv(r / "models" / "tiny_net" / "predictions.csv") for r in runs)
     pd.testing.assert_frame_equal(pa, pb)
     assert (runs[0] / "splits.csv").read_text() == (runs[1] / "splits.csv").read_text()
 
 
-def test_existing_run_is_not_overwritten(tmp_path):
-    cfg = tiny_config(tmp_path, models=("test_logreg",))
+def test_existing_run_is_not_overwritten(tmp_path, standin_models):
+    cfg = tiny_config(tmp_path, models=("tiny_logreg",))
     first = run_experiment(cfg)
     before = (first / "metrics.json").read_bytes()
     second = run_experiment(cfg)
@@ -158,19 +143,19 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert (first / "metrics.json").read_bytes() == before
 
 
-def test_cli_run_and_errors(tmp_path, capsys):
+def test_cli_run_and_errors(tmp_path, capsys, standin_models):
     learnable_npz(tmp_path / "tiny.npz")
     cfg = {"experiment": "cli", "output_dir": str(tmp_path / "runs"),
            "data": {"source": "medmnist", "path": str(tmp_path / "tiny.npz")},
-           "evaluation": {"bootstrap": 100, "explain_cases": 4}, "models": ["test_logreg"]}
+           "evaluation": {"bootstrap": 100, "explain_cases": 4}, "models": ["tiny_logreg"]}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr()
-    assert "test_logreg" in out.out and "auc" in out.out
+    assert "tiny_logreg" in out.out and "auc" in out.out
     assert (tmp_path / "runs" / "cli" / "metrics.json").exists()
     # an unknown model keyword: exit code 2 and one clear line naming it
-    assert main(["run", str(path), "--set", "models.0={name: test_logreg, params: {C: 1, typo: 2}}"]) == 2
+    assert main(["run", str(path), "--set", "models.0={name: tiny_logreg, params: {C: 1, typo: 2}}"]) == 2
     assert "unknown keyword(s) ['typo']" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
@@ -178,6 +163,45 @@ def test_cli_run_and_errors(tmp_path, capsys):
     assert "blackbox" in capsys.readouterr().out
     assert main(["show", str(tmp_path / "runs" / "cli"), "--markdown"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("| model | auc |") and table[2].startswith("| test_logreg | ")
+    assert table[0].startswith("| model | auc |") and table[2].startswith("| tiny_logreg | ")
     assert main(["show", str(tmp_path)]) == 2
     assert "metrics.json not found" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_take_the_data_is_refused_before_anything_trains(tmp_path, standin_models, monkeypatch):
+    """The config's LAST model needs lesion masks (and the data has none): refused before the first model trains,
+    with every such model named, and nothing written."""
+    import glasszoo.training.adapters as adapters
+
+    fitted = []
+    monkeypatch.setattr(adapters.ImageAdapter, "fit", lambda self, *a, **k: fitted.append(a) or 1 / 0)
+    raw = standin_config(models=["tiny_net", "tiny_cam", {"name": "last", "model": "tiny_needs_masks"}])
+    raw["data"] = {"source": "medmnist", "path": str(tmp_path / "tiny.npz")}
+    learnable_npz(tmp_path / "tiny.npz")
+    with pytest.raises(DataError, match=r"model 'last' \(tiny_needs_masks\) needs lesion masks in the training "
+                                         r"split.*Nothing was trained"):
+        run_experiment(parse_config(raw, "masks.yaml"), out=tmp_path / "run")
+    assert fitted == [] and not (tmp_path / "run").exists()
+
+
+def test_a_model_that_fails_in_fit_fails_alone(tmp_path, standin_models, capsys):
+    """A model that raises while it trains: the others' results, metrics.json and the report are written, the error
+    is named in both, and ``glasszoo run`` exits 1."""
+    raw = standin_config(models=["tiny_net", "tiny_failing", "tiny_logreg"])
+    raw["output_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "fails.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "model 'tiny_failing' failed: RuntimeError: planted failure in training" in err
+    run = RunDir(tmp_path / "runs" / "standin")
+    m = json.loads(run.metrics.read_text())
+    assert list(m["models"]) == ["tiny_net", "tiny_logreg"]
+    assert m["failed"]["tiny_failing"]["error"] == "RuntimeError: planted failure in training"
+    assert "extra_losses" in m["failed"]["tiny_failing"]["traceback"]
+    assert failures(run.path)["tiny_failing"]["registry_name"] == "tiny_failing"
+    for name in ("tiny_net", "tiny_logreg"):
+        assert run.model(name).predictions.is_file()
+    html = run.report.read_text()
+    assert 'id="failed-models"' in html and "planted failure in training" in html
+    assert "tiny_net" in html and run.tradeoff.is_file()

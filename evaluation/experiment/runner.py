@@ -302,7 +302,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         except Exception as exc:  # one model's failure must not cost the others' results
             del heatmaps[n_heat:]
             failed[spec.name] = {"registry_name": spec.model, "error": f"{type(exc).__name__}: {exc}",
-                                 "traceback": traceback.format_exc(limit=8)}
+                                 "traceback": traceback.format_exc()}
             save_metrics()
             log(f"    FAILED: {type(exc).__name__}: {exc} (the run goes on without '{spec.name}')")
             continue
