@@ -246,11 +246,22 @@ def test_explain_gives_attention_and_segmentation_heatmaps():
     assert not model.training
 
 
+def _segmentation_block(model, cs):
+    """The run's segmentation block of a model that segments (``segments = True``), on the test split."""
+    from types import SimpleNamespace
+
+    from glasszoo.evaluation.experiment.runner import _model_metrics
+
+    cfg = SimpleNamespace(evaluation=SimpleNamespace(bootstrap=100), seed=0)
+    return _model_metrics(model, cs, cfg).get("segmentation")
+
+
 def test_segmentation_metrics_on_a_tiny_caseset(monkeypatch):
     cs = make_synthetic(n_cases=40, img_size=32, seed=1)
     model = unet(depth=2, base_width=4)
+    assert model.segments and not AttentionGatedClassifier.segments
     test = cs.indices("test")
-    out = model.segmentation_metrics(cs, n_boot=100)
+    out = _segmentation_block(model, cs)
     assert {"dice", "iou", "hausdorff95", "n_cases", "n_cases_hausdorff", "empty_prediction_rate"} <= set(out)
     assert out["n_cases"] == len(test)
     for key in ("dice", "iou"):
@@ -259,13 +270,13 @@ def test_segmentation_metrics_on_a_tiny_caseset(monkeypatch):
     assert np.isnan(hd) or 0.0 <= hd <= 32 * math.sqrt(2)
     # known answer: a model predicting the ground truth exactly scores Dice = IoU = 1 and HD95 = 0
     monkeypatch.setattr(model, "predict_masks", lambda x, threshold=0.5: cs.masks[test])
-    perfect = model.segmentation_metrics(cs, n_boot=100)
+    perfect = _segmentation_block(model, cs)
     assert perfect["dice"]["value"] == 1.0 and perfect["iou"]["value"] == 1.0
     assert perfect["hausdorff95"]["value"] == 0.0 and perfect["dice"]["ci"] == [1.0, 1.0]
     assert perfect["n_cases_hausdorff"] == len(test)  # every synthetic case has a lesion
+    assert perfect["threshold"] == 0.5
     cs.masks = None
-    with pytest.raises(DataError, match="no lesion masks"):
-        model.segmentation_metrics(cs)
+    assert _segmentation_block(model, cs) is None  # nothing to score against
 
 
 def test_attention_unet_overfits_16_synthetic_cases():

@@ -45,9 +45,14 @@ def test_segmentation_model_needs_masks_before_training(tmp_path):
            "evaluation": {"bootstrap": 20, "explain_cases": 4},
            "models": [{"name": "attention_classifier", "params": {"depth": 2, "base_width": 4}},
                       {"name": "attention_unet", "params": {"depth": 2, "base_width": 4}}]}
-    with pytest.raises(DataError, match="model 'attention_unet' needs lesion masks for training, and data set "
-                                        "'tiny' has none"):
+    with pytest.raises(DataError, match=r"model 'attention_unet' \(attention_unet\) needs lesion masks in the "
+                                        r"training split, which data set 'tiny' does not have.*Nothing was trained"):
         run_experiment(parse_config(raw, "nomask"))
-    # the classifier alone (no segmentation head) trains on data without masks
-    m = json.loads((tmp_path / "runs" / "nomask" / "metrics.json").read_text())
+    assert not (tmp_path / "runs" / "nomask").exists()  # refused before the first model trained
+    # the classifier alone (no segmentation head) trains on data without masks; with one it is refused too
+    raw["models"] = raw["models"][:1]
+    m = json.loads((run_experiment(parse_config(raw, "nomask")) / "metrics.json").read_text())
     assert list(m["models"]) == ["attention_classifier"]
+    raw["models"][0]["params"]["seg_weight"] = 0.5
+    with pytest.raises(DataError, match="'attention_classifier' .* needs lesion masks"):
+        run_experiment(parse_config(raw, "nomask"))

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from glasszoo.evaluation import bench
+from glasszoo.evaluation.experiment import bench
 from glasszoo.evaluation.experiment.bench import BenchRow, BenchSection, run_measured, write_markdown
 from glasszoo.evaluation.experiment.cli import main
 
@@ -101,13 +101,13 @@ def test_measured_cli_reports_its_own_peak_not_the_benchmarks(tmp_path):
 
 
 def test_report_keeps_sections_not_run(monkeypatch):
-    old = ("# Performance\n\nold header\n\n## ProtoPNet push\n\nSettings: x.\n\n| a |\n|---|\n| 1 |\n\n"
+    old = ("# Performance\n\nold header\n\n## Prototype push\n\nSettings: x.\n\n| a |\n|---|\n| 1 |\n\n"
            "## Radiomics extraction\n\nSettings: y.\n\nold radiomics figures\n")
     sec = BenchSection("training", "Training throughput: pipeline vs bare PyTorch loop", {"model": "m"},
                        summary="ratio 0.97", columns=["a", "b"], table=[["1", "2|3"]])
     text = write_markdown([sec], "glasszoo bench --only training", previous=old)
     assert text.startswith("# Performance") and text.count("# Performance") == 1 and "old header" not in text
-    order = [text.index(t) for t in ("## Training throughput", "## ProtoPNet push", "## Radiomics extraction")]
+    order = [text.index(t) for t in ("## Training throughput", "## Prototype push", "## Radiomics extraction")]
     assert order == sorted(order)  # registry order
     assert "old radiomics figures" in text and "| 1 | 2\\|3 |" in text
     assert "<!-- bench-section: training -->" in text and "glasszoo bench --only training" in text
@@ -118,7 +118,7 @@ def test_report_keeps_sections_not_run(monkeypatch):
                         rows=[BenchRow("forward pass", 10, 1.0, "forward pass", 1.0)])
     text2 = write_markdown([sec2], "glasszoo bench --only push", previous=text)
     assert "ratio 0.97" in text2 and "Settings: x." not in text2 and "old radiomics figures" in text2
-    assert text2.count("## ProtoPNet push") == 1
+    assert text2.count("## Prototype push") == 1
 
 
 def test_cli_runs_a_section_and_writes_the_report(monkeypatch, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The black-box baseline: stems, Grad-CAM values."""
+"""The black-box baseline: stems, no explanation of its own, and its post-hoc Grad-CAM's values."""
 
 from __future__ import annotations
 
@@ -33,12 +33,20 @@ def test_non_resnet_backbone_keeps_its_stem():
         create_model("blackbox", num_classes=2, backbone="not_a_net")
 
 
+def test_the_black_box_explains_nothing_itself():
+    model = BlackBoxCNN(2, 1, 28, stem="small")
+    assert model.explain(np.zeros((2, 1, 28, 28), np.float32)) == [] and BlackBoxCNN.explanation_kinds == ()
+
+
 def test_gradcam_equals_hand_computed_value():
-    """Grad-CAM = ReLU(sum_k mean(dY/dA_k) * A_k), upsampled; compare with a manual autograd computation."""
+    """Post-hoc Grad-CAM of the black box = ReLU(sum_k mean(dY/dA_k) * A_k), upsampled; compare with a manual
+    autograd computation (the map comes from the one-pass CAM of its pooled-linear head)."""
+    from glasszoo.evaluation.posthoc import explain_posthoc
+
     torch.manual_seed(0)
     model = BlackBoxCNN(2, 1, 28, stem="small").eval()
     x = torch.rand(2, 1, 28, 28)
-    hm = model.explain(x.numpy(), target=np.array([1, 0]))
+    hm = explain_posthoc(model, x.numpy(), "gradcam", target=np.array([1, 0]))
     acts = {}
     handle = model.net.layer4.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
     logits = model(x)
@@ -62,8 +70,8 @@ def _cbm(backbone: str = "resnet18"):
 def test_own_gradcam_equals_captum_gradcam(backbone):
     """The one-pass CAM of a pooled-linear head (ResNet) and the LayerGradCam fallback (MobileNetV3, whose head has a
     convolution after the pooling; EfficientNet, whose conv_head and bn2 sit between its last feature stage and the
-    pooling) both equal captum's Grad-CAM on the last feature stage, for the black box's classes and for the CBM's
-    top concept."""
+    pooling) both equal captum's Grad-CAM on the last feature stage, for the black box's classes (its post-hoc
+    ``gradcam``) and for the CBM's top concept (its own map)."""
     from captum.attr import LayerGradCam
 
     from glasszoo.evaluation.posthoc import explain_posthoc
@@ -74,10 +82,13 @@ def test_own_gradcam_equals_captum_gradcam(backbone):
     bb = create_model("blackbox", num_classes=3, in_chans=1, img_size=48, backbone=backbone, stem="standard").eval()
     assert has_cam_head(bb.net) == (backbone == "resnet18")
     target = np.array([0, 1, 2, 1, 0])
-    own = bb.explain(x.numpy(), target=target, batch_size=2)
-    ref = explain_posthoc(bb, x.numpy(), "gradcam", target=target)
+    own = explain_posthoc(bb, x.numpy(), "gradcam", target=target, batch_size=2)
+    cam = LayerGradCam(bb, last_feature_module(bb.net)).attribute(x, target=torch.as_tensor(target),
+                                                                  relu_attributions=True)
+    ref = torch.nn.functional.interpolate(cam, size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
+    ref = ref.detach().numpy()
     assert own.maps.max() > 0
-    np.testing.assert_allclose(own.maps, ref.maps, rtol=1e-4, atol=1e-6 * float(ref.maps.max()))
+    np.testing.assert_allclose(own.maps, ref, rtol=1e-4, atol=1e-6 * float(ref.max()))
     np.testing.assert_array_equal(own.target, target)
 
     cbm = _cbm(backbone).eval()
@@ -102,15 +113,18 @@ def test_cam_forward_refuses_a_net_that_pools_something_else():
 
 
 @pytest.mark.parametrize("make", [lambda: BlackBoxCNN(2, 1, 48, stem="standard"), _cbm], ids=["blackbox", "cbm"])
-def test_own_explanation_is_one_forward_pass_and_no_backward(make):
-    """Each image goes through the model's forward, and its first layer, exactly once, and nothing flows back (the
-    run's pass counter, which hooks the model's forward, sees that one pass)."""
-    from glasszoo.evaluation.posthoc import PassCounter
+def test_cam_maps_cost_one_forward_pass_and_no_backward(make):
+    """The CBM's own map, and the black box's post-hoc Grad-CAM for given targets: each image goes through the model's
+    forward, and its first layer, exactly once, and nothing flows back (the run's pass counter sees that one pass)."""
+    from glasszoo.evaluation.posthoc import PassCounter, explain_posthoc
 
     torch.manual_seed(0)
     model = make().eval()
     x = torch.rand(7, 1, 48, 48)
     with PassCounter(model) as counter, PassCounter(model.net.conv1) as first_layer:
-        model.explain(x.numpy(), batch_size=4)
+        if model.explanation_kinds:
+            model.explain(x.numpy(), batch_size=4)
+        else:
+            explain_posthoc(model, x.numpy(), "gradcam", target=np.zeros(7, int), batch_size=4)
     assert (counter.forward_images, counter.backward_images) == (7, 0)
     assert (first_layer.forward_images, first_layer.backward_images) == (7, 0)

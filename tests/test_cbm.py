@@ -35,14 +35,14 @@ def test_concept_spec_uses_the_training_split_and_detects_kinds():
     c = np.array([[0, 1], [1, 3], [0, 5], [1, 100], [0, -100], [1, 7], [0, 50], [1, 60]], np.float32)
     # labels alternate 0/1, so every split holds both classes
     cs = caseset(c, ["train", "train", "train", "val", "test", "test", "val", "test"])
-    spec = concept_spec(cs)
+    spec = concept_spec(cs, cs.indices("train"))
     assert spec["concept_kinds"] == ["binary", "continuous"]
     assert spec["concept_center"] == [0.0, pytest.approx(3.0)]  # mean of 1, 3, 5: val/test are not looked at
     assert spec["concept_scale"] == [1.0, pytest.approx(np.std([1, 3, 5]))]
     bare = CaseSet(images=np.zeros((6, 1, 8, 8), np.float32), labels=[0, 1] * 3, class_names=["n", "p"],
                    case_ids=list("abcdef"), split=["train"] * 2 + ["val"] * 2 + ["test"] * 2, name="bare")
     with pytest.raises(DataError, match="data set 'bare' has no concepts.*data.concepts: derived"):
-        concept_spec(bare)
+        concept_spec(bare, bare.indices("train"))
 
 
 def test_intervention_changes_the_logit_by_weight_times_correction():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from glasszoo.training import CaseSet, ConfigError, DataError
-from glasszoo.training.data import load_caseset, stratified_split
+from glasszoo.training.data import load_caseset
+from glasszoo.training.split import stratified_split
 from glasszoo.training.medmnist import load_medmnist
 
 

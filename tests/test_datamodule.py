@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from glasszoo.evaluation.experiment.config import AugmentConfig
+from glasszoo.training.settings import AugmentConfig
 from glasszoo.training import CaseSet
 from glasszoo.training.datamodule import CaseSetDataModule, augment_batch
 

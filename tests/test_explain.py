@@ -16,7 +16,8 @@ from glasszoo.evaluation.case_figures import activation_box
 from glasszoo.evaluation.experiment.bench import bench_push, format_section, write_markdown
 from glasszoo.evaluation.experiment.cli import main
 from glasszoo.evaluation.experiment.config import parse_config
-from glasszoo.evaluation.experiment.runner import run_experiment, safe_filename
+from glasszoo.evaluation.experiment.runner import run_experiment
+from glasszoo.training.rundir import safe_filename
 from glasszoo.evaluation.experiment.saved import open_run
 from glasszoo.models import ProtoPNet, PrototypeEvidence
 from glasszoo.models.errors import DataError
@@ -147,23 +148,32 @@ def test_changed_data_is_detected(run_dir, tmp_path):
         open_run(tmp_path)
 
 
-def test_a_run_with_relative_data_paths_reopens_from_another_directory(tmp_path, monkeypatch, capsys):
+def test_a_run_with_relative_data_paths_reopens_from_another_directory(tmp_path, monkeypatch, capsys,
+                                                                       standin_models):
     from test_runner import learnable_npz
 
     (tmp_path / "proj").mkdir()
     learnable_npz(tmp_path / "proj" / "tiny.npz")
     monkeypatch.chdir(tmp_path / "proj")
     cfg = parse_config({"experiment": "rel", "output_dir": "runs", "data": {"source": "medmnist", "path": "tiny.npz"},
-                        "evaluation": {"bootstrap": 20, "explain_cases": 0}, "models": ["test_logreg"]}, "rel")
+                        "evaluation": {"bootstrap": 20, "explain_cases": 0}, "models": ["tiny_logreg"]}, "rel")
     run_dir = run_experiment(cfg).resolve()
     monkeypatch.chdir(tmp_path)
     run = open_run(run_dir)
     assert run.caseset.n_cases == 120
-    model = run.load_model("test_logreg")
+    model = run.load_model("tiny_logreg")
     assert model.predict_proba(np.zeros((1, len(model.feature_names_)))).shape == (1, 2)
+    # a tabular model explains a case of the run through its adapter (the case's feature row) ...
     case = str(run.caseset.case_ids[0])
-    assert main(["explain", str(run_dir), "--model", "test_logreg", "--case", case]) == 2
-    assert "'test_logreg' is a tabular model" in capsys.readouterr().err
+    assert main(["explain", str(run_dir), "--model", "tiny_logreg", "--case", case, "--out", str(tmp_path / "x")]) == 0
+    out = capsys.readouterr().out
+    assert f"{case}: predicted" in out and "  feature " in out
+    assert (tmp_path / "x" / f"{safe_filename(case)}.png").is_file()
+    # ... but not a new image file, which has no feature row
+    png = tmp_path / "new.png"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((16, 16), np.uint8)), str(png))
+    assert main(["explain", str(run_dir), "--model", "tiny_logreg", "--image", str(png)]) == 2
+    assert "'tiny_logreg' reads a feature table" in capsys.readouterr().err
 
 
 def test_activation_box_encloses_the_top_percentile():

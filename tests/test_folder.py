@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from glasszoo.models.errors import DataError
-from glasszoo.training.data import load_caseset, stratified_split
+from glasszoo.training.data import load_caseset
+from glasszoo.training.split import stratified_split
 from glasszoo.training.folder import load_folder
 
 SIZE = 16

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from glasszoo.evaluation.experiment.config import AugmentConfig, TrainingConfig, _build, _validate_training
+from glasszoo.evaluation.experiment.config import _build, _validate_training
+from glasszoo.training.settings import AugmentConfig, TrainingConfig
 from glasszoo.models.errors import ConfigError
 from glasszoo.training.datamodule import CaseSetDataModule, SeededBatches
 from glasszoo.training.module import ClassifierModule

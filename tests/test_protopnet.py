@@ -352,20 +352,27 @@ def test_explain_shapes_order_and_global():
     assert protos[4]["source_case_id"] == model.source_case_ids[4] and len(protos[4]["source_box"]) == 4
 
 
+def _quality(model, cs) -> dict:
+    """The model's prototype-quality block, as the run asks for it: test and training cases passed in."""
+    blocks = model.extra_metrics(cs.subset(cs.indices("test")), cs.subset(cs.indices("train")))
+    assert set(blocks) == {"explanation"}
+    return blocks["explanation"]["prototype_quality"]
+
+
 def test_explanation_metrics():
     cs = _random_caseset(masks=True)
     model = _tiny()
-    before = model.explanation_metrics(_hand_caseset())["prototype_quality"]
+    before = _quality(model, _hand_caseset())
     assert before["pushed"] is False and before["n_distinct_prototypes"] == 2 and "fraction_source_in_lesion" \
         not in before
     model.push(_hand_caseset())
-    q = model.explanation_metrics(_hand_caseset())["prototype_quality"]
+    q = _quality(model, _hand_caseset())
     # nearest train images of p0 = 0.25: rows 2 (0.0), 3 (0.0025), 0 (0.0225), 1 (0.0625): classes 0, 1, 0, 1
     assert q["class_purity"] == pytest.approx(0.5)  # k = 5 > 4 train images: each prototype sees all of them
     assert q["n_prototypes"] == 2 and q["n_distinct_prototypes"] == 2 and q["last_layer_sparsity"] == 0.0
     real = _small()
     real.push(cs)
-    q = real.explanation_metrics(cs)["prototype_quality"]
+    q = _quality(real, cs)
     assert 0.0 <= q["fraction_source_in_lesion"] <= 1.0 and 0.0 <= q["class_purity"] <= 1.0
     hits = [bool(cs.masks[int(r)][b[0]:b[2], b[1]:b[3]].any())
             for r, b in zip(real.source_row.tolist(), real.source_box.tolist())]

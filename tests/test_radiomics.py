@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import glasszoo.training.radiomics as rad
-from glasszoo.evaluation.experiment.config import FeaturesConfig, parse_config
+from glasszoo.evaluation.experiment.config import parse_config
+from glasszoo.training.settings import FeaturesConfig
 from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.features import feature_descriptions, feature_table

@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from glasszoo.evaluation import report, stats  # noqa: E402
-from glasszoo.evaluation.experiment.runner import safe_filename  # noqa: E402
+from glasszoo.training.rundir import safe_filename  # noqa: E402
 from glasszoo.models.errors import DataError  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
@@ -236,10 +236,12 @@ def test_format_ci_and_nan() -> None:
 
 def test_default_reference() -> None:
     metrics = make_metrics()
-    assert report.default_reference(metrics) == "blackbox"
-    metrics["models"]["blackbox"]["family"] = "other"
+    assert report.default_reference(metrics) == "blackbox"  # the one explained post hoc only
     metrics["models"] = {k: metrics["models"][k] for k in ("tree", "protonet", "blackbox")}
-    assert report.default_reference(metrics) == "protonet"  # first image model
+    assert report.default_reference(metrics) == "blackbox"  # wherever it stands: no family name is needed
+    for block in metrics["models"]["blackbox"]["explanation"].values():
+        block["source"] = "intrinsic"
+    assert report.default_reference(metrics) == "protonet"  # no black box: the first image model
     for m in metrics["models"].values():
         m["input"] = "features"
     assert report.default_reference(metrics) == "tree"  # first model

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_runner import learnable_npz  # noqa: F401  (also registers the test-only tabular model)
+from standins import TinyLogReg
+from test_runner import learnable_npz
 
 from glasszoo.evaluation.experiment.audit import _marker_mass, marker_box, marker_presence, run_audit, stamp_marker
 from glasszoo.evaluation.experiment.config import parse_config
@@ -16,56 +17,56 @@ from glasszoo.evaluation.experiment.seeds import summarise_seeds
 from glasszoo.evaluation.posthoc import expected_passes
 from glasszoo.evaluation.results import tradeoff_rows
 from glasszoo.models.errors import ConfigError
-from glasszoo.training import runner as runner_mod
+from glasszoo.training import adapters
+
+pytestmark = pytest.mark.usefixtures("standin_models")
 
 
-def _cfg(tmp_path, models=("blackbox", "test_logreg"), **evaluation):
+def _cfg(tmp_path, models=("tiny_net", "tiny_logreg"), **evaluation):
     learnable_npz(tmp_path / "tiny.npz")
     return parse_config({
         "experiment": "extras", "output_dir": str(tmp_path / "runs"),
         "data": {"source": "medmnist", "path": str(tmp_path / "tiny.npz")},
         "training": {"max_epochs": 2, "batch_size": 16, "patience": 0, "progress_bar": False},
         "evaluation": {"bootstrap": 50, "explain_cases": 8, "figure_cases": 2, "case_figures_per_class": 1,
-                       "posthoc": {"methods": ["saliency"]},
+                       "posthoc": {"models": ["stand-in-black-box"], "methods": ["gradcam", "saliency"]},
                        "quality": {"cases": 4, "steps": 2, "faithfulness_subsets": 4, "randomisation_cases": 2,
                                    "sensitivity_samples": 1}, **evaluation},
-        "models": [{"name": "blackbox", "params": {"backbone": "resnet18", "stem": "standard"}}
-                   if m == "blackbox" else m for m in models],
+        "models": list(models),
     })
 
 
 def test_resume_does_not_retrain_finished_models(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path)
     calls = []
-    real_train = runner_mod.train_image_model
+    real_fit = adapters.ImageAdapter.fit
 
-    def counting_train(*args, **kwargs):
-        calls.append(kwargs.get("name"))
-        return real_train(*args, **kwargs)
+    def counting_fit(self, model, mdir, tcfg, seed, name):
+        calls.append(name)
+        return real_fit(self, model, mdir, tcfg, seed, name)
 
-    monkeypatch.setattr(runner_mod, "train_image_model", counting_train)
-    # an interruption after the black box: the tabular model's fit fails
-    from test_runner import LogReg
+    monkeypatch.setattr(adapters.ImageAdapter, "fit", counting_fit)
+    # an interruption after the image model: the tabular model's fit is interrupted
 
     def broken_fit(self, *a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(LogReg, "fit", broken_fit)
+    monkeypatch.setattr(TinyLogReg, "fit", broken_fit)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, out=tmp_path / "run")
     done = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert list(done["models"]) == ["blackbox"] and calls == ["blackbox"]
+    assert list(done["models"]) == ["tiny_net"] and calls == ["tiny_net"]
     monkeypatch.undo()
-    monkeypatch.setattr(runner_mod, "train_image_model", counting_train)
+    monkeypatch.setattr(adapters.ImageAdapter, "fit", counting_fit)
     run_dir = run_experiment(cfg, out=tmp_path / "run", resume=True)
-    assert calls == ["blackbox"]  # not trained again
+    assert calls == ["tiny_net"]  # not trained again
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert list(m["models"]) == ["blackbox", "test_logreg"]
-    assert m["models"]["blackbox"] == done["models"]["blackbox"]  # the finished block is kept as it was
+    assert list(m["models"]) == ["tiny_net", "tiny_logreg"]
+    assert m["models"]["tiny_net"] == done["models"]["tiny_net"]  # the finished block is kept as it was
     assert (run_dir / "report.html").exists() and (run_dir / "figures" / "comparison.png").exists()
     assert not list(run_dir.glob(".*.tmp"))
     # resuming with another configuration is refused, naming what differs
-    other = _cfg(tmp_path, models=("test_logreg",))
+    other = _cfg(tmp_path, models=("tiny_logreg",))
     with pytest.raises(ConfigError, match="another configuration.*models"):
         run_experiment(other, out=tmp_path / "run", resume=True)
 
@@ -75,11 +76,11 @@ def test_tradeoff_has_one_row_per_model_and_method(tmp_path):
     m = json.loads((run_dir / "metrics.json").read_text())
     trade = pd.read_csv(run_dir / "tradeoff.csv")
     pairs = list(zip(trade["model"], trade["explanation"]))
-    assert ("blackbox", "gradcam") in pairs and ("blackbox", "saliency") in pairs
-    assert ("test_logreg", "feature_attribution") in pairs
-    assert trade.groupby("model")["primary"].sum().to_dict() == {"blackbox": 1, "test_logreg": 1}
+    assert ("tiny_net", "gradcam") in pairs and ("tiny_net", "saliency") in pairs
+    assert ("tiny_logreg", "feature_attribution") in pairs
+    assert trade.groupby("model")["primary"].sum().to_dict() == {"tiny_net": 1, "tiny_logreg": 1}
     sal = trade[trade["explanation"] == "saliency"].iloc[0]
-    block = m["models"]["blackbox"]["explanation"]["saliency"]
+    block = m["models"]["tiny_net"]["explanation"]["saliency"]
     assert sal["explanation_source"] == "post-hoc" and block["n_cases"] == 8
     assert sal["insertion_auc"] == pytest.approx(block["insertion_auc"]["value"])
     # saliency: the prediction's forward pass, then one forward and one backward pass for the gradient (counted by
@@ -88,29 +89,33 @@ def test_tradeoff_has_one_row_per_model_and_method(tmp_path):
     assert len(tradeoff_rows(m)) == len(trade)
     # the case pages' inputs: every model's figure for the sampled cases, and every heatmap side by side
     cases = {p.name for p in (run_dir / "figures" / "cases" / "heatmaps").glob("*.png")}
-    assert cases and cases <= {p.name for p in (run_dir / "figures" / "cases" / "blackbox").glob("*.png")}
-    assert cases <= {p.name for p in (run_dir / "figures" / "cases" / "test_logreg").glob("*.png")}
+    assert cases and cases <= {p.name for p in (run_dir / "figures" / "cases" / "tiny_net").glob("*.png")}
+    assert cases <= {p.name for p in (run_dir / "figures" / "cases" / "tiny_logreg").glob("*.png")}
 
 
-def test_configured_gradcam_replaces_the_black_boxs_own(tmp_path):
-    """Grad-CAM with explicit parameters (an earlier layer) replaces the black box's own last-stage Grad-CAM: one
-    `gradcam` block, post-hoc, with its parameters and its counted passes; its maps are captum's on that layer."""
+def test_configured_gradcam_parameters_are_used(tmp_path):
+    """Grad-CAM with explicit parameters (the first convolution instead of the last): the one `gradcam` block is
+    post-hoc, with its parameters and its counted passes, and its maps are captum's on that layer."""
     from glasszoo.evaluation.experiment.saved import open_run
     from glasszoo.evaluation.posthoc import explain_posthoc
 
-    cfg = _cfg(tmp_path, models=("blackbox",), posthoc={"methods": ["gradcam"],
-                                                        "params": {"gradcam": {"layer": "net.layer2"}}})
+    cfg = _cfg(tmp_path, models=("tiny_net",), posthoc={"models": ["stand-in-black-box"], "methods": ["gradcam"],
+                                                        "params": {"gradcam": {"layer": "features.0"}}})
     run_dir = run_experiment(cfg, out=tmp_path / "run")
-    block = json.loads((run_dir / "metrics.json").read_text())["models"]["blackbox"]["explanation"]["gradcam"]
-    assert block["source"] == "post-hoc" and block["params"] == {"layer": "net.layer2"}
+    explanation = json.loads((run_dir / "metrics.json").read_text())["models"]["tiny_net"]["explanation"]
+    block = explanation["gradcam"]
+    assert list(explanation) == ["gradcam"]
+    assert block["source"] == "post-hoc" and block["params"] == {"layer": "features.0"}
     assert block["passes_per_image"] == {"forward": 2.0, "backward": 1.0} == expected_passes("gradcam")
-    saved = np.load(run_dir / "models" / "blackbox" / "heatmap_gradcam.npz", allow_pickle=True)
+    saved = np.load(run_dir / "models" / "tiny_net" / "heatmap_gradcam.npz", allow_pickle=True)
     run = open_run(run_dir)
-    model = run.load_model("blackbox")
+    model = run.load_model("tiny_net")
+    assert model.explain(np.zeros((1, 1, 16, 16), np.float32)) == []  # nothing of its own
     where = {c: i for i, c in enumerate(run.caseset.case_ids)}
     x = run.caseset.images[[where[c] for c in saved["case_ids"]]]
-    ref = explain_posthoc(model, x, "gradcam", params={"layer": "net.layer2"})
-    assert np.abs(ref.maps - model.explain(x).maps).max() > 1e-3 * ref.maps.max()  # not the last stage's map
+    ref = explain_posthoc(model, x, "gradcam", params={"layer": "features.0"})
+    last = explain_posthoc(model, x, "gradcam")
+    assert np.abs(ref.maps - last.maps).max() > 1e-3 * ref.maps.max()  # not the last layer's map
     np.testing.assert_allclose(saved["maps"].astype(np.float32), ref.maps, rtol=2e-3, atol=2e-3 * ref.maps.max())
 
 
@@ -191,15 +196,15 @@ def test_audit_run_writes_the_audit(tmp_path):
     run_dir = run_audit(cfg, out=tmp_path / "audit", rate=1.0, size=3)
     a = json.loads((run_dir / "audit.json").read_text())
     assert a["marker"]["size"] == 3 and a["marker"]["rate"] == 1.0
-    assert set(a["models"]) == {"blackbox", "test_logreg"}
+    assert set(a["models"]) == {"tiny_net", "tiny_logreg"}
     for name, b in a["models"].items():
         drop = b["accuracy_correlated"]["value"] - b["accuracy_decorrelated"]["value"]
         assert b["accuracy_drop"]["value"] == pytest.approx(drop)
         auc_drop = b["auc_correlated"]["value"] - b["auc_decorrelated"]["value"]
         assert b["auc_drop"]["value"] == pytest.approx(auc_drop)
         assert (name in a["resisted"]) == (b["accuracy_drop"]["value"] < 0.02 and auc_drop < 0.02)
-    assert "gradcam" in a["models"]["blackbox"]["explanations"]
-    for b in a["models"]["blackbox"]["explanations"].values():
+    assert "gradcam" in a["models"]["tiny_net"]["explanations"]
+    for b in a["models"]["tiny_net"]["explanations"].values():
         assert 0.0 <= b["marker_mass"]["value"] <= 1.0
     assert (run_dir / "figures" / "audit.png").exists()
     assert 'id="audit"' in (run_dir / "report.html").read_text()
@@ -215,15 +220,15 @@ def test_seeds_cli_and_report_command(tmp_path, capsys):
     cfg.write_text(json.dumps({
         "experiment": "seeds", "output_dir": str(tmp_path / "runs"),
         "data": {"source": "medmnist", "path": str(tmp_path / "tiny.npz")},
-        "evaluation": {"bootstrap": 50, "explain_cases": 4}, "models": ["test_logreg"]}))  # JSON is YAML
+        "evaluation": {"bootstrap": 50, "explain_cases": 4}, "models": ["tiny_logreg"]}))  # JSON is YAML
     assert main(["run", str(cfg), "--seeds", "2", "--out", str(tmp_path / "run")]) == 0
     s = json.loads((tmp_path / "run" / "seeds.json").read_text())
     assert s["seeds"] == [0, 1]
-    one = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]["test_logreg"]["task"]["auc"]
+    one = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]["tiny_logreg"]["task"]["auc"]
     two = json.loads((tmp_path / "run" / "seeds" / "seed-1" / "metrics.json").read_text())
-    values = [one["value"], two["models"]["test_logreg"]["task"]["auc"]["value"]]
-    assert s["models"]["test_logreg"]["auc"]["values"] == values
-    assert s["models"]["test_logreg"]["auc"]["mean"] == pytest.approx(np.mean(values))
+    values = [one["value"], two["models"]["tiny_logreg"]["task"]["auc"]["value"]]
+    assert s["models"]["tiny_logreg"]["auc"]["values"] == values
+    assert s["models"]["tiny_logreg"]["auc"]["mean"] == pytest.approx(np.mean(values))
     assert 'id="seeds"' in (tmp_path / "run" / "report.html").read_text()
     (tmp_path / "run" / "report.html").unlink()
     assert main(["report", str(tmp_path / "run")]) == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from glasszoo.evaluation.experiment.config import AugmentConfig
+from glasszoo.training.settings import AugmentConfig
 from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.training import caseset as caseset_module
 from glasszoo.training import synthetic

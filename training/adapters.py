@@ -70,6 +70,10 @@ class Adapter:
         """The model's own explanations of the cases at ``rows`` (a list, possibly empty)."""
         return list(model.explain(self.inputs(rows), case_ids=self.cs.case_ids[rows], **kwargs))
 
+    def inputs_for_image(self, image: np.ndarray, name: str = "the model") -> np.ndarray:
+        """The model's input for a new image [C, H, W] that is not a case of the data (``glasszoo explain --image``)."""
+        raise NotImplementedError
+
     def n_params(self, model: Any) -> int:
         raise NotImplementedError
 
@@ -113,6 +117,9 @@ class ImageAdapter(Adapter):
 
     def inputs(self, rows: np.ndarray) -> np.ndarray:
         return self.cs.images[rows]
+
+    def inputs_for_image(self, image: np.ndarray, name: str = "the model") -> np.ndarray:
+        return np.asarray(image, dtype=np.float32)[None]
 
     def n_params(self, model: Any) -> int:
         return int(sum(p.numel() for p in model.parameters()))
@@ -174,6 +181,11 @@ class FeatureAdapter(Adapter):
 
     def inputs(self, rows: np.ndarray) -> np.ndarray:
         return self.table[0][rows]
+
+    def inputs_for_image(self, image: np.ndarray, name: str = "the model") -> np.ndarray:
+        raise DataError(f"'{name}' reads a feature table built over the run's data set (with its lesion masks and "
+                        f"the training split's imputation), not a single new image; explain a case of the run with "
+                        f"--case CASE_ID")
 
     def n_params(self, model: Any) -> int:
         return int(getattr(model, "n_params_", self.table[0].shape[1]))

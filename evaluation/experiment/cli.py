@@ -146,7 +146,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         items.append((safe_filename(cid), case_of(cs, adapter, run.case_row(cid))))
     for path in args.image:
         image = run.read_image(path, resize=args.resize)
-        items.append((safe_filename(Path(path).stem), Case(x=adapter.inputs_for_image(image), image=image)))
+        items.append((safe_filename(Path(path).stem), Case(x=adapter.inputs_for_image(image, name), image=image)))
     model = run.load_model(name)
     source_image = training_image_lookup(cs)
     out_dir = Path(args.out) if args.out else run.dir.explanations(name)
