@@ -114,7 +114,7 @@ def test_report_keeps_sections_not_run(monkeypatch):
     m = bench.machine_description()
     assert m["cores"] >= 1 and m["cpu"] and f"{m['ram_gb']:.0f} GiB RAM" in text
     # a second partial run replaces its own section only
-    sec2 = BenchSection("push", "ProtoPNet push", {"data": "d"},
+    sec2 = BenchSection("push", "Prototype push", {"data": "d"},
                         rows=[BenchRow("forward pass", 10, 1.0, "forward pass", 1.0)])
     text2 = write_markdown([sec2], "glasszoo bench --only push", previous=text)
     assert "ratio 0.97" in text2 and "Settings: x." not in text2 and "old radiomics figures" in text2

@@ -162,3 +162,62 @@ def test_the_checks_catch_a_planted_upward_import_and_cycle(tmp_path):
 def test_read_imports_resolves_relative_names(source, expected):
     got = [t for t, *_ in read_imports(source, "glasszoo.models.cbm")]
     assert got == expected
+
+
+# ------------------------------------------------------------------------------------------- shared code
+SHARED = ("evaluation/experiment/runner.py", "evaluation/report.py", "evaluation/experiment/bench.py")
+"""Code every model goes through: it may not know any model family or registry name."""
+
+
+def _string_constants(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every string constant of a module except docstrings (f-string parts included)."""
+    tree = ast.parse(source)
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+def _compared_constants(source: str) -> set[tuple[int, str]]:
+    """(line, text) of the string constants compared with something (``==``, ``!=``, ``in``, ...)."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for operand in [node.left, *node.comparators]:
+                for c in ast.walk(operand):
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str):
+                        out.add((c.lineno, c.value))
+    return out
+
+
+def named_models(source: str, registry_names: set[str], families: set[str]) -> list[str]:
+    """String constants that hold a registry name as a word, and family names that code compares against (family
+    names such as "score" or "tree" are also ordinary words and keys, so only a comparison counts)."""
+    words = re.compile(r"\b(" + "|".join(sorted(map(re.escape, registry_names))) + r")\b", re.IGNORECASE)
+    compared = _compared_constants(source)
+    return [f"line {line}: {text!r}" for line, text in _string_constants(source)
+            if words.search(text) or (text in families and (line, text) in compared)]
+
+
+def test_shared_code_names_no_model_family_or_registry_name():
+    from glasszoo.models import FAMILY_MODULES, list_models, model_info
+
+    names = set(list_models())
+    families = {model_info(n).family for n in names}
+    assert {"blackbox", "protopnet", "cbm"} <= names and "black-box" in families and FAMILY_MODULES
+    for rel in SHARED:
+        bad = named_models((ROOT / rel).read_text(), names, families)
+        assert not bad, f"{rel} names models: " + "; ".join(bad)
+
+
+def test_the_name_check_catches_a_planted_name():
+    names, families = {"blackbox", "point_score"}, {"black-box", "score"}
+    planted = 'def f(m):\n    """Docstrings may say blackbox."""\n    return m["family"] == "black-box"\n'
+    assert named_models(planted, names, families) == ["line 3: 'black-box'"]
+    assert named_models('x = f"{a} (blackbox, resnet18)"\n', names, families) == ["line 1: ' (blackbox, resnet18)'"]
+    assert named_models('x = "a score of the tree"\ny = d["score"]\nz = "point_scores"\n', names, families) == []
+    assert named_models('ok = info.family in ("score", "x")\n', names, families) == ["line 1: 'score'"]

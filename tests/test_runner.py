@@ -104,6 +104,13 @@ def test_run_writes_the_results_contract(tiny_run):
     assert methods == set(bb["explanation"]) == set(DEFAULT_METHODS) - {"lrp"}
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["training"]["max_epochs"] == 3 and resolved["models"][0]["model"] == "tiny_net"
+    # the randomisation figures the run wrote appear in their own report section, not under "Other figures"
+    run = RunDir(run_dir)
+    assert run.randomisation_figure("tiny_net").is_file()
+    html = run.report.read_text()
+    section = html[html.index('id="randomisation-figures"'):]
+    assert "tiny_net: model-parameter randomisation check" in section.split("</section>")[0]
+    assert "Other figures" not in html
 
 
 def test_tabular_path_learns_the_bright_square(tiny_run):
