@@ -21,7 +21,7 @@ import numpy as np
 
 from glasszoo.evaluation import quality as Q
 from glasszoo.evaluation.metrics import mean_ci, pointing_game, relevance_mass_in_mask
-from glasszoo.evaluation.plots import plot_heatmaps, plot_randomisation
+from glasszoo.evaluation.plots import plot_heatmaps, plot_intervention, plot_randomisation
 from glasszoo.evaluation.posthoc import PassCounter, explain_posthoc
 from glasszoo.models.explanations import Heatmap
 from glasszoo.training.caseset import CaseSet
@@ -159,6 +159,26 @@ def summary_title(method: str, block: dict, sep: str = "\n") -> str:
     if "randomisation" in block:
         lines.append("randomisation " + ("passed" if block["randomisation"]["passed"] else "FAILED"))
     return sep.join(lines)
+
+
+def _intervention_figure(name: str, block: dict, run: RunDir) -> Path | None:
+    curves = block.get("intervention")
+    if not curves:
+        return None
+    plot_intervention(curves, run.intervention_figure(name), title=f"{name}: test-time intervention")
+    return run.intervention_figure(name)
+
+
+BLOCK_FIGURES: dict[str, Callable[[str, dict, RunDir], Path | None]] = {"concepts": _intervention_figure}
+"""Explanation block name -> the figure drawn from it (a model's data, not the model: any model that reports a
+``concepts`` block with intervention curves gets the intervention figure)."""
+
+
+def draw_block_figures(name: str, explanation: dict, run: RunDir) -> list[Path]:
+    """The figures of a model's explanation blocks that have a renderer in :data:`BLOCK_FIGURES`."""
+    drawn = [draw(name, explanation[key], run) for key, draw in BLOCK_FIGURES.items()
+             if isinstance(explanation.get(key), dict)]
+    return [p for p in drawn if p is not None]
 
 
 def save_heatmap(hm: Heatmap, path: Path) -> None:

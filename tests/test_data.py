@@ -7,8 +7,8 @@ import pytest
 
 from glasszoo.training import CaseSet, ConfigError, DataError
 from glasszoo.training.data import load_caseset
-from glasszoo.training.split import stratified_split
 from glasszoo.training.medmnist import load_medmnist
+from glasszoo.training.split import stratified_split
 
 
 def make_npz(path, n=(30, 9, 12), side=8, rgb=False, classes=2, seed=0, **overrides):

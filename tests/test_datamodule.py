@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from glasszoo.training.settings import AugmentConfig
 from glasszoo.training import CaseSet
 from glasszoo.training.datamodule import CaseSetDataModule, augment_batch
+from glasszoo.training.settings import AugmentConfig
 
 
 def caseset(n=40, side=8):

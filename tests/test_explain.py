@@ -17,10 +17,10 @@ from glasszoo.evaluation.experiment.bench import bench_push, format_section, wri
 from glasszoo.evaluation.experiment.cli import main
 from glasszoo.evaluation.experiment.config import parse_config
 from glasszoo.evaluation.experiment.runner import run_experiment
-from glasszoo.training.rundir import safe_filename
 from glasszoo.evaluation.experiment.saved import open_run
 from glasszoo.models import ProtoPNet, PrototypeEvidence
 from glasszoo.models.errors import DataError
+from glasszoo.training.rundir import safe_filename
 
 SIDE = 32
 

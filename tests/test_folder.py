@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from glasszoo.models.errors import DataError
 from glasszoo.training.data import load_caseset
-from glasszoo.training.split import stratified_split
 from glasszoo.training.folder import load_folder
+from glasszoo.training.split import stratified_split
 
 SIZE = 16
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from glasszoo.evaluation.experiment.config import _build, _validate_training
-from glasszoo.training.settings import AugmentConfig, TrainingConfig
 from glasszoo.models.errors import ConfigError
 from glasszoo.training.datamodule import CaseSetDataModule, SeededBatches
 from glasszoo.training.module import ClassifierModule
+from glasszoo.training.settings import AugmentConfig, TrainingConfig
 from glasszoo.training.synthetic import make_synthetic
 from glasszoo.training.train import build_image_model, build_trainer, resolve_pin_memory, train_image_model
 

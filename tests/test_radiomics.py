@@ -11,10 +11,10 @@ import pytest
 
 import glasszoo.training.radiomics as rad
 from glasszoo.evaluation.experiment.config import parse_config
-from glasszoo.training.settings import FeaturesConfig
 from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.features import feature_descriptions, feature_table
+from glasszoo.training.settings import FeaturesConfig
 from glasszoo.training.synthetic import make_synthetic
 
 PREFIXES = ["original_firstorder_", "original_shape2D_", "original_glcm_", "original_glrlm_", "original_glszm_",

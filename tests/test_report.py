@@ -18,8 +18,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from glasszoo.evaluation import report, stats  # noqa: E402
-from glasszoo.training.rundir import safe_filename  # noqa: E402
 from glasszoo.models.errors import DataError  # noqa: E402
+from glasszoo.training.rundir import safe_filename  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
 N_TEST = 40

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from glasszoo.training.settings import AugmentConfig
 from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.training import caseset as caseset_module
 from glasszoo.training import synthetic
 from glasszoo.training.caseset import CaseSet, NpyWriter, open_npy
 from glasszoo.training.data import load_caseset
 from glasszoo.training.datamodule import CaseSetDataModule
+from glasszoo.training.settings import AugmentConfig
 from glasszoo.training.synthetic import make_synthetic
 
 ARGS = {"n_cases": 90, "img_size": 24, "shortcut_rate": 0.9, "channels": 3, "seed": 4}

@@ -24,9 +24,14 @@ import yaml
 
 from glasszoo.evaluation.case_figures import Case, explain_case
 from glasszoo.evaluation.experiment.config import ExperimentConfig, ModelSpec
-from glasszoo.evaluation.explain_eval import explain_and_score, selected_for_posthoc, stored_heatmaps
+from glasszoo.evaluation.explain_eval import (
+    draw_block_figures,
+    explain_and_score,
+    selected_for_posthoc,
+    stored_heatmaps,
+)
 from glasszoo.evaluation.metrics import bootstrap_ci
-from glasszoo.evaluation.plots import plot_comparison, plot_intervention, plot_roc
+from glasszoo.evaluation.plots import plot_comparison, plot_roc
 from glasszoo.evaluation.report import write_report
 from glasszoo.evaluation.results import format_table, write_tradeoff
 from glasszoo.evaluation.segmentation import segmentation_summary
@@ -205,10 +210,7 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
             selected_for_posthoc(ev.posthoc.models, spec.name, info.family), heatmaps, log)
     extra = _model_metrics(model, cs, cfg)
     explanation.update(extra.pop("explanation", {}))
-    intervention = explanation.get("concepts", {}).get("intervention")
-    if intervention:
-        plot_intervention(intervention, run.intervention_figure(spec.name),
-                          title=f"{spec.name}: test-time intervention")
+    draw_block_figures(spec.name, explanation, run)
     explain_seconds = time.perf_counter() - t_explain
     block = {
         "family": info.family,
