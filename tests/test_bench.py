@@ -157,3 +157,19 @@ def test_default_sections_and_registry():
     assert all(bench.SECTIONS[n].in_default for n in ("training", "explain", "push", "radiomics", "scaling",
                                                        "quickstart"))
     assert np.isclose(bench.TRAINING_TARGET, 0.90)
+
+
+def test_bench_runs_from_an_installed_package(tmp_path, monkeypatch):
+    """No repository-root assumption: the workloads ship with the package (bench_workloads.yaml, registered models
+    only), and the config-reading sections look in the current folder or take --config, failing clearly."""
+    from glasszoo.models import ConfigError, list_models
+
+    assert not hasattr(bench, "REPO_ROOT")
+    assert set(bench.WORKLOADS) == {"training", "push", "scaling"}
+    assert all(w["model"] in list_models() for w in bench.WORKLOADS.values())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"configs/quickstart.yaml not found; run the bench from the folder that "
+                                          r"holds configs/, or pass --config PATH"):
+        bench.section_quickstart()
+    with pytest.raises(ConfigError, match="bench explain: experiment config nope.yaml not found"):
+        bench.section_explain(config="nope.yaml")

@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 
 from glasszoo.evaluation import report, stats  # noqa: E402
 from glasszoo.models.errors import DataError  # noqa: E402
-from glasszoo.training.rundir import safe_filename  # noqa: E402
+from glasszoo.training.rundir import RunDir, safe_filename  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
 N_TEST = 40
@@ -126,31 +126,31 @@ def _tiny_png(path: Path, colour: str = "tab:blue") -> None:
 
 
 def write_run(run_dir: Path, metrics: dict | None = None, extras: bool = True) -> Path:
-    """A run directory by hand: metrics.json, predictions, run.json; with ``extras`` figures, case figures, audit and
-    seeds."""
+    """A run directory by hand (every file name from ``RunDir``, as the runner's, so the two cannot drift):
+    metrics.json, predictions, run.json; with ``extras`` figures, case figures, audit and seeds."""
     metrics = metrics or make_metrics()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (run_dir / "config.yaml").write_text("experiment: fake-run\nseed: 0\n")
-    (run_dir / "run.json").write_text(json.dumps({"glasszoo_version": "9.9.9", "started": "2024-01-01T00:00:00"}))
+    rd = RunDir(run_dir)
+    rd.metrics.write_text(json.dumps(metrics, indent=1))
+    rd.config.write_text("experiment: fake-run\nseed: 0\n")
+    rd.run_info.write_text(json.dumps({"glasszoo_version": "9.9.9", "started": "2024-01-01T00:00:00"}))
     y, probs = make_predictions()
     ids = _case_ids(len(y))
     for name in metrics["models"]:
         p1 = probs[name]
         df = pd.DataFrame({"case_id": ids, "label": y, "pred": (p1 >= 0.5).astype(int), "p_benign": 1 - p1,
                            "p_malignant": p1})
-        (run_dir / "models" / name).mkdir(parents=True, exist_ok=True)
-        df.to_csv(run_dir / "models" / name / "predictions.csv", index=False)
+        rd.model(name).path.mkdir(parents=True, exist_ok=True)
+        df.to_csv(rd.model(name).predictions, index=False)
     if not extras:
         return run_dir
-    fig = run_dir / "figures"
-    for fname in ("roc.png", "comparison.png", "randomisation.png", "blackbox_gradcam.png", "audit.png",
-                  "protonet_intervention.png"):
-        _tiny_png(fig / fname)
+    for path in (rd.roc_figure, rd.comparison_figure, rd.randomisation_figure("blackbox"),
+                 rd.method_figure("blackbox", "gradcam"), rd.audit_figure, rd.intervention_figure("protonet")):
+        _tiny_png(path)
     for case in (ids[0], ids[1], ids[2]):
         for model in ("blackbox", "protonet"):
-            _tiny_png(fig / "cases" / model / f"{safe_filename(case)}.png", "tab:red")
-        _tiny_png(fig / "cases" / "heatmaps" / f"{safe_filename(case)}.png", "tab:green")
+            _tiny_png(rd.case_figure(model, case), "tab:red")
+        _tiny_png(rd.case_heatmaps(case), "tab:green")
     audit = {"marker": {"kind": "square", "size": 4, "rate": 0.9},
              "models": {"blackbox": {"accuracy_correlated": _ci(0.95), "accuracy_decorrelated": _ci(0.6),
                                      "accuracy_drop": _ci(0.35), "auc_correlated": _ci(0.97),

@@ -54,6 +54,7 @@ from glasszoo.evaluation.posthoc import DEFAULT_METHODS, PassCounter, explain_po
 from glasszoo.evaluation.report import default_reference
 from glasszoo.models import ConfigError, GlasszooError, create_model, model_info
 from glasszoo.models.base import as_tensor
+from glasszoo.training.adapters import Adapters
 from glasszoo.training.radiomics import extract_radiomics
 from glasszoo.training.settings import AugmentConfig, TrainingConfig
 from glasszoo.training.synthetic import _memmap_min_bytes, make_synthetic
@@ -481,9 +482,10 @@ def section_explain(n_cases: int = 128, img_size: int = 48, repeats: int = 3, de
                      "ratio": ratio, "passes": passes})
 
     intrinsic_ok = True
+    adapters = Adapters(cs, cfg.features)
     for spec in cfg.models:
         info = model_info(spec.model)
-        if info.input_kind != "image":  # the section times torch models: forward passes and post-hoc explainers
+        if not adapters.for_info(info).torch_model:  # the section counts forward passes: torch models only
             continue
         torch.manual_seed(seed)
         model = build_image_model(spec.model, spec.params, cs).to(dev).eval()

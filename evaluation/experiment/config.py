@@ -267,7 +267,7 @@ def _parse_models(raw: Any, src: str) -> list[ModelSpec]:
         spec.model = spec.model or spec.name
         try:
             info = model_info(spec.model)
-            clash = sorted(set(spec.params) & set(PIPELINE_KWARGS)) if info.input_kind == "image" else []
+            clash = sorted(set(spec.params) & set(PIPELINE_KWARGS) & set(info.parameters))  # filled from the data
             if clash:
                 raise ConfigError(f"{clash} are set from the data and cannot be given")
             check_kwargs(spec.model, spec.params)
