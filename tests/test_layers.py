@@ -67,11 +67,29 @@ def read_imports(source: str, module: str, is_package: bool = False) -> list[tup
     return out
 
 
+def lazy_imports(source: str, package: str) -> list[str]:
+    """The modules a package ``__init__`` imports on demand (``importlib.import_module``): the values of its
+    ``_LAZY`` dict and its ``FAMILY_MODULES``, read as literals, so these edges are not hidden from the checks."""
+    out = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name not in ("_LAZY", "FAMILY_MODULES"):
+                continue
+            value = ast.literal_eval(node.value)
+            for target in (value.values() if isinstance(value, dict) else value):
+                out.append(target if target.startswith("glasszoo.") else f"{package}.{target}")
+    return out
+
+
 def import_graph(files: dict[str, Path]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
-        targets = read_imports(path.read_text(), module, path.name == "__init__.py")
-        graph[module] = {t for t, *_ in targets if t in files and t != module}
+        source = path.read_text()
+        targets = [t for t, *_ in read_imports(source, module, path.name == "__init__.py")]
+        if path.name == "__init__.py":
+            targets += lazy_imports(source, module)
+        graph[module] = {t for t in targets if t in files and t != module}
     return graph
 
 
@@ -109,6 +127,12 @@ def _rel(path: Path) -> str:
 def upward_imports(files: dict[str, Path]) -> list[str]:
     bad = []
     for module, path in files.items():
+        if path.name == "__init__.py":
+            for target in lazy_imports(path.read_text(), module):
+                if target not in files:
+                    bad.append(f"{_rel(path)}: imports {target} on demand, which is no module of glasszoo")
+                elif layer_of(target) > layer_of(module):
+                    bad.append(f"{_rel(path)}: {module} imports {target} on demand, up a layer")
         for target, line, _, _ in read_imports(path.read_text(), module, path.name == "__init__.py"):
             if target.startswith("glasszoo.") and target in files and layer_of(target) > layer_of(module):
                 bad.append(f"{_rel(path)}:{line}: {module} ({LAYERS[layer_of(module)]}) imports "
@@ -152,6 +176,17 @@ def test_the_checks_catch_a_planted_upward_import_and_cycle(tmp_path):
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_lazy_package_imports_are_read():
+    """The packages' on-demand imports are edges of the graph like any other (none is hidden)."""
+    graph = import_graph(module_files())
+    assert {"glasszoo.models.blackbox", "glasszoo.models.protopnet", "glasszoo.models._registry"} <= \
+        graph["glasszoo.models"]
+    assert "glasszoo.training.data" in graph["glasszoo.training"]
+    planted = 'FAMILY_MODULES = ("blackbox",)\n_LAZY = {"run": "glasszoo.evaluation.experiment.runner"}\n'
+    assert lazy_imports(planted, "glasszoo.models") == ["glasszoo.models.blackbox",
+                                                        "glasszoo.evaluation.experiment.runner"]
 
 
 @pytest.mark.parametrize("source,expected", [
