@@ -212,3 +212,26 @@ def test_a_model_that_fails_in_fit_fails_alone(tmp_path, standin_models, capsys)
     html = run.report.read_text()
     assert 'id="failed-models"' in html and "planted failure in training" in html
     assert "tiny_net" in html and run.tradeoff.is_file()
+
+
+def test_every_declared_requirement_is_checked_before_training(tmp_path):
+    """The issue's two cases: a 5-class (here 3-class) data set under a config ending in the point score, and a CBM
+    on data without concepts; both are named at once, before anything trains."""
+    from glasszoo.evaluation.experiment.runner import check_config_data
+    from glasszoo.training.data import load_caseset
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 30), ("val", 12), ("test", 12)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 8, 8)).astype(np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 3).reshape(-1, 1).astype(np.uint8)
+    np.savez(tmp_path / "three.npz", **arrays)
+    raw = {"experiment": "three", "data": {"source": "medmnist", "path": str(tmp_path / "three.npz")},
+           "models": ["sparse_logreg", {"name": "cbm", "params": {"backbone": "resnet18"}}, "point_score"]}
+    cfg = parse_config(raw, "three.yaml")
+    with pytest.raises(DataError) as err:
+        check_config_data(cfg, load_caseset(cfg.data))
+    msg = str(err.value)
+    assert msg.startswith("three.yaml: ") and "sparse_logreg" not in msg
+    assert "model 'cbm' (cbm) needs a concept matrix" in msg
+    assert "model 'point_score' (point_score) needs exactly two classes" in msg
