@@ -275,7 +275,8 @@ def _upsample(attr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg: dict, chunk: _Chunk) -> torch.Tensor:
     net = getattr(model, "net", None)
-    if cfg["layer"] is None and isinstance(net, nn.Module) and has_cam_head(net):
+    if cfg["layer"] is None and not callable(getattr(model, "cam_layer", None)) and isinstance(net, nn.Module) \
+            and has_cam_head(net):
         # Grad-CAM of a global-average-pooled linear head is its class activation map: one forward pass, no
         # backward (models/_backbones.cam_forward), when the model's logits are that head's outputs
         try:

@@ -197,7 +197,7 @@ def load_metrics(run_dir: str | Path) -> dict:
     """``run_dir/metrics.json`` (``DataError`` naming the file when it is missing or malformed)."""
     metrics = _read_json(RunDir(run_dir).metrics)
     if not isinstance(metrics.get("models"), dict) or "dataset" not in metrics:
-        raise DataError(f"{Path(run_dir) / 'metrics.json'} has no 'dataset' and 'models' entries")
+        raise DataError(f"{RunDir(run_dir).metrics} has no 'dataset' and 'models' entries")
     return metrics
 
 
@@ -209,12 +209,14 @@ def explained_post_hoc_only(block: dict) -> bool:
 
 
 def default_reference(metrics: dict) -> str:
-    """The first model with no explanation of its own (a black box); else the first image model; else the first."""
+    """The first model with no explanation of its own (a black box: it has explanation blocks and all are post hoc);
+    else the first image model; else the first model. (A run that explains no case has no explanation blocks at all:
+    then the first image model is the reference.)"""
     models = metrics["models"]
     if not models:
         raise DataError("the run has no models")
     for name, m in models.items():
-        if explained_post_hoc_only(m):
+        if m.get("explanation") and explained_post_hoc_only(m):
             return name
     for name, m in models.items():
         if m.get("input") == "image":
@@ -980,7 +982,7 @@ def _cases_section(run_dir: Path, metrics: dict, ids: np.ndarray, preds: dict[st
     row_of = {c: i for i, c in enumerate(ids)}
     rd = RunDir(run_dir)
     case_dir = rd.cases
-    model_dirs = [d for d in sorted(case_dir.iterdir()) if d.is_dir() and d.name != RunDir.HEATMAP_CASES]
+    model_dirs = [d for d in sorted(case_dir.iterdir()) if d.is_dir() and d.name in metrics["models"]]
     order = {n: i for i, n in enumerate(metrics["models"])}
     model_dirs.sort(key=lambda d: (order.get(d.name, len(order)), d.name))
     sections, toc = [], []
@@ -1099,13 +1101,13 @@ def _failed_section(metrics: dict) -> str:
     failed = metrics.get("failed") or {}
     if not failed:
         return ""
-    rows = [[_e(name), _e(f.get("registry_name", "")), f'<span class="fail">{_e(f.get("error", ""))}</span>']
-            for name, f in failed.items()]
+    rows = [[_e(name), _e(f.get("registry_name", "")), _e(f.get("stage", "training and evaluation")),
+             f'<span class="fail">{_e(f.get("error", ""))}</span>'] for name, f in failed.items()]
     return _section("failed-models", "Failed models", (
         f'<p class="note">{_plural(len(failed), "model")} of this run failed; the run went on without '
-        f"{'it' if len(failed) == 1 else 'them'}, so every table and figure below holds the other models only. "
-        "The traceback of each is under <code>failed</code> in metrics.json.</p>")
-        + _table(None, ["model", "registry name", "error"], rows, numeric_from=3))
+        f"{'it' if len(failed) == 1 else 'them'} (a model that failed only while its case figures were drawn keeps "
+        "its results). The traceback of each is under <code>failed</code> in metrics.json.</p>")
+        + _table(None, ["model", "registry name", "stage", "error"], rows, numeric_from=4))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1118,6 +1120,12 @@ def render_report(run_dir: str | Path, reference: str | None = None, max_cases: 
     """The report of ``run_dir`` as an HTML string (see :func:`write_report`)."""
     run_dir = Path(run_dir)
     metrics = load_metrics(run_dir)
+    title = f"glasszoo report: {run_dir.name}"
+    if not metrics["models"]:  # every model failed: the data set and the errors are still worth a page
+        body = _failed_section(metrics) or _section("failed-models", "Failed models", "<p>The run has no models.</p>")
+        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{_header(run_dir, metrics)}{body}"
+                "</body></html>\n")
     reference = reference or default_reference(metrics)
     if reference not in metrics["models"]:
         raise DataError(f"reference model '{reference}' is not in the run (models: {list(metrics['models'])})")

@@ -235,3 +235,35 @@ def test_every_declared_requirement_is_checked_before_training(tmp_path):
     assert msg.startswith("three.yaml: ") and "sparse_logreg" not in msg
     assert "model 'cbm' (cbm) needs a concept matrix" in msg
     assert "model 'point_score' (point_score) needs exactly two classes" in msg
+
+
+def test_a_run_whose_every_model_fails_still_writes_its_report(tmp_path, standin_models, capsys):
+    raw = standin_config(models=["tiny_failing"])
+    raw["output_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "all.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path)]) == 1
+    run = RunDir(tmp_path / "runs" / "standin")
+    assert json.loads(run.metrics.read_text())["models"] == {}
+    html = run.report.read_text()
+    assert 'id="failed-models"' in html and "planted failure in training" in html
+
+
+def test_a_case_figure_that_cannot_be_drawn_keeps_the_models_results(tmp_path, standin_models, monkeypatch):
+    import glasszoo.evaluation.experiment.runner as runner
+
+    real = runner.explain_case
+
+    def broken(model, case, *args, **kwargs):
+        if type(model).__name__ == "TinyCAM":
+            raise ValueError("planted figure failure")
+        return real(model, case, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "explain_case", broken)
+    raw = standin_config(models=["tiny_net", "tiny_cam"])
+    run = RunDir(run_experiment(parse_config(raw), out=tmp_path / "run"))
+    m = json.loads(run.metrics.read_text())
+    assert list(m["models"]) == ["tiny_net", "tiny_cam"]  # its results are kept
+    assert m["failed"]["tiny_cam"]["stage"] == "case figures"
+    assert "planted figure failure" in m["failed"]["tiny_cam"]["error"]
+    assert list(run.case_dir("tiny_net").glob("*.png")) and run.report.is_file()

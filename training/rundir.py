@@ -50,6 +50,11 @@ class ModelDir:
     def predictions(self) -> Path:
         return self.path / "predictions.csv"
 
+    @property
+    def logs(self) -> Path:
+        """Lightning's CSV logs (``metrics.csv`` inside)."""
+        return self.path / "logs"
+
     def heatmap(self, method: str) -> Path:
         return self.path / f"heatmap_{method}.npz"
 

@@ -20,6 +20,7 @@ from glasszoo.models import ImageModel, create_model, model_info
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.datamodule import CaseSetDataModule
 from glasszoo.training.module import ClassifierModule
+from glasszoo.training.rundir import ModelDir
 from glasszoo.training.settings import TrainingConfig
 
 
@@ -121,7 +122,7 @@ def build_trainer(tcfg: TrainingConfig, out_dir: str | Path, callbacks: list) ->
         precision=tcfg.precision,
         # "warn": deterministic algorithms where they exist; on a GPU an op without one warns instead of failing
         deterministic="warn" if tcfg.deterministic else False,
-        logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
+        logger=CSVLogger(save_dir=str(out_dir), name=ModelDir(Path(out_dir)).logs.name, version=""),
         callbacks=[*callbacks, *([ThrottledProgressBar()] if tcfg.progress_bar else [])],
         enable_progress_bar=tcfg.progress_bar,
         enable_model_summary=False,
@@ -155,8 +156,8 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
                               scheduler=tcfg.scheduler, max_epochs=tcfg.max_epochs,
                               class_weights=dm.class_weights(tcfg.class_weighting),
                               channels_last=tcfg.channels_last)
-    ckpt = ModelCheckpoint(dirpath=out_dir, filename="checkpoint", monitor="val_select", mode="max",
-                           save_top_k=1, save_weights_only=True, enable_version_counter=False)
+    ckpt = ModelCheckpoint(dirpath=out_dir, filename=ModelDir(out_dir).checkpoint.stem, monitor="val_select",
+                           mode="max", save_top_k=1, save_weights_only=True, enable_version_counter=False)
     callbacks = [ckpt, *model.training_callbacks(cs), *(callbacks or [])]
     if tcfg.patience > 0:
         callbacks.append(SelectableEarlyStopping(monitor="val_select", mode="max", patience=tcfg.patience))
@@ -171,7 +172,7 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
     load_checkpoint(model, ckpt.best_model_path)
     model.eval()
     best = ckpt.best_model_score  # val_select of the chosen epoch, which equals its val_auc
-    epoch_of_best = _best_epoch(out_dir / "logs" / "metrics.csv")
+    epoch_of_best = _best_epoch(ModelDir(out_dir).logs / "metrics.csv")
     return TrainResult(train_seconds=seconds, epochs=int(trainer.current_epoch), best_epoch=epoch_of_best,
                        best_val_auc=float(best) if best is not None else float("nan"),
                        checkpoint=str(ckpt.best_model_path), global_rank=int(trainer.global_rank),

@@ -40,6 +40,7 @@ from glasszoo.evaluation.metrics import mean_ci, task_metrics
 from glasszoo.evaluation.plots import _save, plt
 from glasszoo.evaluation.report import write_report
 from glasszoo.models import ConfigError
+from glasszoo.training.adapters import Adapters
 from glasszoo.training.atomic import atomic_write_text
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.data import load_caseset
@@ -136,14 +137,12 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
     result: dict[str, Any] = {"marker": {"kind": "white square, top-left", "size": int(size), "box": list(box),
                                          "rate": rate, "test_fraction_marked": float(decorrelated[test].mean())},
                               "models": {}, "revealed": [], "resisted": [], "summary": []}
-    correlated_adapters: dict = {}
+    correlated = Adapters(corr_cs, cfg.features)  # the same adapters on the correlated copy (one feature table)
     for name in run.model_names:
         model = run.load_model(name)
         adapter = run.adapter(name)
         p_dec = adapter.predict(model, test)
-        if adapter.input_kind not in correlated_adapters:  # one adapter (one feature table) of the copy per kind
-            correlated_adapters[adapter.input_kind] = adapter.with_data(corr_cs)
-        p_corr = correlated_adapters[adapter.input_kind].predict(model, test)
+        p_corr = correlated(run.spec(name).model).predict(model, test)
         right_corr = (p_corr.argmax(1) == y).astype(float)
         right_dec = (p_dec.argmax(1) == y).astype(float)
         boot = (ev.bootstrap, ev.ci_level, cfg.seed)

@@ -56,6 +56,7 @@ from glasszoo.models import ConfigError, GlasszooError, create_model, model_info
 from glasszoo.models.base import as_tensor
 from glasszoo.training.adapters import Adapters
 from glasszoo.training.radiomics import extract_radiomics
+from glasszoo.training.rundir import RunDir
 from glasszoo.training.settings import AugmentConfig, TrainingConfig
 from glasszoo.training.synthetic import _memmap_min_bytes, make_synthetic
 from glasszoo.training.train import build_image_model, train_image_model
@@ -716,7 +717,7 @@ def section_scaling(sizes: tuple[int, ...] = (1000, 4000, 16000), img_size: int 
                 raise _failed(stats, f"glasszoo run at N = {n}")
             train_s = float("nan")
             with contextlib.suppress(OSError, KeyError, ValueError):
-                metrics = json.loads((out / "metrics.json").read_text())
+                metrics = json.loads(RunDir(out).metrics.read_text())
                 train_s = float(next(iter(metrics["models"].values()))["cost"]["train_seconds"])
             image_mb = n * img_size * img_size * 4 / 2 ** 20
             runs.append({"n": n, "wall": stats.wall_seconds, "train_seconds": train_s, "max_rss_mb": stats.max_rss_mb,
@@ -771,7 +772,7 @@ def section_quickstart(device: str = "cpu", config: str | Path | None = None) ->
         aucs: dict[str, float] = {}
         reference = ""
         with contextlib.suppress(OSError, KeyError, ValueError, TypeError, GlasszooError):
-            metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+            metrics = json.loads(RunDir(Path(tmp) / "run").metrics.read_text())
             aucs = {name: float(block["task"]["auc"]["value"]) for name, block in metrics["models"].items()}
             reference = default_reference(metrics)
     columns = ["run", "models", "wall (s)", "peak RSS (MB)", "peak RSS of all its processes (MB)", "peak heap (MB)",

@@ -170,9 +170,24 @@ def check_config_data(cfg: ExperimentConfig, cs: CaseSet) -> None:
                         "models from the config or give the data what they need")
 
 
+class _Rows:
+    """The cases of ``cs`` at ``rows``, made (``cs.subset``) only when an attribute is first read: a model whose
+    ``extra_metrics`` ignores them costs nothing, and a memory-mapped data set is not copied into memory for it."""
+
+    def __init__(self, cs: CaseSet, rows: np.ndarray) -> None:
+        self._cs, self._rows, self._subset = cs, rows, None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._subset is None:
+            self._subset = self._cs.subset(self._rows)
+        return getattr(self._subset, name)
+
+
 def _model_metrics(model: Any, cs: CaseSet, cfg: ExperimentConfig) -> dict:
     """The model's own extra blocks (``extra_metrics``) and, for a model that segments, its segmentation scores."""
-    test, train = cs.subset(cs.indices("test")), cs.subset(cs.indices("train"))
+    test, train = _Rows(cs, cs.indices("test")), _Rows(cs, cs.indices("train"))
     blocks = dict(model.extra_metrics(test, train))
     if model.segments and cs.masks is not None:
         ev = cfg.evaluation
@@ -296,6 +311,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             log(f"[{i}/{len(cfg.models)}] {spec.name}: done in the earlier run, loaded (not retrained)")
             continue
         log(f"[{i}/{len(cfg.models)}] {spec.name} ({info.family}, {info.input_kind})")
+        if not info.intrinsic and not (adapter.torch_model and ev.posthoc.methods
+                                       and selected_for_posthoc(ev.posthoc.models, spec.name, info.family)):
+            log(f"    note: '{spec.name}' has no explanation of its own and evaluation.posthoc does not select it: "
+                f"it gets no heatmap in this run")
         n_heat = len(heatmaps)
         try:
             model, proba, block = _train_and_evaluate(spec, adapter, cs, cfg, run, explain_rows, heatmaps)
@@ -327,19 +346,33 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     page_rows = np.union1d(_case_figure_rows(cs, explain_rows, ev.case_figures_per_class),
                            _misclassified_rows(cs, curves, ev.report_misclassified))
     for name, (model, adapter) in finished.items():
-        write_case_figures(model, adapter, page_rows, run, name)
+        try:
+            write_case_figures(model, adapter, page_rows, run, name)
+        except Exception as exc:  # a figure that cannot be drawn must not cost the report
+            failed[name] = {"registry_name": next(s.model for s in cfg.models if s.name == name),
+                            "stage": "case figures", "error": f"{type(exc).__name__}: {exc}",
+                            "traceback": traceback.format_exc()}
+            log(f"    {name}: case figures FAILED: {type(exc).__name__}: {exc} (its results are kept)")
+    save_metrics()
     write_case_heatmaps(cs, page_rows, explain_rows, heatmaps, run)
     log(f"figures: ROC, comparison grid and case pages ({time.perf_counter() - t_figures:.1f}s)")
-    print(format_table(metrics))
+    if metrics["models"]:
+        print(format_table(metrics))
+    for name, f in failed.items():
+        log(f"glasszoo: model '{name}' FAILED ({f.get('stage', 'training and evaluation')}): {f['error']}")
     if report:
         log(f"report: {write_report(run.path)}")
     log(f"done in {time.perf_counter() - t0:.0f}s: {run.path}")
-    for name, f in failed.items():
-        log(f"glasszoo: model '{name}' FAILED: {f['error']}")
     return run.path
 
 
 def failures(run_dir: str | Path) -> dict[str, dict]:
-    """The models of a run that failed, by name (``metrics.json``'s ``failed``: registry name, error, traceback)."""
-    path = RunDir(run_dir).metrics
-    return json.loads(path.read_text()).get("failed", {}) if path.is_file() else {}
+    """The models of a run that failed, by name (``metrics.json``'s ``failed``: registry name, stage, error,
+    traceback); with ``--seeds``, also those of every seed's run (named ``<model> (seed <s>)``)."""
+    rd = RunDir(run_dir)
+    out = json.loads(rd.metrics.read_text()).get("failed", {}) if rd.metrics.is_file() else {}
+    if rd.seeds.is_file():
+        for seed, path in json.loads(rd.seeds.read_text()).get("runs", {}).items():
+            if Path(path).resolve() != rd.path.resolve():
+                out.update({f"{name} (seed {seed})": f for name, f in failures(path).items()})
+    return out

@@ -113,7 +113,7 @@ class SavedRun:
         if not len(hit):
             test = ids[self.caseset.indices("test")].tolist()
             raise DataError(f"case id '{case_id}' is not in the data of run {self.run_dir}; "
-                            f"test case ids are e.g. {_preview(test)} (all ids: {self.run_dir / 'splits.csv'})")
+                            f"test case ids are e.g. {_preview(test)} (all ids: {self.dir.splits})")
         return int(hit[0])
 
     def read_image(self, path: str | Path, resize: bool = False) -> np.ndarray:
