@@ -20,6 +20,7 @@ from glasszoo.models._backbones import adapt_stem, resolve_stem
 from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
+from glasszoo.models.errors import DataError
 from glasszoo.models.explanations import GlobalExplanation, Heatmap, PrototypeEvidence, PrototypeMatch
 
 PAPER = 'Chen et al., "This Looks Like That: Deep Learning for Interpretable Image Recognition", NeurIPS 2019'
@@ -67,6 +68,42 @@ def cell_box(i: int, j: int, grid: tuple[int, int], size: tuple[int, int]) -> tu
             min(hh, int(math.ceil((i + 1) * hh / h))), min(ww, int(math.ceil((j + 1) * ww / w))))
 
 
+IAIA_BL = ('Barnett et al., "A case-based interpretable deep learning model for classification of mass lesions in '
+           'digital mammography", Nature Machine Intelligence 2021 (IAIA-BL)')
+
+
+def fine_annotation_loss(activations: torch.Tensor, masks: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """IAIA-BL's fine-annotation loss (Barnett et al. 2021) of prototype activation maps against lesion masks.
+
+    For each annotated image i and prototype j, with ``a_ij`` the prototype's activation map upsampled to the image:
+    a prototype of the image's class pays ``||(1 - m_i) * a_ij||_2`` (its activation outside the lesion), a prototype
+    of another class pays ``||a_ij||_2`` (any activation at all). The loss is the sum over prototypes, averaged over
+    the images that have a non-empty mask (images without a lesion annotation add nothing).
+
+    Args:
+        activations: [N, P, H, W] activation maps at the masks' resolution.
+        masks: [N, H, W], 1 on the lesion.
+        own: [N, P] boolean, whether prototype j belongs to image i's class.
+    """
+    outside = 1.0 - masks.float().clamp(0, 1)[:, None]  # [N, 1, H, W]
+    own_term = (activations * outside).flatten(2).norm(dim=2)  # [N, P]
+    other_term = activations.flatten(2).norm(dim=2)
+    per_image = torch.where(own, own_term, other_term).sum(dim=1)  # [N]
+    annotated = masks.flatten(1).any(dim=1)
+    if not annotated.any():
+        return activations.sum() * 0.0
+    return per_image[annotated].mean()
+
+
+def topk_pool(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """The mean of each map's ``k`` largest values [N, P] from maps [N, P, h, w] (k = 1: the max; IAIA-BL's top-k
+    average pooling otherwise; k is capped at h * w)."""
+    flat = maps.flatten(2)
+    if k <= 1:
+        return flat.amax(dim=2)
+    return flat.topk(min(int(k), flat.shape[2]), dim=2).values.mean(dim=2)
+
+
 @register_model("protopnet", family="prototype", paper=PAPER,
                 test_kwargs={"backbone": "resnet18", "prototypes_per_class": 2, "prototype_dim": 16})
 class ProtoPNet(ImageModel):
@@ -77,7 +114,8 @@ class ProtoPNet(ImageModel):
     ``prototype_dim``-dimensional patches z. Each of ``prototypes_per_class * num_classes`` prototypes p (a
     [D, 1, 1] vector owned by one class) is compared with every patch by the squared L2 distance
     ``d = ||z - p||^2`` (computed as ``||z||^2 - 2 z.p + ||p||^2`` with a convolution); its similarity map is
-    ``log((d + 1) / (d + epsilon))`` and its score the global max of that map (the similarity of the nearest patch).
+    ``log((d + 1) / (d + epsilon))`` and its score the global max of that map (the similarity of the nearest patch),
+    or with ``topk > 1`` the mean of its ``topk`` largest values (IAIA-BL's top-k average pooling).
     A bias-free last layer (initialised +1 for the prototype's class, -0.5 for the others) turns scores into logits.
 
     Training (driven by :meth:`training_callbacks`) follows the paper's stages: ``warmup_epochs`` with only the
@@ -117,6 +155,13 @@ class ProtoPNet(ImageModel):
         recalibrate_bn: before each push, re-estimate the backbone's BatchNorm statistics on the training split (a
             deviation from the paper; see :meth:`recalibrate_batchnorm`).
         bn_samples: at most this many training images (evenly spaced) for that re-estimation.
+        fine_annotation_weight: weight of IAIA-BL's fine-annotation loss (:func:`fine_annotation_loss`; Barnett et
+            al., Nature Machine Intelligence 2021) on the upsampled prototype activation maps against the lesion
+            masks: a prototype is penalised for firing outside its class's lesions and for firing at all on another
+            class's images. 0 (default) switches it off; above 0 the model requires lesion masks.
+        topk: score of a prototype = mean of the ``topk`` largest values of its similarity map (IAIA-BL: top-k
+            average pooling, which rewards a prototype present over a region rather than on one patch); 1
+            (default) is ProtoPNet's max-pooling.
     """
 
     explanation_kinds = ("prototype_evidence", "heatmap")
@@ -128,8 +173,13 @@ class ProtoPNet(ImageModel):
                  features_lr_ratio: float = 1.0, last_layer_lr_ratio: float = 1.0,
                  cluster_weight: float = 0.8, separation_weight: float = -0.08, l1_weight: float = 1e-4,
                  epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True,
-                 fit_last_layer: bool = True, bn_samples: int = 512) -> None:
+                 fit_last_layer: bool = True, bn_samples: int = 512, fine_annotation_weight: float = 0.0,
+                 topk: int = 1) -> None:
         super().__init__(num_classes, in_chans, img_size)
+        if fine_annotation_weight < 0:
+            raise ValueError(f"fine_annotation_weight must be >= 0, got {fine_annotation_weight}")
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
         if bn_samples < 2:
             raise ValueError(f"bn_samples must be >= 2, got {bn_samples}")
         if prototypes_per_class < 1 or prototype_dim < 1:
@@ -168,6 +218,8 @@ class ProtoPNet(ImageModel):
         self.prototype_dim = prototype_dim
         self.epsilon = float(epsilon)
         self.loss_weights = {"cluster": cluster_weight, "separation": separation_weight, "l1": l1_weight}
+        self.fine_annotation_weight = float(fine_annotation_weight)
+        self.topk = int(topk)
         self.features_lr_ratio = features_lr_ratio
         self.last_layer_lr_ratio = last_layer_lr_ratio
         self.push_batch_size = push_batch_size
@@ -176,7 +228,7 @@ class ProtoPNet(ImageModel):
         self.fit_last_layer_after_push = fit_last_layer
         self.schedule = self._build_schedule(warmup_epochs, joint_epochs, last_layer_epochs, push_every)
         self._stage: str | None = None
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     # ------------------------------------------------------------------ the network
     @property
@@ -214,32 +266,55 @@ class ProtoPNet(ImageModel):
         """Similarity maps [N, P, h, w] of every prototype over the patch grid of images x."""
         return self.similarity(self.prototype_distances(x))
 
+    @classmethod
+    def requirements(cls, params: dict) -> tuple[str, ...]:
+        """Lesion masks when the fine-annotation loss is on (``fine_annotation_weight > 0``)."""
+        return ("masks",) if float(params.get("fine_annotation_weight", 0.0)) > 0 else ()
+
+    def pool(self, similarity_maps: torch.Tensor) -> torch.Tensor:
+        """Prototype scores [N, P] from similarity maps [N, P, h, w]: max (``topk = 1``) or top-k mean."""
+        return topk_pool(similarity_maps, self.topk)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        min_d = self.prototype_distances(x).flatten(2).amin(dim=2)  # [N, P]
-        logits = self.last_layer(self.similarity(min_d))
+        d = self.prototype_distances(x)  # [N, P, h, w]
+        min_d = d.flatten(2).amin(dim=2)  # [N, P]
+        # max-pooling: the similarity of the nearest patch (the similarity decreases with the distance)
+        scores = self.similarity(min_d) if self.topk == 1 else self.pool(self.similarity(d))
+        logits = self.last_layer(scores)
         # kept for extra_losses of this very batch (Lightning's training_step calls model(x) then
         # extra_losses(batch, logits)), so the costs need no second forward pass; released by extra_losses
-        self._cache = (logits, min_d)
+        self._cache = (logits, min_d, d if self.fine_annotation_weight > 0 else None)
         return logits
 
     def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Weighted cluster cost, separation cost and L1 on wrong-class last-layer weights (the paper's terms).
+        """Weighted cluster cost, separation cost and L1 on wrong-class last-layer weights (the paper's terms), and
+        with ``fine_annotation_weight > 0`` IAIA-BL's fine-annotation loss against ``batch["mask"]``.
 
-        Uses the minimum distances of the forward pass that produced ``logits`` (recognised by identity);
-        recomputes them from ``batch["image"]`` when ``logits`` came from elsewhere.
+        Uses the distances of the forward pass that produced ``logits`` (recognised by identity); recomputes them
+        from ``batch["image"]`` when ``logits`` came from elsewhere.
         """
         cache, self._cache = self._cache, None
         if cache is not None and cache[0] is logits:
-            min_d = cache[1]
+            min_d, d = cache[1], cache[2]
         else:
-            min_d = self.prototype_distances(batch["image"]).flatten(2).amin(dim=2)
+            d = self.prototype_distances(batch["image"])
+            min_d = d.flatten(2).amin(dim=2)
         own = self.prototype_class[None, :] == batch["label"][:, None]  # [N, P]
         big = torch.finfo(min_d.dtype).max
         cluster = min_d.masked_fill(~own, big).amin(dim=1).mean()
         separation = min_d.masked_fill(own, big).amin(dim=1).mean()
         l1 = (self.last_layer.weight * self._wrong_class).abs().sum()
         terms = {"cluster": cluster, "separation": separation, "l1": l1}
-        return {k: self.loss_weights[k] * v for k, v in terms.items() if self.loss_weights[k] != 0}
+        out = {k: self.loss_weights[k] * v for k, v in terms.items() if self.loss_weights[k] != 0}
+        if self.fine_annotation_weight > 0:
+            if "mask" not in batch:
+                raise DataError("protopnet with fine_annotation_weight > 0 needs lesion masks; the batch has none")
+            if d is None:
+                d = self.prototype_distances(batch["image"])
+            masks = batch["mask"]
+            act = F.interpolate(self.similarity(d), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            out["fine_annotation"] = self.fine_annotation_weight * fine_annotation_loss(act, masks, own)
+        return out
 
     # ------------------------------------------------------------------ training stages
     @staticmethod
@@ -424,7 +499,7 @@ class ProtoPNet(ImageModel):
     def similarity_scores(self, x: np.ndarray | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Each prototype's similarity score (max over the image's patches) [N, P], in eval mode."""
         out = batched_no_grad(self, x, batch_size or self.push_batch_size,
-                              lambda xb: self.prototype_activations(xb).flatten(2).amax(2))
+                              lambda xb: self.pool(self.prototype_activations(xb)))
         return torch.cat(out) if out else torch.zeros(0, self.n_prototypes, device=self.device)
 
     @torch.no_grad()
@@ -506,7 +581,7 @@ class ProtoPNet(ImageModel):
             for i in range(0, len(x), batch_size):
                 xb = as_tensor(x[i:i + batch_size], self.device)
                 sim_maps = self.prototype_activations(xb)  # [B, P, h, w]
-                scores = sim_maps.flatten(2).amax(dim=2)  # [B, P]
+                scores = self.pool(sim_maps)  # [B, P]
                 pred = self.last_layer(scores).argmax(dim=1)
                 tb = pred if target is None else torch.as_tensor(np.asarray(target)[i:i + batch_size],
                                                                  device=xb.device, dtype=torch.long)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +18,7 @@ from torch import nn
 
 from glasszoo.evaluation.experiment.config import parse_config, read_yaml
 from glasszoo.evaluation.experiment.runner import run_experiment
-from glasszoo.models import GlobalExplanation, Heatmap, ProtoPNet, PrototypeEvidence, create_model
+from glasszoo.models import DataError, GlobalExplanation, Heatmap, ProtoPNet, PrototypeEvidence, create_model
 from glasszoo.models.protopnet import cell_box
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.data import load_caseset
@@ -466,3 +467,63 @@ def test_fit_last_layer_solves_the_last_layer_objective():
     weight = model.last_layer.weight.detach()
     assert (weight[model._wrong_class.bool()] == 0).all()
     assert (weight[~model._wrong_class.bool()] != 0).any()
+
+
+def test_fine_annotation_loss_by_hand_on_a_4x4_map():
+    """IAIA-BL's fine-annotation loss: own-class prototypes pay the L2 norm of their activation outside the lesion,
+    other-class prototypes the norm of all of it; averaged over the images with a lesion."""
+    from glasszoo.models.protopnet import fine_annotation_loss
+
+    mask = torch.zeros(2, 4, 4)
+    mask[0, 1:3, 1:3] = 1  # image 0: a 2x2 lesion in the centre; image 1: no annotation
+    act = torch.zeros(2, 2, 4, 4)
+    act[0, 0] = 1.0  # own-class prototype fires everywhere: 12 of its 16 cells lie outside the lesion
+    act[0, 0, 1:3, 1:3] = 5.0  # inside the lesion: free
+    act[0, 1, 0, 0] = 3.0  # the other class's prototype fires on one cell (value 3) and one more (value 4)
+    act[0, 1, 3, 3] = 4.0
+    act[1] = 7.0  # an image without a lesion annotation adds nothing
+    own = torch.tensor([[True, False], [True, False]])
+    expected = math.sqrt(12 * 1.0 ** 2) + math.sqrt(3.0 ** 2 + 4.0 ** 2)  # sqrt(12) + 5
+    assert fine_annotation_loss(act, mask, own).item() == pytest.approx(expected)
+    # a prototype that fires only inside its class's lesion costs nothing
+    inside = torch.zeros(1, 1, 4, 4)
+    inside[0, 0, 1:3, 1:3] = 2.0
+    assert fine_annotation_loss(inside, mask[:1], torch.tensor([[True]])).item() == 0.0
+    assert fine_annotation_loss(act[1:], mask[1:], own[1:]).item() == 0.0  # no annotated image in the batch
+
+
+def test_topk_pool_known_answers():
+    from glasszoo.models.protopnet import topk_pool
+
+    maps = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    assert topk_pool(maps, 1).item() == 15.0
+    assert topk_pool(maps, 3).item() == pytest.approx((15 + 14 + 13) / 3)
+    assert topk_pool(maps, 100).item() == pytest.approx(7.5)  # capped at the 16 cells
+
+
+def test_mask_guided_protopnet_declares_masks_and_adds_the_loss():
+    from glasszoo.models import model_info
+
+    info = model_info("protopnet")
+    assert info.requirements({}) == () and info.requirements({"fine_annotation_weight": 0.5}) == ("masks",)
+    torch.manual_seed(0)
+    model = create_model("protopnet", num_classes=2, in_chans=1, img_size=32, backbone="resnet18", stem="standard",
+                         prototypes_per_class=2, prototype_dim=8, fine_annotation_weight=0.5, topk=3)
+    x = torch.rand(4, 1, 32, 32)
+    mask = torch.zeros(4, 32, 32, dtype=torch.uint8)
+    mask[:, 10:20, 10:20] = 1
+    batch = {"image": x, "label": torch.tensor([0, 1, 0, 1]), "mask": mask}
+    logits = model(x)
+    terms = model.extra_losses(batch, logits)
+    act = torch.nn.functional.interpolate(model.prototype_activations(x), size=(32, 32), mode="bilinear",
+                                          align_corners=False)
+    from glasszoo.models.protopnet import fine_annotation_loss, topk_pool
+
+    own = model.prototype_class[None, :] == batch["label"][:, None]
+    assert terms["fine_annotation"].item() == pytest.approx(0.5 * fine_annotation_loss(act, mask, own).item(),
+                                                            rel=1e-5)
+    # top-k pooling feeds the logits
+    expected = model.last_layer(topk_pool(model.prototype_activations(x), 3))
+    torch.testing.assert_close(model(x), expected)
+    with pytest.raises(DataError, match="needs lesion masks"):
+        model.extra_losses({"image": x, "label": batch["label"]}, model(x))
