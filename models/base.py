@@ -147,6 +147,12 @@ class ImageModel(nn.Module):
         """
         return []
 
+    @property
+    def schedule_epochs(self) -> int | None:
+        """The number of epochs the model's own stage schedule needs (the pipeline then trains exactly that many,
+        whatever ``training.max_epochs`` says); None (default): the config's ``max_epochs``."""
+        return None
+
     def selectable_epoch(self, epoch: int) -> bool:
         """Whether the weights after ``epoch`` may be chosen as the final model (e.g. only after a prototype push).
 

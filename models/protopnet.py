@@ -123,8 +123,9 @@ class ProtoPNet(ImageModel):
     prototype onto its nearest training patch of its own class, followed by ``last_layer_epochs`` of last-layer-only
     optimisation (cross-entropy plus L1 on wrong-class weights). With ``push_every > 0`` the joint epochs are cut
     into blocks of ``push_every``, each followed by a push and the last-layer epochs. Only epochs after the last push
-    are selectable, so the chosen model always reasons with real training patches. ``training.max_epochs`` must
-    equal :attr:`total_epochs` (checked when training starts).
+    are selectable, so the chosen model always reasons with real training patches. The pipeline trains exactly
+    :attr:`total_epochs` epochs (``training.max_epochs`` is not needed; a bare Lightning Trainer must be given that
+    many, which the schedule checks when training starts).
 
     Args:
         num_classes: number of classes.
@@ -333,6 +334,11 @@ class ProtoPNet(ImageModel):
     def total_epochs(self) -> int:
         """Epochs the schedule needs: warm-up + joint + last-layer epochs after each push."""
         return len(self.schedule)
+
+    @property
+    def schedule_epochs(self) -> int:
+        """The pipeline trains :attr:`total_epochs` epochs (no matching ``training.max_epochs`` needed)."""
+        return self.total_epochs
 
     @property
     def push_epochs(self) -> list[int]:

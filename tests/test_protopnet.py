@@ -527,3 +527,16 @@ def test_mask_guided_protopnet_declares_masks_and_adds_the_loss():
     torch.testing.assert_close(model(x), expected)
     with pytest.raises(DataError, match="needs lesion masks"):
         model.extra_losses({"image": x, "label": batch["label"]}, model(x))
+
+
+def test_the_pipeline_trains_as_many_epochs_as_the_schedule_needs(tmp_path):
+    """A user who gives stage epochs needs no matching training.max_epochs: the schedule's 1 + 1 + 1 epochs run even
+    when the config says 20 (a bare Lightning Trainer is still checked, above)."""
+    from glasszoo.training.settings import TrainingConfig
+    from glasszoo.training.train import train_image_model
+
+    model = _small(warmup_epochs=1, joint_epochs=1, last_layer_epochs=1)
+    assert model.schedule_epochs == model.total_epochs == 3
+    res = train_image_model(model, _random_caseset(), TrainingConfig(max_epochs=20, batch_size=8, patience=0,
+                                                                     progress_bar=False), tmp_path)
+    assert res.epochs == 3 and model.pushed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import warnings
@@ -147,6 +148,8 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
     ``callbacks`` are extra Lightning callbacks (e.g. the benchmark's timers).
     """
     _quiet_lightning()
+    if model.schedule_epochs is not None:  # a model with a stage schedule sets its own epoch count
+        tcfg = dataclasses.replace(tcfg, max_epochs=int(model.schedule_epochs))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
