@@ -95,6 +95,28 @@ def fine_annotation_loss(activations: torch.Tensor, masks: torch.Tensor, own: to
     return per_image[annotated].mean()
 
 
+def activation_precision(activations: torch.Tensor, masks: torch.Tensor, own: torch.Tensor,
+                         top: float = 0.05) -> torch.Tensor:
+    """IAIA-BL's activation precision (Barnett et al. 2021): per (image, own-class prototype), the share of the
+    image's most activated pixels (at or above the ``1 - top`` quantile of the upsampled activation map) that lie on
+    the lesion. Returns the values [M] of the M pairs whose image has a lesion (a prototype that fires on the lesion
+    scores 1; one that fires elsewhere 0).
+
+    Args:
+        activations: [N, P, H, W] activation maps at the masks' resolution.
+        masks: [N, H, W], 1 on the lesion.
+        own: [N, P] boolean, whether prototype j belongs to image i's class.
+        top: the share of pixels counted as the most activated (IAIA-BL: 5%).
+    """
+    flat = activations.flatten(2).float()  # [N, P, HW]
+    threshold = torch.quantile(flat, 1.0 - top, dim=2, keepdim=True)
+    hot = flat >= threshold
+    inside = masks.flatten(1).bool()[:, None, :]  # [N, 1, HW]
+    share = (hot & inside).sum(2).float() / hot.sum(2).clamp_min(1).float()  # [N, P]
+    keep = own & masks.flatten(1).any(dim=1)[:, None]
+    return share[keep]
+
+
 def topk_pool(maps: torch.Tensor, k: int) -> torch.Tensor:
     """The mean of each map's ``k`` largest values [N, P] from maps [N, P, h, w] (k = 1: the max; IAIA-BL's top-k
     average pooling otherwise; k is capped at h * w)."""
@@ -650,10 +672,28 @@ class ProtoPNet(ImageModel):
             self.train(was_training)
         return float((top_y == self.prototype_class[:, None]).float().mean())
 
+    @torch.no_grad()
+    def activation_precision(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
+                             top: float = 0.05) -> float:
+        """Mean IAIA-BL activation precision (:func:`activation_precision`) over the cases with a lesion and the
+        prototypes of their true class: how much of where a prototype fires most lies on the lesion."""
+        values = []
+        for out in batched_no_grad(self, images, 64, lambda xb: F.interpolate(
+                self.prototype_activations(xb), size=xb.shape[-2:], mode="bilinear", align_corners=False)):
+            values.append(out.cpu())
+        if not values:
+            return float("nan")
+        act = torch.cat(values)
+        lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        own = self.prototype_class.cpu()[None, :] == lab[:, None]
+        v = activation_precision(act, torch.as_tensor(np.asarray(masks)), own, top)
+        return float(v.mean()) if len(v) else float("nan")
+
     def extra_metrics(self, test: Any, train: Any) -> dict:
         """Prototype-quality figures under ``explanation.prototype_quality``: counts, push throughput, how many
         sources lie on a lesion of their ``train`` case, class purity of each prototype's 5 nearest ``train``
-        images, last-layer sparsity."""
+        images, last-layer sparsity, and with lesion masks the activation precision on the ``test`` cases
+        (IAIA-BL: the share of the top 5% of each own-class prototype's activation that lies on the lesion)."""
         out: dict[str, Any] = {"n_prototypes": self.n_prototypes, "pushed": self.pushed}
         if self.pushed:
             pairs = {(int(r), tuple(b)) for r, b in zip(self.source_row.tolist(), self.source_box.tolist())}
@@ -672,6 +712,8 @@ class ProtoPNet(ImageModel):
             if hits:
                 out["fraction_source_in_lesion"] = float(np.mean(hits))
         out["class_purity"] = self.class_purity(train, k=5)
+        if test.masks is not None and np.asarray(test.masks).any():
+            out["activation_precision"] = self.activation_precision(test.images, test.masks, test.labels)
         out["last_layer_sparsity"] = float((self.last_layer.weight.detach().abs() < 1e-3).float().mean())
         return {"explanation": {"prototype_quality": out}}
 

@@ -540,3 +540,23 @@ def test_the_pipeline_trains_as_many_epochs_as_the_schedule_needs(tmp_path):
     res = train_image_model(model, _random_caseset(), TrainingConfig(max_epochs=20, batch_size=8, patience=0,
                                                                      progress_bar=False), tmp_path)
     assert res.epochs == 3 and model.pushed
+
+
+def test_activation_precision_by_hand():
+    """IAIA-BL's activation precision: the share of the top 5% of a prototype's activation that lies on the lesion,
+    for the prototypes of the image's class on images with a lesion."""
+    from glasszoo.models.protopnet import activation_precision
+
+    masks = torch.zeros(2, 4, 4)
+    masks[0, :2, :2] = 1  # image 0: lesion in the top-left 2x2; image 1: none
+    act = torch.zeros(2, 3, 4, 4)
+    act[0, 0, 0, 0] = 9.0  # prototype 0 fires hardest on the lesion
+    act[0, 1, 3, 3] = 9.0  # prototype 1 fires hardest off it
+    act[0, 2] = 9.0  # prototype 2 (another class) is not counted
+    own = torch.tensor([[True, True, False], [True, True, False]])
+    v = activation_precision(act, masks, own, top=0.05)  # top 5% of 16 pixels: the one hottest pixel
+    assert v.tolist() == [1.0, 0.0]
+    flat = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)  # hottest quarter: the bottom row
+    assert activation_precision(flat, masks[:1], torch.tensor([[True]]), top=0.25).tolist() == [0.0]
+    assert activation_precision(flat.flip(-1).flip(-2), masks[:1], torch.tensor([[True]]), top=0.25).tolist() == \
+        [0.5]  # the top row now: two of its four pixels on the lesion
