@@ -172,17 +172,24 @@ def plot_concept_case(image: np.ndarray, evidence: ConceptEvidence, heatmap: np.
     mx = float(np.abs(heatmap).max())
     axes[0].imshow(heatmap / mx if mx > 0 else heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     _outline(axes[0], mask)
-    axes[0].set_title(f"where '{names[int(contrib.argmax())]}' is seen\n(Grad-CAM of the top concept)", fontsize=7)
+    top = int(np.abs(contrib).argmax())
+    axes[0].set_title(f"where '{names[top]}' is seen ({contrib[top]:+.2f} points)\n(Grad-CAM of the concept that "
+                      f"moved the logit most)", fontsize=7)
     ax = axes[1]
-    y = np.arange(len(names))[::-1]
-    ax.barh(y, contrib, color=["tab:red" if c > 0 else "tab:blue" for c in contrib])
+    bars, labels = list(contrib), [f"{n}: {p:.2f}" + ("" if true is None else f" (true {t:g})") for n, p, t in
+                                   zip(names, pred, true if true is not None else pred)]
+    if evidence.intercept is not None:  # drawn, so the bars add up to the logit
+        bars.append(float(np.asarray(evidence.intercept)[0]))
+        labels.append("intercept (the head's bias)")
+    y = np.arange(len(bars))[::-1]
+    ax.barh(y, bars, color=["tab:red" if c > 0 else "tab:blue" for c in bars])
     ax.axvline(0, color="black", lw=0.6)
-    labels = [f"{n}: {p:.2f}" + ("" if true is None else f" (true {t:g})") for n, p, t in
-              zip(names, pred, true if true is not None else pred)]
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_xlabel(f"points added to '{explained}' (weight x concept)", fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_title("predicted concepts and what each adds", fontsize=8)
+    total = f": logit {sum(bars):+.2f}" if evidence.intercept is not None else ""
+    ax.set_title(f"predicted concepts and what each adds (bars + intercept = the logit of '{explained}'{total})",
+                 fontsize=8)
     axes[2].set_axis_off()
     text = _header(proba, class_names, case_id, label)
     if corrected is not None:

@@ -252,8 +252,10 @@ class ConceptBottleneck(ImageModel):
 
         Returns ``[ConceptEvidence, Heatmap]``. ``ConceptEvidence.predicted`` is in data units (probability for
         binary concepts), ``contribution[n, k] = w[target_n, k] * a_nk`` (the logit is their sum plus the bias).
-        The heatmap (method ``concept_gradcam``) is Grad-CAM (Selvaraju et al. 2017) of the concept output with the
-        largest positive contribution, on the backbone's last feature stage, upsampled to the input. When the
+        ``intercept[n]`` is the label head's bias of the explained class, so ``contribution[n].sum() + intercept[n]``
+        is the explained logit. The heatmap (method ``concept_gradcam``) is Grad-CAM (Selvaraju et al. 2017) of the
+        concept output with the largest contribution in absolute value (the concept that moved the logit most, for or
+        against), on the backbone's last feature stage, upsampled to the input. When the
         backbone ends in global average pooling and one linear layer (every timm ResNet), Grad-CAM of a concept is
         exactly its class activation map, which :func:`~glasszoo.models._backbones.cam_forward` reads off the same
         forward pass that predicts the concepts: the whole explanation costs one forward pass and no backward pass.
@@ -268,13 +270,13 @@ class ConceptBottleneck(ImageModel):
                 xb = as_tensor(x[start:start + batch_size], self.device)
 
                 def select(outputs: torch.Tensor, start: int = start, n: int = len(xb)) -> torch.Tensor:
-                    """The top-contributing concept per case; keeps the activations and contributions."""
+                    """The concept with the largest |contribution| per case; keeps activations and contributions."""
                     a = self.activations(outputs)
                     tgt = self.label_head(a).argmax(1) if targets is None else targets[start:start + n].to(a.device)
                     contrib = self.label_head.weight[tgt] * a  # [n, K]
                     for key, value in (("acts", a), ("tgt", tgt), ("contrib", contrib)):
                         parts[key].append(value.detach())
-                    return contrib.argmax(1)
+                    return contrib.abs().argmax(1)
 
                 parts["maps"].append(gradcam_forward(self, self.net, xb, select, self.concept_outputs)[2])
         finally:
@@ -288,7 +290,8 @@ class ConceptBottleneck(ImageModel):
         evidence = ConceptEvidence(concept_names=list(self.concept_names), predicted=predicted,
                                    contribution=contrib.cpu().numpy(), target=tgt.cpu().numpy(),
                                    true=None if true_concepts is None else np.asarray(true_concepts, np.float32),
-                                   case_ids=case_ids)
+                                   case_ids=case_ids,
+                                   intercept=self.label_head.bias.detach()[tgt.to(self.device)].cpu().numpy())
         if true_concepts is not None and len(acts):
             evidence.corrected, evidence.corrected_proba = self.correct_worst(acts.cpu().numpy(), true_concepts)
         maps = torch.cat(parts["maps"]).cpu().numpy() if parts["maps"] else np.zeros((0, *self.img_size), np.float32)

@@ -138,11 +138,13 @@ class ConceptEvidence(_Explanation):
         true: optional [N, K] true concept values.
         corrected: with ``true``, per case the concept a test-time intervention corrects (the most wrong one).
         corrected_proba: with ``true``, [N, classes] class probabilities after that correction.
+        intercept: [N] what the explained logit adds besides the concepts (a linear head's bias), so that
+            ``contribution.sum(1) + intercept`` is the explained logit.
     """
 
     kind: ClassVar[str] = "concept_evidence"
     _array_fields: ClassVar[tuple[str, ...]] = ("predicted", "contribution", "target", "true", "case_ids",
-                                                "corrected_proba")
+                                                "corrected_proba", "intercept")
 
     concept_names: list[str]
     predicted: np.ndarray
@@ -152,6 +154,7 @@ class ConceptEvidence(_Explanation):
     case_ids: np.ndarray | None = None
     corrected: list[str] | None = None
     corrected_proba: np.ndarray | None = None
+    intercept: np.ndarray | None = None
 
 
 @dataclass

@@ -93,7 +93,7 @@ def test_own_gradcam_equals_captum_gradcam(backbone):
 
     cbm = _cbm(backbone).eval()
     ev, hm = cbm.explain(x.numpy(), batch_size=2)
-    top = torch.as_tensor(ev.contribution.argmax(1))
+    top = torch.as_tensor(np.abs(ev.contribution).argmax(1))
     attr = LayerGradCam(cbm.concept_outputs, last_feature_module(cbm.net)).attribute(x, target=top,
                                                                                    relu_attributions=True)
     attr = torch.nn.functional.interpolate(attr, size=(48, 48), mode="bilinear", align_corners=False)[:, 0]

@@ -169,3 +169,47 @@ def test_run_with_the_three_modes(tmp_path):
     all_fixed = m["models"]["cbm_independent"]["explanation"]["concepts"]["intervention"]["random"]["auc"][-1]
     assert all_fixed == pytest.approx(roc_auc_score(cs.labels[test], p[:, 1]), abs=1e-6)
     assert all_fixed > 0.9  # the label rule is a linear threshold on the concepts
+
+
+def test_the_concept_figure_maps_the_largest_absolute_contribution_and_its_bars_add_up(tmp_path, monkeypatch):
+    """The concept map is of the concept that moved the logit most (|contribution|, here a negative one), and the
+    figure's bars (contributions + the head's bias) sum to the explained logit."""
+    import glasszoo.evaluation.case_figures as cf
+    from glasszoo.evaluation.case_figures import Case, explain_case
+
+    torch.manual_seed(0)
+    model = tiny_cbm()
+    with torch.no_grad():  # a head whose strongest term argues against the class
+        model.label_head.weight.copy_(torch.tensor([[0.1, -3.0, 0.2], [0.3, 0.1, -0.2]]))
+        model.label_head.bias.copy_(torch.tensor([0.7, -0.4]))
+    x = torch.rand(1, 1, 32, 32)
+    ev, hm = model.explain(x.numpy(), target=np.array([0]))
+    logits = model(x).detach().numpy()[0]
+    assert ev.contribution[0].sum() + ev.intercept[0] == pytest.approx(logits[0], abs=1e-5)
+    top = int(np.abs(ev.contribution[0]).argmax())
+    assert top == 1 and ev.contribution[0, 1] < 0 < ev.contribution[0].max()  # not the largest positive one
+    np.testing.assert_allclose(hm.maps[0], cbm_gradcam(model, x, top)[0], rtol=1e-4, atol=1e-6)
+    drawn = {}
+    real_barh = cf.plt.Axes.barh
+
+    def spy(self, y, widths, *a, **kw):
+        drawn["bars"] = list(widths)
+        return real_barh(self, y, widths, *a, **kw)
+
+    monkeypatch.setattr(cf.plt.Axes, "barh", spy)
+    exps = explain_case(model, Case(x=x.numpy(), image=x.numpy()[0]), ["n", "p"], tmp_path / "c.png")
+    k = int(exps[0].target[0])  # the figure explains the predicted class
+    assert (tmp_path / "c.png").is_file() and len(drawn["bars"]) == 4  # three concepts and the intercept
+    assert sum(drawn["bars"]) == pytest.approx(logits[k], abs=1e-5)
+
+
+def cbm_gradcam(model, x, concept):
+    """Captum's Grad-CAM of one concept output on the last feature stage, upsampled (the reference map)."""
+    from captum.attr import LayerGradCam
+
+    from glasszoo.models._backbones import last_feature_module
+
+    attr = LayerGradCam(model.concept_outputs, last_feature_module(model.net)).attribute(
+        x, target=torch.tensor([concept]), relu_attributions=True)
+    return torch.nn.functional.interpolate(attr, size=x.shape[-2:], mode="bilinear",
+                                           align_corners=False)[:, 0].detach().numpy()
