@@ -58,6 +58,29 @@ def activation_box(act: np.ndarray, percentile: float = _BOX_PERCENTILE) -> tupl
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
 
 
+def context_box(box: tuple[int, int, int, int], shape: tuple[int, int], factor: float = 1.5
+                ) -> tuple[int, int, int, int]:
+    """``box`` (row0, col0, row1, col1; end exclusive) grown ``factor`` times about its centre, at least 8 px a side,
+    kept inside an image of ``shape`` (H, W): the patch enlarged with a margin of its surroundings, so a small patch
+    is not a block of flat colour and a large one is not the whole image again."""
+    r0, c0, r1, c1 = box
+    h, w = shape
+    out = []
+    for lo, hi, side in ((r0, r1, h), (c0, c1, w)):
+        size = min(side, max(8, int(round((hi - lo) * factor))))
+        centre = (lo + hi) / 2.0
+        start = int(round(centre - size / 2.0))
+        start = min(max(start, 0), side - size)
+        out.append((start, start + size))
+    return out[0][0], out[1][0], out[0][1], out[1][1]
+
+
+def touches_border(box: tuple[int, int, int, int], shape: tuple[int, int]) -> bool:
+    """Whether ``box`` reaches the image's edge (a prototype there may encode the frame or the background)."""
+    r0, c0, r1, c1 = box
+    return r0 <= 0 or c0 <= 0 or r1 >= shape[0] or c1 >= shape[1]
+
+
 def _outline(ax: plt.Axes, mask: np.ndarray | None) -> None:
     if mask is not None and np.asarray(mask).any():
         ax.contour(mask, levels=[0.5], colors="lime", linewidths=0.8)
@@ -89,8 +112,8 @@ def plot_prototype_case(image: np.ndarray, matches: list[PrototypeMatch], class_
         case_id, label, mask: the case's id, true class and lesion mask, when known.
     """
     n = len(matches)
-    fig, axes = plt.subplots(n + 1, 4, figsize=(8.4, 2.1 * (n + 1)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 1, 1.25]})
+    fig, axes = plt.subplots(n + 1, 4, figsize=(10.5, 2.4 * (n + 1)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1, 1.35]}, layout="constrained")
     for ax in axes.ravel():
         ax.set_axis_off()
     ax = axes[0, 0]
@@ -102,7 +125,10 @@ def plot_prototype_case(image: np.ndarray, matches: list[PrototypeMatch], class_
     shown = sum(m.contribution for m in matches)
     axes[0, 1].text(0, 0.5, _header(proba, class_names, case_id, label) +
                     f"\n\ntotal points per class: {points}\nthe {n} prototypes below add {shown:.2f} points "
-                    f"to '{class_names[explained]}'", fontsize=8, va="center", transform=axes[0, 1].transAxes)
+                    f"to '{class_names[explained]}'\n(each total is the sum over all prototypes of similarity x "
+                    f"weight;\nweights of other classes' prototypes are negative, so every\ntotal can be "
+                    f"negative: the largest one is the prediction)", fontsize=7, va="center",
+                    transform=axes[0, 1].transAxes)
     for i, m in enumerate(matches, 1):
         ax = axes[i, 0]
         ax.set_axis_on()
@@ -118,11 +144,15 @@ def plot_prototype_case(image: np.ndarray, matches: list[PrototypeMatch], class_
             _show(ax, src)
             _rect(ax, m.source_box)
             ax.set_title(f"... looks like this patch\nof training case {m.source_case_id}", fontsize=7)
-            r0, c0, r1, c1 = m.source_box
+            r0, c0, r1, c1 = context_box(m.source_box, src.shape[-2:])
             ax = axes[i, 2]
             ax.set_axis_on()
             _show(ax, src[:, r0:r1, c0:c1])
-            ax.set_title(f"prototype {m.prototype} (enlarged)", fontsize=7)
+            b0, b1, b2, b3 = m.source_box
+            _rect(ax, (b0 - r0, b1 - c0, b2 - r0, b3 - c0))
+            border = "\nat the image border: may be the frame\nor the background" \
+                if touches_border(m.source_box, src.shape[-2:]) else ""
+            ax.set_title(f"prototype {m.prototype}, enlarged\nin its surroundings{border}", fontsize=7)
         else:
             axes[i, 1].text(0.5, 0.5, "prototype not projected\n(no source case)", ha="center", fontsize=7,
                             transform=axes[i, 1].transAxes)

@@ -226,3 +226,15 @@ def test_bench_radiomics_rows_and_cache_hit():
     for r in sec.rows:
         assert r.ratio == pytest.approx(r.seconds / sec.rows[0].seconds)
     assert "cached re-run" in sec.summary  # (cache hits themselves are tested by counting calls in test_radiomics)
+
+
+def test_prototype_patches_are_shown_in_their_surroundings_and_border_patches_are_named():
+    from glasszoo.evaluation.case_figures import context_box, touches_border
+
+    assert context_box((20, 20, 24, 24), (48, 48)) == (18, 18, 26, 26)  # 4 px: at least 8 px around its centre
+    assert context_box((0, 0, 4, 4), (48, 48)) == (0, 0, 8, 8)  # kept inside the image
+    assert context_box((44, 40, 48, 48), (48, 48)) == (40, 36, 48, 48)  # 8 px wide: 12 px with its margin
+    assert context_box((8, 8, 24, 24), (48, 48)) == (4, 4, 28, 28)  # 16 px grown 1.5x about its centre
+    assert context_box((0, 0, 40, 40), (48, 48)) == (0, 0, 48, 48)  # never larger than the image
+    assert touches_border((0, 10, 4, 14), (48, 48)) and touches_border((10, 44, 14, 48), (48, 48))
+    assert not touches_border((1, 1, 47, 47), (48, 48))
