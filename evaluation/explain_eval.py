@@ -181,6 +181,11 @@ def draw_block_figures(name: str, explanation: dict, run: RunDir) -> list[Path]:
     return [p for p in drawn if p is not None]
 
 
+def _column_title(name: str, key: str, source: str, block: dict) -> str:
+    """The title of a heatmap's column in the run's comparison figures: model, method, source and main scores."""
+    return f"{name}\n{key} ({source})\n{summary_title(key, block)}"
+
+
 def save_heatmap(hm: Heatmap, path: Path) -> None:
     """A heatmap as ``maps`` (float16), ``target`` and ``case_ids`` in a compressed ``.npz``."""
     ids = hm.case_ids.astype(str) if hm.case_ids is not None else np.array([], dtype=str)
@@ -194,8 +199,7 @@ def stored_heatmaps(block: dict, name: str, mdir: ModelDir) -> list[tuple[str, n
         path = mdir.heatmap(key)
         if isinstance(b, dict) and b.get("kind") == "heatmap" and path.is_file():
             with np.load(path, allow_pickle=False) as z:
-                out.append((f"{name}\n{key} ({b.get('source', '')})\n{summary_title(key, b)}",
-                            z["maps"].astype(np.float32)))
+                out.append((_column_title(name, key, b.get("source", ""), b), z["maps"].astype(np.float32)))
     return out
 
 
@@ -234,7 +238,7 @@ def explain_and_score(model: Any, name: str, exps_fn: Callable[[], list], x: np.
         if k:
             plot_heatmaps(cs, rows[:k], hm.maps[:k], run.method_figure(name, key), title=f"{name}: {key}",
                           proba=proba[:k])
-        heatmaps.append((f"{name}\n{key} ({source})\n{summary_title(key, block)}", hm.maps))
+        heatmaps.append((_column_title(name, key, source, block), hm.maps))
         out[key] = block
         scores = summary_title(key, block, sep=" · ")
         log(f"    {key}: {block['ms_per_image']:.1f} ms/image" + (f", {scores}" if scores else ""))

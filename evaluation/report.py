@@ -1123,9 +1123,7 @@ def render_report(run_dir: str | Path, reference: str | None = None, max_cases: 
     title = f"glasszoo report: {run_dir.name}"
     if not metrics["models"]:  # every model failed: the data set and the errors are still worth a page
         body = _failed_section(metrics) or _section("failed-models", "Failed models", "<p>The run has no models.</p>")
-        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{_header(run_dir, metrics)}{body}"
-                "</body></html>\n")
+        return _page(title, _header(run_dir, metrics) + body)
     reference = reference or default_reference(metrics)
     if reference not in metrics["models"]:
         raise DataError(f"reference model '{reference}' is not in the run (models: {list(metrics['models'])})")
@@ -1153,12 +1151,14 @@ def render_report(run_dir: str | Path, reference: str | None = None, max_cases: 
         ("cases", "Cases", _cases_section(run_dir, metrics, ids, preds, max_cases, max_misclassified)),
     ]
     nav = " ".join(f'<a href="#{_e(i)}">{_e(t)}</a>' for i, t, body in sections if body)
-    title = f"glasszoo report: {run_dir.name}"
+    return _page(title, f"{sections[0][2]}<nav>{nav}</nav>{''.join(body for _, _, body in sections[1:] if body)}")
+
+
+def _page(title: str, body: str) -> str:
+    """A whole self-contained HTML page: inline style, no script, no external address."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
-            f"{sections[0][2]}<nav>{nav}</nav>{''.join(body for _, _, body in sections[1:] if body)}"
-            "</body></html>\n")
+            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n")
 
 
 def write_report(run_dir: str | Path, reference: str | None = None, max_cases: int = 12,

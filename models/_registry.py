@@ -11,8 +11,6 @@ from typing import Any
 from glasszoo.models.base import ImageModel, TabularModel
 from glasszoo.models.errors import ConfigError
 
-INPUT_KINDS = ("image", "features")
-
 
 @dataclass(frozen=True)
 class ModelInfo:

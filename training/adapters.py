@@ -1,7 +1,7 @@
 """One adapter per input kind: how a model of that kind is built, fitted, asked, explained, saved and loaded.
 
 The runner, saved runs, the audit, the bench and the CLI call an adapter and never branch on the input kind:
-:func:`adapter_for` picks the adapter of a registered model. An :class:`ImageAdapter` feeds the CaseSet's images
+:class:`Adapters` picks the adapter of a registered model. An :class:`ImageAdapter` feeds the CaseSet's images
 and trains with the shared Lightning pipeline; a :class:`FeatureAdapter` feeds a feature table
 (:func:`glasszoo.training.features.feature_table`, built once per data set and shared by every tabular model of a
 run) and calls the estimator's ``fit``. Both see the same CaseSet, split and seed.
@@ -81,16 +81,23 @@ class Adapter:
         """Whether ``mdir`` holds this kind's weights (and the predictions) of a finished model."""
         return self.weights(mdir).is_file() and mdir.predictions.is_file()
 
+    weights_name: ClassVar[str] = "weights"  # what the weights file is called in messages
+
     def weights(self, mdir: ModelDir) -> Any:
         raise NotImplementedError
 
     def load(self, model: str, params: dict, mdir: ModelDir) -> Any:
         """The fitted model saved in ``mdir`` (no retraining); a :class:`DataError` names a missing file."""
+        path = self.weights(mdir)
+        if not path.is_file():
+            raise DataError(f"{path} not found: the run's {self.weights_name} of '{mdir.path.name}' is missing")
+        return self._restore(model, params, path, mdir.path.name)
+
+    def _restore(self, model: str, params: dict, path: Any, name: str) -> Any:
         raise NotImplementedError
 
-    def with_data(self, cs: CaseSet) -> Adapter:
-        """The same adapter on other data with the same cases (e.g. the audit's marked copy)."""
-        return type(self)(cs, self.features)
+    def prepare(self) -> None:
+        """Build what the adapter's models share (e.g. the feature table), so ``dataset_info`` describes it."""
 
     def dataset_info(self) -> dict:
         """What the adapter adds under ``metrics.json``'s ``dataset`` (e.g. the feature table's provenance)."""
@@ -124,20 +131,19 @@ class ImageAdapter(Adapter):
     def n_params(self, model: Any) -> int:
         return int(sum(p.numel() for p in model.parameters()))
 
+    weights_name = "checkpoint"
+
     def weights(self, mdir: ModelDir) -> Any:
         return mdir.checkpoint
 
-    def load(self, model: str, params: dict, mdir: ModelDir) -> Any:
+    def _restore(self, model: str, params: dict, path: Any, name: str) -> Any:
         from glasszoo.training.train import load_checkpoint  # heavy: Lightning
 
-        ckpt = mdir.checkpoint
-        if not ckpt.is_file():
-            raise DataError(f"{ckpt} not found: the run's checkpoint of '{mdir.path.name}' is missing")
         net = self.build(model, params)
         try:
-            load_checkpoint(net, ckpt)
+            load_checkpoint(net, path)
         except (RuntimeError, KeyError) as exc:
-            raise DataError(f"{ckpt}: does not fit model '{mdir.path.name}' as configured "
+            raise DataError(f"{path}: does not fit model '{name}' as configured "
                             f"({str(exc).splitlines()[0]})") from None
         return net.eval()
 
@@ -190,13 +196,15 @@ class FeatureAdapter(Adapter):
     def n_params(self, model: Any) -> int:
         return int(getattr(model, "n_params_", self.table[0].shape[1]))
 
+    weights_name = "fitted model"
+
     def weights(self, mdir: ModelDir) -> Any:
         return mdir.pickle
 
-    def load(self, model: str, params: dict, mdir: ModelDir) -> Any:
-        path = mdir.pickle
-        if not path.is_file():
-            raise DataError(f"{path} not found: the run's fitted '{mdir.path.name}' is missing")
+    def prepare(self) -> None:
+        self.table  # noqa: B018  (built once, on first use)
+
+    def _restore(self, model: str, params: dict, path: Any, name: str) -> Any:
         with open(path, "rb") as fh:  # a file this run wrote; do not open runs you do not trust
             return pickle.load(fh)
 
@@ -231,6 +239,3 @@ class Adapters:
         for a in self._made.values():
             out.update(a.dataset_info())
         return out
-
-    def with_data(self, cs: CaseSet) -> Adapters:
-        return Adapters(cs, self.features)

@@ -244,6 +244,12 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
     return model, proba, block
 
 
+def _failure(spec: ModelSpec, exc: Exception, stage: str | None = None) -> dict:
+    """What ``metrics.json``'s ``failed`` records of a model that raised ``exc`` (inside an ``except``)."""
+    return {"registry_name": spec.model, **({"stage": stage} if stage else {}),
+            "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: bool = False,
                    resume: bool = False, caseset: CaseSet | None = None, report: bool = True) -> Path:
     """Run the experiment ``cfg`` and return its run directory.
@@ -288,7 +294,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     cmp_rows = _case_figure_rows(cs, pool, ev.comparison_cases_per_class)
     cmp_idx = np.searchsorted(explain_rows, cmp_rows)
     heatmaps: list[tuple[str, np.ndarray]] = []  # (column title, maps of the explained cases) of every heatmap
-    finished: dict[str, tuple[Any, Adapter]] = {}  # kept for the case figures
+    finished: dict[str, tuple[ModelSpec, Any, Adapter]] = {}  # kept for the case figures
 
     def save_metrics() -> None:
         metrics["dataset"].update(adapters.dataset_info())
@@ -303,10 +309,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         if spec.name in done and adapter.saved(mdir):
             model = adapter.load(spec.model, spec.params, mdir)
             curves[spec.name] = read_predictions(cs, mdir.predictions)
-            adapter.inputs(test[:1])  # builds the feature table of a tabular model (its provenance under dataset)
+            adapter.prepare()  # e.g. the feature table, whose provenance goes under dataset as in the first run
             metrics["models"][spec.name] = done[spec.name]
             heatmaps.extend(stored_heatmaps(done[spec.name], spec.name, mdir))
-            finished[spec.name] = (model, adapter)
+            finished[spec.name] = (spec, model, adapter)
             save_metrics()
             log(f"[{i}/{len(cfg.models)}] {spec.name}: done in the earlier run, loaded (not retrained)")
             continue
@@ -322,18 +328,16 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             raise
         except Exception as exc:  # one model's failure must not cost the others' results
             del heatmaps[n_heat:]
-            failed[spec.name] = {"registry_name": spec.model, "error": f"{type(exc).__name__}: {exc}",
-                                 "traceback": traceback.format_exc()}
+            failed[spec.name] = _failure(spec, exc)
             save_metrics()
             log(f"    FAILED: {type(exc).__name__}: {exc} (the run goes on without '{spec.name}')")
             continue
         metrics["models"][spec.name] = block
         curves[spec.name] = proba
-        finished[spec.name] = (model, adapter)
+        finished[spec.name] = (spec, model, adapter)
         save_metrics()
 
     t_figures = time.perf_counter()
-    save_metrics()
     write_tradeoff(metrics, run.tradeoff)
     plot_roc(cs.labels[test], curves, cs.class_names, cs.positive_class, run.roc_figure)
     if heatmaps and len(cmp_rows):
@@ -345,13 +349,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     # case pages: the sampled cases of each class and the misclassified ones get every model's figure
     page_rows = np.union1d(_case_figure_rows(cs, explain_rows, ev.case_figures_per_class),
                            _misclassified_rows(cs, curves, ev.report_misclassified))
-    for name, (model, adapter) in finished.items():
+    for name, (spec, model, adapter) in finished.items():
         try:
             write_case_figures(model, adapter, page_rows, run, name)
         except Exception as exc:  # a figure that cannot be drawn must not cost the report
-            failed[name] = {"registry_name": next(s.model for s in cfg.models if s.name == name),
-                            "stage": "case figures", "error": f"{type(exc).__name__}: {exc}",
-                            "traceback": traceback.format_exc()}
+            failed[name] = _failure(spec, exc, stage="case figures")
             log(f"    {name}: case figures FAILED: {type(exc).__name__}: {exc} (its results are kept)")
     save_metrics()
     write_case_heatmaps(cs, page_rows, explain_rows, heatmaps, run)
