@@ -4,8 +4,9 @@
 the explanation's type (:data:`RENDERERS`; models return data, this module draws it):
 
 * a prototype network ("this looks like that", Chen et al. 2019): per top prototype, where on the test image it
-  fires, the training case it was projected onto with the prototype patch boxed, the patch enlarged, and the
-  similarity x weight = points it adds to the explained class;
+  fires (drawn the way that scored the better pointing game in the run, :func:`choose_drawing`), the training case
+  it was projected onto with the prototype patch boxed, the patch enlarged, and the similarity x weight = points it
+  adds to the explained class;
 * a concept bottleneck model (Koh et al. 2020): each concept's predicted value (and the true one when known) with
   the points it adds to the explained class, the heatmap of the top concept, and the prediction before and after
   correcting the most wrong concept (test-time intervention);
@@ -37,6 +38,49 @@ from glasszoo.models.explanations import (
 )
 
 _BOX_PERCENTILE = 95.0  # the test-image box encloses the pixels at or above this percentile of the activation
+
+DRAWING_LABELS: dict[str, tuple[str, str]] = {
+    "prototype_activation": ("upsampling its similarity map", "upsampling"),
+    "prototype_smoothgrad": ("SmoothGrad of its similarity", "SmoothGrad"),
+}
+"""Heatmap method of a prototype drawing -> (how the figure names it, short name); others by their method name."""
+
+
+def pointing_game_scores(explanation: dict) -> dict[str, float]:
+    """Heatmap method -> its pointing game in a model's ``explanation`` blocks of ``metrics.json`` (the methods
+    scored against lesion masks): what the case figure chooses a prototype's drawing by."""
+    out = {}
+    for key, block in (explanation or {}).items():
+        value = block.get("pointing_game", {}).get("value") if isinstance(block, dict) else None
+        if isinstance(value, (int, float)) and np.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def _label(method: str) -> tuple[str, str]:
+    return DRAWING_LABELS.get(method, (method.replace("_", " "), method.replace("_", " ")))
+
+
+def choose_drawing(match: PrototypeMatch, scores: dict[str, float] | None) -> tuple[str, np.ndarray, str]:
+    """Which of a prototype's drawings the figure shows, and why: (method, map [H, W], reason for the title).
+
+    The candidates are the match's ``drawings`` (in the model's order; none: ``activation_map`` alone). The one
+    whose heatmap method has the highest pointing game in ``scores`` (:func:`pointing_game_scores` of the run) is
+    drawn; a tie, or no score at all, keeps the first the model lists.
+    """
+    drawings = dict(match.drawings) or {"activation": np.asarray(match.activation_map)}
+    names = list(drawings)
+    scored = {k: float(scores[k]) for k in names if scores and k in scores and np.isfinite(scores[k])}
+    best = max(scored, key=lambda k: (scored[k], -names.index(k))) if scored else names[0]
+    text = f"drawn by {_label(best)[0]}"
+    others = [k for k in names if k != best and k in scored]
+    if best in scored and others:
+        vs = ", ".join(f"{scored[k]:.2f} for {_label(k)[1]}" for k in others)
+        tie = "; a tie keeps the first" if any(scored[k] == scored[best] for k in others) else ""
+        text += f"\n(pointing game {scored[best]:.2f} vs {vs}{tie})"
+    elif len(names) > 1:
+        text += "\n(no pointing-game scores to choose by)"
+    return best, np.asarray(drawings[best], dtype=np.float32), text
 
 
 def _show(ax: plt.Axes, img: np.ndarray) -> None:
@@ -98,7 +142,8 @@ def _header(proba: np.ndarray, class_names: list[str], case_id: str | None, labe
 def plot_prototype_case(image: np.ndarray, matches: list[PrototypeMatch], class_names: list[str],
                         proba: np.ndarray, logits: np.ndarray, explained: int, path: str | Path,
                         source_image: Callable[[str], np.ndarray | None], case_id: str | None = None,
-                        label: int | None = None, mask: np.ndarray | None = None) -> None:
+                        label: int | None = None, mask: np.ndarray | None = None,
+                        scores: dict[str, float] | None = None) -> None:
     """The "this looks like that" figure of one case.
 
     Args:
@@ -110,6 +155,8 @@ def plot_prototype_case(image: np.ndarray, matches: list[PrototypeMatch], class_
         path: the PNG to write.
         source_image: case id -> that training image [C, H, W] (None if unavailable).
         case_id, label, mask: the case's id, true class and lesion mask, when known.
+        scores: heatmap method -> pointing game in the run (:func:`pointing_game_scores`): each prototype is drawn
+            the way that scored better (:func:`choose_drawing`).
     """
     n = len(matches)
     fig, axes = plt.subplots(n + 1, 4, figsize=(10.5, 2.4 * (n + 1)), squeeze=False,
@@ -133,10 +180,10 @@ def plot_prototype_case(image: np.ndarray, matches: list[PrototypeMatch], class_
         ax = axes[i, 0]
         ax.set_axis_on()
         _show(ax, image)
-        act = np.asarray(m.activation_map, dtype=np.float32)
+        _, act, how = choose_drawing(m, scores)
         ax.imshow(act, cmap="jet", alpha=0.45, interpolation="bilinear")
         _rect(ax, activation_box(act))
-        ax.set_title("this part of the image ...", fontsize=7)
+        ax.set_title(f"this part of the image ...\n{how}", fontsize=6)
         src = source_image(m.source_case_id) if m.source_case_id else None
         if src is not None:
             ax = axes[i, 1]
@@ -267,18 +314,18 @@ def case_explanations(model: Any, case: Case, top_k: int = 3) -> list:
 
 
 def _draw_prototypes(model: Any, case: Case, exps: list, proba: np.ndarray, class_names: list[str], path: Path,
-                     source_image: Callable[[str], np.ndarray | None]) -> None:
+                     source_image: Callable[[str], np.ndarray | None], scores: dict[str, float]) -> None:
     evidence = next(e for e in exps if isinstance(e, PrototypeEvidence))
     heat = next(e for e in exps if isinstance(e, Heatmap))
     with torch.no_grad():
         model.eval()
         logits = model(torch.as_tensor(case.x, device=model.device)).float().cpu().numpy()[0]
     plot_prototype_case(case.image, evidence.matches[0], class_names, proba, logits, int(heat.target[0]), path,
-                        source_image, case.case_id, case.label, case.mask)
+                        source_image, case.case_id, case.label, case.mask, scores)
 
 
 def _draw_concepts(model: Any, case: Case, exps: list, proba: np.ndarray, class_names: list[str], path: Path,
-                   source_image: Callable[[str], np.ndarray | None]) -> None:
+                   source_image: Callable[[str], np.ndarray | None], scores: dict[str, float]) -> None:
     ev = next(e for e in exps if isinstance(e, ConceptEvidence))
     heat = next(e for e in exps if isinstance(e, Heatmap))
     corrected = None if ev.corrected is None else (ev.corrected[0], np.asarray(ev.corrected_proba)[0])
@@ -287,7 +334,7 @@ def _draw_concepts(model: Any, case: Case, exps: list, proba: np.ndarray, class_
 
 
 def _draw_features(model: Any, case: Case, exps: list, proba: np.ndarray, class_names: list[str], path: Path,
-                   source_image: Callable[[str], np.ndarray | None]) -> None:
+                   source_image: Callable[[str], np.ndarray | None], scores: dict[str, float]) -> None:
     fa = next(e for e in exps if isinstance(e, FeatureAttribution))
     k = int(proba.argmax())
     title = (f"{case.case_id or 'new case'}" + (f" (true {class_names[case.label]}, " if case.label is not None
@@ -296,7 +343,7 @@ def _draw_features(model: Any, case: Case, exps: list, proba: np.ndarray, class_
 
 
 def _draw_heatmaps(model: Any, case: Case, exps: list, proba: np.ndarray, class_names: list[str], path: Path,
-                   source_image: Callable[[str], np.ndarray | None]) -> None:
+                   source_image: Callable[[str], np.ndarray | None], scores: dict[str, float]) -> None:
     xt = torch.as_tensor(case.x, device=model.device)
     with torch.no_grad():
         model.eval()
@@ -324,19 +371,22 @@ RENDERERS: tuple[tuple[type, Callable], ...] = (
 
 
 def explain_case(model: Any, case: Case, class_names: list[str], path: str | Path,
-                 source_image: Callable[[str], np.ndarray | None] | None = None, top_k: int = 3) -> list:
+                 source_image: Callable[[str], np.ndarray | None] | None = None, top_k: int = 3,
+                 scores: dict[str, float] | None = None) -> list:
     """Explain one case with ``model`` and write its figure to ``path``; returns the explanations drawn.
 
     The figure is chosen by the type of the explanations (:data:`RENDERERS`): prototype evidence gets the "this looks
     like that" figure (``top_k`` prototypes, their training sources from ``source_image``), concept evidence the
     concept bars (with the correction of the most wrong concept when the true concepts are known), feature
     attributions the contribution bars, heatmaps the maps over the image (attention gates and the predicted outline
-    for attention-gated models).
+    for attention-gated models). ``scores`` (heatmap method -> pointing game in the run,
+    :func:`pointing_game_scores`) lets a renderer choose between drawings (a prototype's).
     """
     exps = case_explanations(model, case, top_k)
     proba = model.predict_proba(case.x)[0]
     for kind, draw in RENDERERS:
         if any(isinstance(e, kind) for e in exps):
-            draw(model, case, exps, proba, class_names, Path(path), source_image or (lambda _cid: None))
+            draw(model, case, exps, proba, class_names, Path(path), source_image or (lambda _cid: None),
+                 dict(scores or {}))
             break
     return exps

@@ -175,6 +175,22 @@ class ImageModel(nn.Module):
         Default: none."""
         return []
 
+    def prototype_activation_maps(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Every prototype's activation map [N, P, h, w] over the patch grid of images x (not upsampled; larger means
+        more similar), for the prototype-part metrics (``glasszoo.evaluation.prototype_parts``: consistency and
+        stability). The caller puts the model in eval mode without gradients. Default: None (no prototypes)."""
+        return None
+
+    def relevant_prototypes(self) -> torch.Tensor | None:
+        """Which prototypes take part in decisions, bool [P] (e.g. those with a non-zero class weight); the
+        prototype-part metrics count only these. Default: None (all of them)."""
+        return None
+
+    def prototype_classes(self) -> torch.Tensor | None:
+        """The class owning each prototype, long [P]; a prototype's consistency is then measured on the images of
+        its class. Default: None (prototypes owned by no class: measured on every image)."""
+        return None
+
     def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None,
                 case_ids: np.ndarray | None = None, **kwargs: Any) -> list:
         """The model's own explanations of ``x`` for class ``target`` (default: the predicted class), as a list.

@@ -82,7 +82,13 @@ class Heatmap(_Explanation):
 
 @dataclass
 class PrototypeMatch:
-    """One prototype's evidence for one case."""
+    """One prototype's evidence for one case.
+
+    ``drawings`` (optional) holds where the prototype is on the explained image drawn in several ways, [H, W] each,
+    keyed by the :class:`Heatmap` method that draws the top prototype the same way (e.g. the upsampled similarity
+    map and a gradient map); the case figure draws the one whose heatmap scored better in the run. Empty: only
+    ``activation_map``.
+    """
 
     prototype: int
     prototype_class: int
@@ -91,6 +97,7 @@ class PrototypeMatch:
     source_case_id: str
     source_box: tuple[int, int, int, int]  # (row0, col0, row1, col1) in input pixels, end exclusive
     activation_map: np.ndarray  # [H, W] over the explained image
+    drawings: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,7 +123,9 @@ class PrototypeEvidence(_Explanation):
         matches = [
             [
                 PrototypeMatch(**{**m, "source_box": tuple(m["source_box"]),
-                                  "activation_map": np.asarray(m["activation_map"], dtype=np.float32)})
+                                  "activation_map": np.asarray(m["activation_map"], dtype=np.float32),
+                                  "drawings": {k: np.asarray(v, dtype=np.float32)
+                                               for k, v in (m.get("drawings") or {}).items()}})
                 for m in case
             ]
             for case in data["matches"]

@@ -185,6 +185,10 @@ class ProtoPNet(ImageModel):
         topk: score of a prototype = mean of the ``topk`` largest values of its similarity map (IAIA-BL: top-k
             average pooling, which rewards a prototype present over a region rather than on one patch); 1
             (default) is ProtoPNet's max-pooling.
+        smoothgrad_samples: noisy copies of the image for the SmoothGrad drawing of a prototype
+            (:meth:`prototype_smoothgrad`; Smilkov et al. 2017 use about 50; 8 keep a run's explanations cheap).
+        smoothgrad_noise: the sd of that noise as a fraction of the image's intensity range (Smilkov et al.: 0.1 to
+            0.2).
     """
 
     explanation_kinds = ("prototype_evidence", "heatmap")
@@ -197,12 +201,15 @@ class ProtoPNet(ImageModel):
                  cluster_weight: float = 0.8, separation_weight: float = -0.08, l1_weight: float = 1e-4,
                  epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True,
                  fit_last_layer: bool = True, bn_samples: int = 512, fine_annotation_weight: float = 0.0,
-                 topk: int = 1) -> None:
+                 topk: int = 1, smoothgrad_samples: int = 8, smoothgrad_noise: float = 0.15) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if fine_annotation_weight < 0:
             raise ValueError(f"fine_annotation_weight must be >= 0, got {fine_annotation_weight}")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
+        if smoothgrad_samples < 1 or smoothgrad_noise < 0:
+            raise ValueError(f"smoothgrad_samples must be >= 1 and smoothgrad_noise >= 0, got {smoothgrad_samples} "
+                             f"and {smoothgrad_noise}")
         if bn_samples < 2:
             raise ValueError(f"bn_samples must be >= 2, got {bn_samples}")
         if prototypes_per_class < 1 or prototype_dim < 1:
@@ -243,6 +250,8 @@ class ProtoPNet(ImageModel):
         self.loss_weights = {"cluster": cluster_weight, "separation": separation_weight, "l1": l1_weight}
         self.fine_annotation_weight = float(fine_annotation_weight)
         self.topk = int(topk)
+        self.smoothgrad_samples = int(smoothgrad_samples)
+        self.smoothgrad_noise = float(smoothgrad_noise)
         self.features_lr_ratio = features_lr_ratio
         self.last_layer_lr_ratio = last_layer_lr_ratio
         self.push_batch_size = push_batch_size
@@ -288,6 +297,47 @@ class ProtoPNet(ImageModel):
     def prototype_activations(self, x: torch.Tensor) -> torch.Tensor:
         """Similarity maps [N, P, h, w] of every prototype over the patch grid of images x."""
         return self.similarity(self.prototype_distances(x))
+
+    def prototype_activation_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The prototype-part metrics' maps: the similarity maps (:meth:`prototype_activations`)."""
+        return self.prototype_activations(x)
+
+    def relevant_prototypes(self) -> torch.Tensor:
+        """Prototypes with a last-layer weight of at least 1e-3 in absolute value for some class (the others add
+        nothing to any logit; the threshold of ``last_layer_sparsity``)."""
+        return self.last_layer.weight.detach().abs().amax(dim=0) >= 1e-3
+
+    def prototype_classes(self) -> torch.Tensor:
+        """The class owning each prototype (``prototype_class``)."""
+        return self.prototype_class
+
+    def prototype_smoothgrad(self, x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        """SmoothGrad (Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017) of prototype scores:
+        per image n and column k, the absolute gradient of the score of prototype ``prototypes[n, k]`` (its pooled
+        similarity, :meth:`pool`) with respect to the input, summed over channels and averaged over
+        ``smoothgrad_samples`` copies of the image with Gaussian noise of sd ``smoothgrad_noise`` times the image's
+        intensity range. Returns [N, K, H, W].
+
+        Unlike the upsampled similarity map, which puts the evidence where the nearest patch's grid cell sits, it
+        shows which pixels change the similarity (Xu-Darme et al., "Sanity checks for patch visualisation in
+        prototype-based image classification", CVPR-W 2023, show that upsampling can hide or invent a bias). The
+        noise of copy s is drawn from a generator seeded with s, the same for every image, so a case's map does not
+        depend on the batch it is explained in. Costs ``smoothgrad_samples`` forward and ``K x smoothgrad_samples``
+        backward passes per image. The model should be in eval mode.
+        """
+        x = x.detach().float()
+        prototypes = prototypes.to(device=x.device, dtype=torch.long)
+        span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).clamp_min(1e-6).view(-1, 1, 1, 1)
+        out = torch.zeros(len(x), prototypes.shape[1], *x.shape[-2:], device=x.device)
+        with torch.enable_grad():
+            for s in range(self.smoothgrad_samples):
+                eps = torch.randn(tuple(x.shape[1:]), generator=torch.Generator().manual_seed(s)).to(x.device)
+                xn = (x + self.smoothgrad_noise * span * eps).requires_grad_(True)
+                chosen = self.pool(self.prototype_activations(xn)).gather(1, prototypes)  # [N, K]
+                for k in range(chosen.shape[1]):
+                    (grad,) = torch.autograd.grad(chosen[:, k].sum(), xn, retain_graph=k < chosen.shape[1] - 1)
+                    out[:, k] += grad.abs().sum(dim=1)
+        return out / self.smoothgrad_samples
 
     @classmethod
     def requirements(cls, params: dict) -> tuple[str, ...]:
@@ -592,19 +642,22 @@ class ProtoPNet(ImageModel):
     def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None,
                 case_ids: np.ndarray | None = None, top_k: int = 3,
                 batch_size: int = 64) -> list[PrototypeEvidence | Heatmap]:
-        """Per case, the ``top_k`` prototypes by contribution to the explained class, and the top one's map.
+        """Per case, the ``top_k`` prototypes by contribution to the explained class, and the top one's maps.
 
         The contribution of prototype j to class c is its similarity score times the last-layer weight w[c, j];
-        the explained class is ``target`` (default: the predicted class). Returns ``[PrototypeEvidence, Heatmap]``;
-        the heatmap (method ``prototype_activation``) is the similarity map of the top prototype, bilinearly
-        upsampled to the input. Before any push the source fields read ``""`` and ``(0, 0, 0, 0)``.
+        the explained class is ``target`` (default: the predicted class). Returns ``[PrototypeEvidence, Heatmap,
+        Heatmap]``: the heatmaps draw the top prototype two ways, method ``prototype_activation`` its similarity map
+        bilinearly upsampled to the input (the paper's drawing), method ``prototype_smoothgrad`` the SmoothGrad of
+        its score (:meth:`prototype_smoothgrad`). Each match carries both drawings of its prototype (``drawings``,
+        keyed by those methods; ``activation_map`` is the upsampled one). Before any push the source fields read
+        ``""`` and ``(0, 0, 0, 0)``.
         """
         was_training = self.training
         self.eval()
         k = max(1, min(int(top_k), self.n_prototypes))
         weight = self.last_layer.weight.float()  # [C, P]
         matches: list[list[PrototypeMatch]] = []
-        preds, targets, heat = [], [], []
+        preds, targets, heat, grad_heat = [], [], [], []
         try:
             for i in range(0, len(x), batch_size):
                 xb = as_tensor(x[i:i + batch_size], self.device)
@@ -616,25 +669,30 @@ class ProtoPNet(ImageModel):
                 contrib = scores * weight[tb]  # [B, P]
                 order = contrib.argsort(dim=1, descending=True, stable=True)[:, :k]
                 maps = F.interpolate(sim_maps, size=xb.shape[-2:], mode="bilinear", align_corners=False)
+                grads = self.prototype_smoothgrad(xb, order).cpu().numpy()  # [B, k, H, W]
                 for n in range(len(xb)):
                     case = []
-                    for j in order[n].tolist():
+                    for rank, j in enumerate(order[n].tolist()):
                         src, box = self._source(j)
+                        up = maps[n, j].cpu().numpy().astype(np.float32)
                         case.append(PrototypeMatch(
                             prototype=j, prototype_class=int(self.prototype_class[j]),
                             similarity=float(scores[n, j]), contribution=float(contrib[n, j]),
-                            source_case_id=src, source_box=box,
-                            activation_map=maps[n, j].cpu().numpy().astype(np.float32)))
+                            source_case_id=src, source_box=box, activation_map=up,
+                            drawings={"prototype_activation": up, "prototype_smoothgrad": grads[n, rank]}))
                     matches.append(case)
                 heat.append(maps[torch.arange(len(xb)), order[:, 0]].cpu().numpy())
+                grad_heat.append(grads[:, 0])
                 preds.append(pred.cpu().numpy())
                 targets.append(tb.cpu().numpy())
         finally:
             self.train(was_training)
         evidence = PrototypeEvidence(matches=matches, predicted=np.concatenate(preds), case_ids=case_ids)
-        hm = Heatmap(maps=np.concatenate(heat), method="prototype_activation", target=np.concatenate(targets),
+        target_all = np.concatenate(targets)
+        hm = Heatmap(maps=np.concatenate(heat), method="prototype_activation", target=target_all, case_ids=case_ids)
+        sg = Heatmap(maps=np.concatenate(grad_heat), method="prototype_smoothgrad", target=target_all,
                      case_ids=case_ids)
-        return [evidence, hm]
+        return [evidence, hm, sg]
 
     def explain_global(self) -> GlobalExplanation:
         """The prototype gallery: per prototype its class, source case and box, and last-layer weights."""

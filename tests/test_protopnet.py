@@ -119,7 +119,7 @@ def test_extra_losses_by_hand_with_and_without_the_cache():
 def test_explain_by_hand_before_push():
     model = _tiny()
     x = _blocks(0.1, 0.5, 0.8, 1.0)[None]
-    evidence, hm = model.explain(x, case_ids=np.array(["q"]), top_k=2)
+    evidence, hm, sg = model.explain(x, case_ids=np.array(["q"]), top_k=2)
     scores = _sim([0.01, 0.0025])
     assert list(evidence.predicted) == [1]  # logits W @ scores = [1.63, 3.65]
     (m1, m0), = evidence.matches
@@ -132,11 +132,56 @@ def test_explain_by_hand_before_push():
     np.testing.assert_allclose(m1.activation_map, U @ sim_map @ U.T, rtol=1e-4)
     np.testing.assert_allclose(hm.maps[0], U @ sim_map @ U.T, rtol=1e-4)
     assert hm.method == "prototype_activation" and list(hm.target) == [1] and list(hm.case_ids) == ["q"]
+    # the second drawing of the same top prototype: its SmoothGrad, also carried by each match
+    assert sg.method == "prototype_smoothgrad" and list(sg.target) == [1] and list(sg.case_ids) == ["q"]
+    assert list(m1.drawings) == ["prototype_activation", "prototype_smoothgrad"]
+    np.testing.assert_allclose(m1.drawings["prototype_activation"], m1.activation_map)
+    np.testing.assert_allclose(sg.maps[0], m1.drawings["prototype_smoothgrad"])
     # explaining class 0 instead: contributions s0 * 1 = 4.61 and s1 * -0.5 = -2.98
-    evidence, hm = model.explain(x, target=np.array([0]), top_k=1)
+    evidence, hm, _ = model.explain(x, target=np.array([0]), top_k=1)
     assert [m.prototype for m in evidence.matches[0]] == [0]
     assert evidence.matches[0][0].contribution == pytest.approx(scores[0], rel=1e-4)
     assert list(hm.target) == [0]
+
+
+class _TopLeftOnly(nn.Module):
+    """2x2 average pooling of the image's top-left 2x2 block only (the rest of the image is multiplied by 0)."""
+
+    def forward(self, x):
+        keep = torch.zeros_like(x)
+        keep[..., :2, :2] = 1
+        return nn.functional.avg_pool2d(x * keep, 2)
+
+
+def test_smoothgrad_of_a_similarity_that_sees_one_region():
+    model = _tiny()
+    model.features = _TopLeftOnly()
+    x = torch.from_numpy(_blocks(0.1, 0.5, 0.8, 1.0)[None])
+    # without noise, one copy: cells (0.1, 0, 0, 0); p0 = 0.2 is nearest to the top-left cell (d = 0.01); its score
+    # log((d + 1) / (d + eps)) has d'(pixel) = 2 (m - p) / 4, so |grad| = |1/1.01 - 1/0.0101| * 0.05 on the block
+    model.smoothgrad_samples, model.smoothgrad_noise = 1, 0.0
+    g = model.prototype_smoothgrad(x, torch.tensor([[0]]))[0, 0].numpy()
+    hand = abs(1 / 1.01 - 1 / (0.01 + EPS)) * 0.05
+    np.testing.assert_allclose(g[:2, :2], hand, rtol=1e-4)
+    assert (g[2:] == 0).all() and (g[:, 2:] == 0).all()
+    # with noise (sd 0.15 of the range, 16 copies): still exactly zero outside the region, its peak inside
+    model.smoothgrad_samples, model.smoothgrad_noise = 16, 0.15
+    g = model.prototype_smoothgrad(x, torch.tensor([[0]]))[0, 0].numpy()
+    assert (g[2:] == 0).all() and (g[:, 2:] == 0).all() and (g[:2, :2] > 0).all()
+    assert np.unravel_index(g.argmax(), g.shape) in {(0, 0), (0, 1), (1, 0), (1, 1)}
+    # explain returns it as the second drawing of the top prototype (1 for the predicted class)
+    _, hm, sg = model.explain(x.numpy(), target=np.array([0]), top_k=1)
+    assert (sg.maps[0][2:] == 0).all() and sg.maps[0][:2, :2].min() > 0 and hm.maps[0][2:].max() > 0
+
+
+def test_prototype_part_hooks():
+    model = _tiny()
+    x = torch.from_numpy(_blocks(0.1, 0.5, 0.8, 1.0)[None])
+    torch.testing.assert_close(model.prototype_activation_maps(x), model.prototype_activations(x))
+    assert model.prototype_classes().tolist() == [0, 1] and model.relevant_prototypes().tolist() == [True, True]
+    with torch.no_grad():
+        model.last_layer.weight[:, 1] = torch.tensor([5e-4, -5e-4])  # p1 adds (almost) nothing to any logit
+    assert model.relevant_prototypes().tolist() == [True, False]
 
 
 def test_push_by_hand_ignores_val_and_test():
@@ -154,7 +199,7 @@ def test_push_by_hand_ignores_val_and_test():
     sim_map = _sim([[0.35 ** 2, 0.0], [0.65 ** 2, 0.05 ** 2]])
     np.testing.assert_allclose(model.source_activation[0].float().numpy(), U @ sim_map @ U.T, rtol=2e-3)
     # explanations now name the source
-    evidence, _ = model.explain(_blocks(0.1, 0.5, 0.8, 1.0)[None], top_k=2)
+    evidence, *_ = model.explain(_blocks(0.1, 0.5, 0.8, 1.0)[None], top_k=2)
     got = {m.prototype: (m.source_case_id, m.source_box) for m in evidence.matches[0]}
     assert got == {0: ("c2", (0, 2, 2, 4)), 1: ("c3", (2, 0, 4, 2))}
 
@@ -331,7 +376,7 @@ def test_explain_shapes_order_and_global():
     model = _small().eval()
     model.push(cs)
     x = cs.images[cs.indices("test")]
-    evidence, hm = model.explain(x, case_ids=cs.case_ids[cs.indices("test")], top_k=4)
+    evidence, hm, sg = model.explain(x, case_ids=cs.case_ids[cs.indices("test")], top_k=4)
     assert isinstance(evidence, PrototypeEvidence) and isinstance(hm, Heatmap)
     assert hm.maps.shape == (len(x), 16, 16) and len(evidence.matches) == len(x)
     weight = model.last_layer.weight.detach().numpy()
@@ -343,8 +388,14 @@ def test_explain_shapes_order_and_global():
             assert m.contribution == pytest.approx(m.similarity * weight[hm.target[n], m.prototype], rel=1e-5)
             assert m.activation_map.shape == (16, 16) and m.source_case_id in set(cs.case_ids[cs.indices("train")])
         np.testing.assert_allclose(hm.maps[n], case[0].activation_map)
-    assert PrototypeEvidence.from_dict(json.loads(json.dumps(evidence.to_dict()))).matches[0][0].prototype \
-        == evidence.matches[0][0].prototype
+        np.testing.assert_allclose(sg.maps[n], case[0].drawings["prototype_smoothgrad"])
+        assert all(m.drawings["prototype_smoothgrad"].shape == (16, 16) for m in case)
+    # a case's SmoothGrad does not depend on the batch it is explained in (the noise of copy s is seeded with s)
+    _, _, alone = model.explain(x[3:4], target=hm.target[3:4], top_k=1)
+    np.testing.assert_allclose(alone.maps[0], sg.maps[3], rtol=1e-4, atol=1e-7)
+    back = PrototypeEvidence.from_dict(json.loads(json.dumps(evidence.to_dict()))).matches[0][0]
+    assert back.prototype == evidence.matches[0][0].prototype
+    np.testing.assert_allclose(back.drawings["prototype_smoothgrad"], sg.maps[0], rtol=1e-6)
     glob = model.explain_global()
     assert isinstance(glob, GlobalExplanation) and glob.form == "prototype_gallery"
     protos = glob.content["prototypes"]
@@ -408,16 +459,23 @@ def test_run_experiment_with_blackbox_and_protopnet(tmp_path):
     block = m["models"]["protopnet"]
     assert block["family"] == "prototype" and 0.0 <= block["task"]["auc"]["value"] <= 1.0
     exp = block["explanation"]
+    splits = pd.read_csv(run_dir / "splits.csv")
     assert exp["prototype_evidence"]["n_cases"] == 8
     assert 0.0 <= exp["prototype_activation"]["pointing_game"]["value"] <= 1.0
     q = exp["prototype_quality"]
     assert q["pushed"] and q["n_prototypes"] == 4 and q["push_images_per_second"] > 0
     assert {"n_distinct_prototypes", "fraction_source_in_lesion", "class_purity", "last_layer_sparsity"} <= set(q)
+    # consistency and stability (evaluation.prototype_parts) beside the model's own figures
+    assert {"consistency", "consistent_fraction", "stability", "peak_stability"} <= set(q)
+    assert all(0.0 <= q[k] <= 1.0 for k in ("consistency", "consistent_fraction", "stability", "peak_stability"))
+    assert q["part_cases"] == int((splits["split"] == "test").sum()) and q["part_prototypes"] <= 4
+    # both drawings of the top prototype are scored by the same metrics
+    act, sg = exp["prototype_activation"], exp["prototype_smoothgrad"]
+    assert set(act) == set(sg) and sg["source"] == "intrinsic" and 0.0 <= sg["pointing_game"]["value"] <= 1.0
     assert block["training"]["best_epoch"] == 2  # the only selectable epoch: the one after the push
     assert (run_dir / "figures" / "protopnet_prototype_activation.png").exists()
     assert "gradcam" in m["models"]["blackbox"]["explanation"]
     # the chosen checkpoint carries the push records (weights_only loading); sources are training cases
-    splits = pd.read_csv(run_dir / "splits.csv")
     train_ids = set(splits.loc[splits["split"] == "train", "case_id"])
     fresh = build_image_model("protopnet", cfg.models[1].params, load_caseset(cfg.data, seed=cfg.seed))
     load_checkpoint(fresh, run_dir / "models" / "protopnet" / "checkpoint.ckpt")

@@ -126,7 +126,7 @@ def _describe(exps: list, class_names: list[str]) -> str:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from glasszoo.evaluation.case_figures import Case, explain_case  # heavy: matplotlib, captum
+    from glasszoo.evaluation.case_figures import Case, explain_case, pointing_game_scores  # heavy: matplotlib, captum
     from glasszoo.evaluation.experiment.runner import case_of, training_image_lookup  # heavy: the runner
     from glasszoo.evaluation.experiment.saved import open_run  # heavy: the registry, Lightning
 
@@ -149,10 +149,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         items.append((safe_filename(Path(path).stem), Case(x=adapter.inputs_for_image(image, name), image=image)))
     model = run.load_model(name)
     source_image = training_image_lookup(cs)
+    scores = pointing_game_scores(run.metrics.get("models", {}).get(name, {}).get("explanation", {}))
     out_dir = Path(args.out) if args.out else run.dir.explanations(name)
     for stem, case in items:
         fig = out_dir / f"{stem}.png"
-        exps = explain_case(model, case, cs.class_names, fig, source_image, top_k=args.top_k)
+        exps = explain_case(model, case, cs.class_names, fig, source_image, top_k=args.top_k, scores=scores)
         proba = model.predict_proba(case.x)[0]
         k = int(proba.argmax())
         print(f"{case.case_id or stem}: predicted {cs.class_names[k]} (p = {proba[k]:.2f})"

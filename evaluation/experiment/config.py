@@ -78,6 +78,25 @@ class QualityConfig:
 
 
 @dataclass
+class PrototypePartsConfig:
+    """Consistency and stability of a prototype model's prototypes (``glasszoo.evaluation.prototype_parts``; Huang
+    et al., ICCV 2023), under the model's ``explanation.prototype_quality``.
+
+    Attributes:
+        cases: test cases they are computed on (a seeded sample of the test split; 0 = off, -1 = all).
+        threshold: share of a prototype's images on which it must hit the lesion to be consistent (paper: 0.8).
+        noise: sd of the Gaussian noise of the stability, for images in [0, 1] (clipped at +-1.25 sd).
+        region: half-side of a prototype's activated region as a fraction of the image side (0: the peak pixel;
+            the paper's box: 0.16).
+    """
+
+    cases: int = 64
+    threshold: float = 0.8
+    noise: float = 0.05
+    region: float = 0.0
+
+
+@dataclass
 class EvaluationConfig:
     """How models are evaluated on the test split."""
 
@@ -90,6 +109,7 @@ class EvaluationConfig:
     report_misclassified: int = 6  # misclassified test cases (by any model) that also get case figures and a case page
     posthoc: PosthocConfig = field(default_factory=PosthocConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    prototype_parts: PrototypePartsConfig = field(default_factory=PrototypePartsConfig)
 
 
 @dataclass
@@ -339,6 +359,10 @@ def _validate_evaluation(cfg: ExperimentConfig, prefix: str) -> None:
     if not 0.0 < q.sensitivity_radius <= 1.0:
         raise ConfigError(f"{prefix}evaluation.quality.sensitivity_radius: must lie in (0, 1], "
                           f"got {q.sensitivity_radius}")
+    pp = cfg.evaluation.prototype_parts
+    if not 0.0 < pp.threshold <= 1.0 or pp.noise < 0 or not 0.0 <= pp.region <= 1.0:
+        raise ConfigError(f"{prefix}evaluation.prototype_parts: threshold must lie in (0, 1], noise be >= 0 and "
+                          f"region lie in [0, 1]; got {pp.threshold}, {pp.noise}, {pp.region}")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

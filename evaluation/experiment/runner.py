@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import yaml
 
-from glasszoo.evaluation.case_figures import Case, explain_case
+from glasszoo.evaluation.case_figures import Case, explain_case, pointing_game_scores
 from glasszoo.evaluation.experiment.config import ExperimentConfig, ModelSpec
 from glasszoo.evaluation.explain_eval import (
     draw_block_figures,
@@ -32,6 +32,7 @@ from glasszoo.evaluation.explain_eval import (
 )
 from glasszoo.evaluation.metrics import bootstrap_ci
 from glasszoo.evaluation.plots import plot_comparison, plot_roc
+from glasszoo.evaluation.prototype_parts import PART_BLOCK, prototype_part_scores
 from glasszoo.evaluation.report import write_report
 from glasszoo.evaluation.results import format_table, write_tradeoff
 from glasszoo.evaluation.segmentation import segmentation_summary
@@ -99,13 +100,17 @@ def case_of(cs: CaseSet, adapter: Adapter, row: int) -> Case:
                 true_concepts=None if cs.concepts is None else cs.concepts[row])
 
 
-def write_case_figures(model: Any, adapter: Adapter, rows: np.ndarray, run: RunDir, name: str) -> None:
-    """Per case in ``rows``, the model's case figure (:func:`glasszoo.evaluation.case_figures.explain_case`)."""
+def write_case_figures(model: Any, adapter: Adapter, rows: np.ndarray, run: RunDir, name: str,
+                       explanation: dict | None = None) -> None:
+    """Per case in ``rows``, the model's case figure (:func:`glasszoo.evaluation.case_figures.explain_case`);
+    ``explanation`` (the model's explanation blocks of the run) gives the pointing games a figure may choose its
+    drawings by."""
     cs = adapter.cs
     source_image = training_image_lookup(cs)
+    scores = pointing_game_scores(explanation or {})
     for r in rows:
         explain_case(model, case_of(cs, adapter, int(r)), cs.class_names, run.case_figure(name, cs.case_ids[r]),
-                     source_image)
+                     source_image, scores=scores)
 
 
 def write_case_heatmaps(cs: CaseSet, rows: np.ndarray, explain_rows: np.ndarray,
@@ -196,6 +201,23 @@ def _model_metrics(model: Any, cs: CaseSet, cfg: ExperimentConfig) -> dict:
     return blocks
 
 
+def _part_scores(model: Any, adapter: Adapter, cs: CaseSet, cfg: ExperimentConfig) -> dict:
+    """Consistency and stability of the model's prototypes on a seeded sample of ``evaluation.prototype_parts.cases``
+    test cases (``glasszoo.evaluation.prototype_parts``); empty for a model without prototypes."""
+    pp = cfg.evaluation.prototype_parts
+    if not adapter.torch_model or pp.cases == 0:
+        return {}
+    rows = _explain_sample(cs, pp.cases, cfg.seed)
+    t = time.perf_counter()
+    scores = prototype_part_scores(model, adapter.inputs(rows), None if cs.masks is None else cs.masks[rows],
+                                   cs.labels[rows], pp.threshold, pp.noise, pp.region, cfg.seed)
+    if scores:
+        found = ", ".join(f"{k} {scores[k]:.2f}" for k in ("consistency", "consistent_fraction", "stability",
+                                                            "peak_stability") if k in scores)
+        log(f"    prototype parts on {len(rows)} test cases: {found} ({time.perf_counter() - t:.1f}s)")
+    return scores
+
+
 def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: ExperimentConfig, run: RunDir,
                         explain_rows: np.ndarray, heatmaps: list) -> tuple[Any, np.ndarray, dict]:
     """Fit one model, predict the test split, explain and score it; returns (model, test proba, metrics block)."""
@@ -225,6 +247,10 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
             selected_for_posthoc(ev.posthoc.models, spec.name, info.family), heatmaps, log)
     extra = _model_metrics(model, cs, cfg)
     explanation.update(extra.pop("explanation", {}))
+    parts = _part_scores(model, adapter, cs, cfg)
+    if parts:  # beside the model's own prototype-quality figures, which win on a shared key
+        quality = explanation.setdefault(PART_BLOCK, {})
+        quality.update({k: v for k, v in parts.items() if k not in quality})
     draw_block_figures(spec.name, explanation, run)
     explain_seconds = time.perf_counter() - t_explain
     block = {
@@ -351,7 +377,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
                            _misclassified_rows(cs, curves, ev.report_misclassified))
     for name, (spec, model, adapter) in finished.items():
         try:
-            write_case_figures(model, adapter, page_rows, run, name)
+            write_case_figures(model, adapter, page_rows, run, name, metrics["models"][name].get("explanation"))
         except Exception as exc:  # a figure that cannot be drawn must not cost the report
             failed[name] = _failure(spec, exc, stage="case figures")
             log(f"    {name}: case figures FAILED: {type(exc).__name__}: {exc} (its results are kept)")
