@@ -64,11 +64,13 @@ def _label(method: str) -> tuple[str, str]:
 def choose_drawing(match: PrototypeMatch, scores: dict[str, float] | None) -> tuple[str, np.ndarray, str]:
     """Which of a prototype's drawings the figure shows, and why: (method, map [H, W], reason for the title).
 
-    The candidates are the match's ``drawings`` (in the model's order; none: ``activation_map`` alone). The one
-    whose heatmap method has the highest pointing game in ``scores`` (:func:`pointing_game_scores` of the run) is
-    drawn; a tie, or no score at all, keeps the first the model lists.
+    The candidates are the match's ``drawings`` (in the model's order). The one whose heatmap method has the highest
+    pointing game in ``scores`` (:func:`pointing_game_scores` of the run) is drawn; a tie, or no score at all, keeps
+    the first the model lists. A match without drawings: its ``activation_map``, and no reason to give.
     """
-    drawings = dict(match.drawings) or {"activation": np.asarray(match.activation_map)}
+    if not match.drawings:
+        return "activation_map", np.asarray(match.activation_map, dtype=np.float32), ""
+    drawings = dict(match.drawings)
     names = list(drawings)
     scored = {k: float(scores[k]) for k in names if scores and k in scores and np.isfinite(scores[k])}
     best = max(scored, key=lambda k: (scored[k], -names.index(k))) if scored else names[0]
@@ -183,7 +185,7 @@ def plot_prototype_case(image: np.ndarray, matches: list[PrototypeMatch], class_
         _, act, how = choose_drawing(m, scores)
         ax.imshow(act, cmap="jet", alpha=0.45, interpolation="bilinear")
         _rect(ax, activation_box(act))
-        ax.set_title(f"this part of the image ...\n{how}", fontsize=6)
+        ax.set_title("this part of the image ..." + (f"\n{how}" if how else ""), fontsize=6 if how else 7)
         src = source_image(m.source_case_id) if m.source_case_id else None
         if src is not None:
             ax = axes[i, 1]
@@ -348,16 +350,17 @@ def _draw_heatmaps(model: Any, case: Case, exps: list, proba: np.ndarray, class_
     with torch.no_grad():
         model.eval()
         gates = [g[0].float().cpu().numpy() for g in model.attention_maps(xt)]
-    if gates or model.segments:  # attention-gated models: the predicted outline and every gate
+    maps = [(e.method, e.maps[0]) for e in exps if isinstance(e, Heatmap)]
+    if gates or model.segments:  # attention-gated models: the predicted outline, every gate, then the scored maps
         pred = model.predict_masks(case.x)[0] if model.segments else None
         k = int(proba.argmax())
         title = (f"{'case ' + case.case_id if case.case_id is not None else 'new image'}: predicted "
                  f"{class_names[k]} (p = {proba[k]:.2f})"
                  + (f", true {class_names[case.label]}" if case.label is not None else ""))
-        plot_segmentation_case(case.image, pred, case.mask, gates, path, title=title,
-                               gate_names=[f"gate {i + 1}" for i in range(len(gates))])
+        plot_segmentation_case(case.image, pred, case.mask, gates + [m for _, m in maps], path, title=title,
+                               gate_names=[f"gate {i + 1}" for i in range(len(gates))]
+                               + [f"map scored as '{method}'" for method, _ in maps])
         return
-    maps = [(e.method, e.maps[0]) for e in exps if isinstance(e, Heatmap)]
     plot_heatmap_case(case.image, maps, class_names, proba, path, case.case_id, case.label, case.mask)
 
 

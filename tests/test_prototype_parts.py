@@ -208,9 +208,9 @@ def test_the_figure_draws_the_better_scored_drawing_and_says_why():
                                                              "keeps the first)")
     method, _, why = choose_drawing(m, {})
     assert method == "prototype_activation" and why.endswith("(no pointing-game scores to choose by)")
-    # a match with no drawings: its activation map, without a comparison
+    # a match with no drawings: its activation map, with nothing to say
     method, drawn, why = choose_drawing(_match(), {"prototype_smoothgrad": 1.0})
-    assert method == "activation" and why == "drawn by activation"
+    assert method == "activation_map" and why == "" and not drawn.any()
 
 
 def test_the_case_figure_title_names_the_drawing(monkeypatch, tmp_path):
