@@ -23,7 +23,7 @@ from glasszoo.models.explanations import (  # noqa: F401
     PrototypeMatch,
 )
 
-FAMILY_MODULES = ("attention_unet", "blackbox", "cbm", "glassbox", "protopnet")
+FAMILY_MODULES = ("attention_unet", "blackbox", "cbm", "glassbox", "pipnet", "protopnet")
 """The modules whose classes register themselves: a new family is one file here plus its name in this tuple."""
 
 _LAZY = {
@@ -32,7 +32,7 @@ _LAZY = {
     "REQUIREMENTS": "base", "CaseData": "base", "ImageModel": "base", "TabularModel": "base",
     "missing_requirements": "base", "auc_score": "scoring",
     "AttentionGate": "attention_unet", "AttentionGatedClassifier": "attention_unet", "AttentionUNet": "attention_unet",
-    "BlackBoxCNN": "blackbox", "ConceptBottleneck": "cbm", "ProtoPNet": "protopnet",
+    "BlackBoxCNN": "blackbox", "ConceptBottleneck": "cbm", "PIPNet": "pipnet", "ProtoPNet": "protopnet",
     "EBM": "glassbox", "PointScore": "glassbox", "ShallowTree": "glassbox", "SparseLogReg": "glassbox",
 }
 
