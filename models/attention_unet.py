@@ -171,6 +171,12 @@ def check_input_size(size: tuple[int, int], factor: int, who: str, why: str) -> 
             f"(no padding is done)")
 
 
+def _normalised(weights: torch.Tensor) -> torch.Tensor:
+    """Weights [N, 1, h, w] >= 0 divided by their sum per image: [N, h, w] (an all-zero map stays zero)."""
+    w = weights[:, 0].float()
+    return w / w.flatten(1).sum(dim=1).clamp_min(1e-30).view(-1, 1, 1)
+
+
 def _weighted_mean(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Spatial average of features [N, C, h, w] weighted by weights [N, 1, h, w] >= 0: [N, C]."""
     num = (features * weights).sum(dim=(2, 3))
@@ -208,6 +214,14 @@ def combine_gate_maps(maps: list[torch.Tensor], size: tuple[int, int], mode: str
     out = out.clamp_min(0)
     peak = out.flatten(1).amax(dim=1).view(-1, 1, 1)
     return torch.where(peak > 0, out / peak.clamp_min(1e-30), torch.zeros_like(out))
+
+
+def gate_supervision_loss(alpha: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of gate coefficients ``alpha`` [N, 1, h, w] in (0, 1) against the lesion's share of each
+    gate cell (``masks`` [N, H, W] area-averaged to the gate's grid, so a cell half on the lesion has target 0.5),
+    averaged over the cells and the images."""
+    target = F.adaptive_avg_pool2d(masks.float()[:, None], alpha.shape[-2:])
+    return F.binary_cross_entropy(alpha.float().clamp(1e-6, 1 - 1e-6), target)
 
 
 def dice_bce_loss(seg_logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -437,6 +451,11 @@ class AttentionGatedClassifier(ImageModel):
     * ``"concat"``: one linear classifier on the concatenated pooled features (no per-head logits, no deep
       supervision).
 
+    Optional attention supervision (``gate_supervision > 0``): each gate's coefficients are trained towards the
+    lesion mask (binary cross-entropy of ``alpha`` against the share of each gate cell covered by the lesion), so the
+    locations the heads pool are the lesion's; masks are then needed. Without it the gates learn from the class
+    loss alone and may pool anything that separates the classes.
+
     Optional multi-task (``seg_weight > 0``): a light segmentation head (1x1 convolution on the two gated maps,
     the coarser upsampled to the finer) predicts the lesion, trained by ``seg_weight * (soft Dice + BCE)``; its
     sigmoid then weights a lesion-pooled copy of the coarsest features (plus the lesion area fraction), an extra
@@ -454,6 +473,7 @@ class AttentionGatedClassifier(ImageModel):
         deep_supervision: weight of the mean per-head cross-entropy (``"mean"`` / ``"ft"``); 0 disables it.
         seg_weight: weight of the optional segmentation loss (0: no segmentation head).
         lesion_pool_grad: let the classification loss reach the segmentation through the pooling weights.
+        gate_supervision: weight of the gates' attention supervision against the lesion masks (0: none).
         drop_rate: dropout before the classifiers.
     """
 
@@ -462,19 +482,20 @@ class AttentionGatedClassifier(ImageModel):
     def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28, depth: int = 3,
                  base_width: int = 16, encoder: str = "unet", aggregation: str = "mean",
                  deep_supervision: float = 1.0, seg_weight: float = 0.0, lesion_pool_grad: bool = False,
-                 drop_rate: float = 0.0) -> None:
+                 gate_supervision: float = 0.0, drop_rate: float = 0.0) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if int(depth) != depth or depth < 2:
             raise ValueError(f"depth must be an integer >= 2 (two gated levels below the gating level), got {depth!r}")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        if seg_weight < 0 or deep_supervision < 0:
-            raise ValueError("seg_weight and deep_supervision must be >= 0")
+        if seg_weight < 0 or deep_supervision < 0 or gate_supervision < 0:
+            raise ValueError("seg_weight, deep_supervision and gate_supervision must be >= 0")
         self.depth = int(depth)
         self.encoder_name = encoder
         self.aggregation = aggregation
         self.deep_supervision = float(deep_supervision) if aggregation != "concat" else 0.0
         self.seg_weight = float(seg_weight)
+        self.gate_supervision = float(gate_supervision)
         self.lesion_pool_grad = bool(lesion_pool_grad)
         self.encoder = _make_encoder(encoder, in_chans, self.depth, base_width, ceil_mode=True)
         ch = self.encoder.channels
@@ -505,18 +526,21 @@ class AttentionGatedClassifier(ImageModel):
         return names + (["lesion"] if self.seg_weight > 0 else [])
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None,
-                                               list[torch.Tensor]]:
-        """(logits [N, K], per-head logits, segmentation logits [N, 1, H, W] or None, gate maps [N, h_i, w_i])."""
+                                               list[torch.Tensor], list[torch.Tensor]]:
+        """(logits [N, K], per-head logits, segmentation logits [N, 1, H, W] or None, gate maps [N, 1, h_i, w_i]
+        (with gradient), pooling weights of every pooled head [N, h, w], each summing to 1 per image)."""
         feats = self.encoder(x)
         g = feats[-1]
-        gated, alphas, pooled = [], [], []
+        gated, alphas, pooled, weights = [], [], [], []
         for gate, lv in zip(self.gates, self.gate_levels):
             alpha = gate.coefficients(feats[lv], g)
             gate.last_alpha = alpha.detach()
             gated.append(alpha * feats[lv])
-            alphas.append(alpha.detach()[:, 0])
+            alphas.append(alpha)
             pooled.append(_weighted_mean(feats[lv], alpha))  # = sum(alpha x) / sum(alpha)
+            weights.append(_normalised(alpha.detach()))
         pooled.append(g.mean(dim=(2, 3)))
+        weights.append(_normalised(torch.ones_like(g[:, :1])))
         seg = None
         if self.seg_weight > 0:
             fine = gated[0].shape[-2:]
@@ -524,22 +548,39 @@ class AttentionGatedClassifier(ImageModel):
             seg_low = self.seg_head(both)
             w = torch.sigmoid(seg_low.float()).to(g.dtype)
             w = w if self.lesion_pool_grad else w.detach()
-            pooled.append(torch.cat([_weighted_mean(g, F.adaptive_avg_pool2d(w, g.shape[-2:])),
-                                     w.mean(dim=(2, 3))], dim=1))
+            w_g = F.adaptive_avg_pool2d(w, g.shape[-2:])
+            pooled.append(torch.cat([_weighted_mean(g, w_g), w.mean(dim=(2, 3))], dim=1))
+            weights.append(_normalised(w_g.detach()))
             seg = F.interpolate(seg_low, size=x.shape[-2:], mode="bilinear", align_corners=False)
         pooled = [self.dropout(p) for p in pooled]
         if self.aggregation == "concat":
-            return self.classifier(torch.cat(pooled, 1)), [], seg, alphas
+            return self.classifier(torch.cat(pooled, 1)), [], seg, alphas, weights
         head_logits = [head(p) for head, p in zip(self.heads, pooled)]
         if self.aggregation == "ft":
             logits = self.combine(torch.cat(head_logits, 1))
         else:
             logits = torch.stack(head_logits, 0).mean(0)
-        return logits, head_logits, seg, alphas
+        return logits, head_logits, seg, alphas, weights
+
+    def decision_map(self, weights: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The map the decision is pooled with [N, H, W], scaled to maximum 1 per image.
+
+        Every head reads its features pooled with weights that sum to 1 over its grid (a gate's normalised
+        attention ``alpha / sum(alpha)``, the global head's uniform ``1 / (h w)``, the lesion head's normalised soft
+        lesion). Each is spread over the input pixels (bilinear upsampling, renormalised to sum 1), so its value is
+        the share of that head's pooled evidence a pixel carries; the map is their mean over the heads, which is
+        exactly how the ``"mean"`` aggregation weighs the heads' logits (an equal-weight reading of ``"ft"`` and
+        ``"concat"``). The uniform global head adds a constant: it moves no peak but lowers the mass in the lesion by
+        its share, as it lowers the lesion's share of the decision.
+        """
+        up = [_normalised(F.interpolate(w[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False))
+              for w in weights]
+        out = torch.stack(up, 0).mean(0)
+        return out / out.flatten(1).amax(dim=1).clamp_min(1e-30).view(-1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits, head_logits, seg, _ = self._run(x)
-        self._cache = (logits, head_logits, seg) if self.training else None
+        logits, head_logits, seg, alphas, _ = self._run(x)
+        self._cache = (logits, head_logits, seg, alphas) if self.training else None
         return logits
 
     def head_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -548,8 +589,9 @@ class AttentionGatedClassifier(ImageModel):
 
     @classmethod
     def requirements(cls, params: dict) -> tuple[str, ...]:
-        """Lesion masks only when the segmentation head trains (``seg_weight > 0``)."""
-        return ("masks",) if float(params.get("seg_weight", 0.0)) > 0 else ()
+        """Lesion masks only when the segmentation head or the gate supervision trains."""
+        supervised = float(params.get("seg_weight", 0.0)) > 0 or float(params.get("gate_supervision", 0.0)) > 0
+        return ("masks",) if supervised else ()
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Lesion logits [N, 1, H, W]; only with ``seg_weight > 0``."""
@@ -559,41 +601,47 @@ class AttentionGatedClassifier(ImageModel):
 
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The two gates' coefficients (finer level first), each detached [N, h_i, w_i] on its level's grid."""
-        return self._run(x)[3]
+        return [a.detach()[:, 0] for a in self._run(x)[3]]
 
     def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """``deep_supervision``: ``deep_supervision *`` mean per-head cross-entropy (unweighted by class);
-        ``segmentation``: ``seg_weight * (soft Dice + BCE)`` when ``seg_weight > 0`` (needs ``batch["mask"]``)."""
+        ``segmentation``: ``seg_weight * (soft Dice + BCE)`` when ``seg_weight > 0``; ``gate_supervision``:
+        ``gate_supervision *`` the mean over the gates of :func:`gate_supervision_loss` when ``gate_supervision > 0``
+        (both need ``batch["mask"]``)."""
         cache, self._cache = self._cache, None
-        if self.seg_weight > 0 and batch.get("mask") is None:
-            raise DataError("attention_classifier with seg_weight > 0 needs lesion masks; the data set has none — "
-                            "set seg_weight: 0")
-        need = self.seg_weight > 0 or self.deep_supervision > 0
-        if not need:
+        masked = self.seg_weight > 0 or self.gate_supervision > 0
+        if masked and batch.get("mask") is None:
+            on = " and ".join(f"{k} > 0" for k, v in (("seg_weight", self.seg_weight),
+                                                      ("gate_supervision", self.gate_supervision)) if v > 0)
+            raise DataError(f"attention_classifier with {on} needs lesion masks; the data set has none — set it to 0")
+        if not (masked or self.deep_supervision > 0):
             return {}
         if cache is not None and cache[0] is logits:
-            _, heads, seg = cache
+            _, heads, seg, alphas = cache
         else:
-            _, heads, seg, _ = self._run(batch["image"])
+            _, heads, seg, alphas, _ = self._run(batch["image"])
         terms = {}
         if self.deep_supervision > 0 and heads:
             ce = torch.stack([F.cross_entropy(h.float(), batch["label"]) for h in heads]).mean()
             terms["deep_supervision"] = self.deep_supervision * ce
         if self.seg_weight > 0:
             terms["segmentation"] = self.seg_weight * dice_bce_loss(seg, batch["mask"])
+        if self.gate_supervision > 0:
+            loss = torch.stack([gate_supervision_loss(a, batch["mask"]) for a in alphas]).mean()
+            terms["gate_supervision"] = self.gate_supervision * loss
         return terms
 
     def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None,
                 case_ids: np.ndarray | None = None, batch_size: int = 64, **kwargs: Any) -> list[Heatmap]:
-        """``[Heatmap(method="attention")]`` -- the product of the two gates' maps upsampled to the input and
-        normalised per image to maximum 1 (:func:`combine_gate_maps`) -- plus ``Heatmap(method="segmentation")``
-        (sigmoid of the lesion logits) when the model has a segmentation head. Class-agnostic: ``target`` (default:
-        the predicted class) is only recorded."""
+        """``[Heatmap(method="attention")]`` -- the map the decision is pooled with (:meth:`decision_map`: per input
+        pixel, its mean share of the heads' pooled evidence, scaled to maximum 1 per image) -- plus
+        ``Heatmap(method="segmentation")`` (sigmoid of the lesion logits) when the model has a segmentation head.
+        Class-agnostic: ``target`` (default: the predicted class) is only recorded."""
         rows = batched_no_grad(self, x, batch_size, lambda xb: (self._run(xb), tuple(xb.shape[-2:])))
         att, seg, tgt = [], [], []
         start = 0
-        for (logits, _, s, alphas), size in rows:
-            att.append(combine_gate_maps(alphas, size).cpu().numpy())
+        for (logits, _, s, _, weights), size in rows:
+            att.append(self.decision_map(weights, size).cpu().numpy())
             if s is not None:
                 seg.append(torch.sigmoid(s[:, 0].float()).cpu().numpy())
             tgt.append(_targets(logits, target, start))

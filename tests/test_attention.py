@@ -367,9 +367,15 @@ def test_classifier_explain_and_size_checks():
     (hm,) = model.explain(x, case_ids=np.array(["a", "b", "c"]))
     assert hm.method == "attention" and hm.maps.shape == (3, 28, 28)
     assert (hm.maps >= 0).all() and np.allclose(hm.maps.reshape(3, -1).max(1), 1.0)
+    # the decision's map, by hand: each gate's alpha upsampled and scaled to sum 1 (its share of its head's pooled
+    # evidence per pixel), a uniform 1 / (H W) for the global head, their mean, scaled to maximum 1
     with torch.no_grad():
-        expected = combine_gate_maps(model.attention_maps(torch.from_numpy(x)), (28, 28)).numpy()
-    np.testing.assert_allclose(hm.maps, expected, atol=1e-6)
+        gates = model.attention_maps(torch.from_numpy(x))
+    shares = [F.interpolate(g[:, None], size=(28, 28), mode="bilinear", align_corners=False)[:, 0].numpy()
+              for g in gates]
+    shares = [m / m.sum(axis=(1, 2), keepdims=True) for m in shares] + [np.full((3, 28, 28), 1 / 28 ** 2)]
+    expected = np.mean(shares, axis=0)
+    np.testing.assert_allclose(hm.maps, expected / expected.max(axis=(1, 2), keepdims=True), atol=1e-5)
     with pytest.raises(ValueError, match=r"input size 6x6 is too small for depth=3"):
         classifier(depth=3, img_size=6)
     with pytest.raises(ValueError, match="depth must be an integer >= 2"):
@@ -406,3 +412,31 @@ def test_plot_segmentation_case_writes_a_png(tmp_path):
     assert rgb.is_file()
     with pytest.raises(ValueError, match="pred_mask must be"):
         plot_segmentation_case(image, np.zeros((16, 16)), true, [], tmp_path / "bad.png")
+
+
+def test_gate_supervision_loss_by_hand():
+    from glasszoo.models.attention_unet import gate_supervision_loss
+
+    # a 2x2 gate over a 4x4 mask whose top-left cell is fully on the lesion and top-right half on it
+    masks = torch.zeros(1, 4, 4)
+    masks[0, :2, :2] = 1
+    masks[0, :2, 2] = 1
+    alpha = torch.tensor([[[[0.9, 0.5], [0.2, 0.1]]]])
+    targets = [1.0, 0.5, 0.0, 0.0]
+    bce = [-(t * math.log(a) + (1 - t) * math.log(1 - a)) for a, t in zip([0.9, 0.5, 0.2, 0.1], targets)]
+    assert float(gate_supervision_loss(alpha, masks)) == pytest.approx(sum(bce) / 4, rel=1e-6)
+
+
+def test_gate_supervision_trains_the_gates_and_needs_masks():
+    assert AttentionGatedClassifier.requirements({"gate_supervision": 0.5}) == ("masks",)
+    assert AttentionGatedClassifier.requirements({}) == ()
+    model = classifier(gate_supervision=0.5).train()
+    x, y = torch.rand(2, 1, 32, 32), torch.tensor([0, 1])
+    with pytest.raises(DataError, match="attention_classifier with gate_supervision > 0 needs lesion masks"):
+        model.extra_losses({"image": x, "label": y}, model(x))
+    mask = torch.zeros(2, 32, 32)
+    mask[:, 12:20, 12:20] = 1
+    terms = model.extra_losses({"image": x, "label": y, "mask": mask}, model(x))
+    assert set(terms) == {"deep_supervision", "gate_supervision"}
+    terms["gate_supervision"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.gates[0].psi.parameters())
