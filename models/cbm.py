@@ -82,6 +82,9 @@ class ConceptBottleneck(ImageModel):
         mode: ``joint``, ``sequential`` or ``independent``.
         concept_weight: lambda, the concept-loss weight of the joint mode (the paper tunes it; 1.0 by default).
         label_l1: L1 penalty on the label-head weights (sparsity, readability).
+        output_stride: 32 (the backbone as designed), or 16 / 8: the last stage(s) dilated instead of strided, so
+            the concept Grad-CAM (its heatmap) has 2x / 4x the resolution, at a higher compute cost (as the black
+            box's ``output_stride``).
     """
 
     explanation_kinds = ("concept_evidence", "heatmap")
@@ -91,7 +94,7 @@ class ConceptBottleneck(ImageModel):
                  concept_names: list[str] | None = None, concept_kinds: list[str] | None = None,
                  concept_center: list[float] | None = None, concept_scale: list[float] | None = None,
                  backbone: str = "resnet18", stem: str = "auto", mode: str = "joint", concept_weight: float = 1.0,
-                 label_l1: float = 1e-3) -> None:
+                 label_l1: float = 1e-3, output_stride: int = 32) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if not concept_names:
             raise ValueError("a concept bottleneck model needs at least one concept (concept_names)")
@@ -116,7 +119,8 @@ class ConceptBottleneck(ImageModel):
         self.concept_weight = float(concept_weight)
         self.label_l1 = float(label_l1)
         self.backbone_name = backbone
-        self.net, self.stem = create_backbone(backbone, k, in_chans, self.img_size, stem)
+        self.net, self.stem = create_backbone(backbone, k, in_chans, self.img_size, stem,
+                                              output_stride=output_stride)
         self.label_head = nn.Linear(k, num_classes)
         self.register_buffer("binary", torch.tensor([t == "binary" for t in kinds]), persistent=False)
         self.register_buffer("concept_center", torch.tensor(center, dtype=torch.float32))

@@ -213,3 +213,11 @@ def cbm_gradcam(model, x, concept):
         x, target=torch.tensor([concept]), relu_attributions=True)
     return torch.nn.functional.interpolate(attr, size=x.shape[-2:], mode="bilinear",
                                            align_corners=False)[:, 0].detach().numpy()
+
+
+def test_output_stride_sets_the_resolution_of_the_concept_map():
+    # resnet18 at 48 px (standard stem): last stage 2x2 at stride 32, 6x6 at stride 8; the concept Grad-CAM reads it
+    kw = dict(num_classes=2, in_chans=1, img_size=48, concept_names=["a", "b"], backbone="resnet18", stem="standard")
+    for stride, side in ((32, 2), (8, 6)):
+        model = create_model("cbm", output_stride=stride, **kw).eval()
+        assert model.net.forward_features(torch.rand(1, 1, 48, 48)).shape[-2:] == (side, side)

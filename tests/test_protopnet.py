@@ -439,6 +439,16 @@ def test_registry_factory():
         create_model("protopnet", num_classes=2, feature_stage=7)
 
 
+@pytest.mark.parametrize("stride, grid", [(32, 3), (16, 3), (8, 6)])
+def test_output_stride_sets_the_prototype_grid(stride, grid):
+    # stage 3 of a ResNet has reduction 16 (standard stem): stride 8 dilates it to 6x6 at 48 px, 16 and 32 keep 3x3
+    model = create_model("protopnet", num_classes=2, in_chans=1, img_size=48, stem="standard", feature_stage=3,
+                         prototypes_per_class=2, prototype_dim=8, output_stride=stride)
+    assert model.prototype_features(torch.rand(2, 1, 48, 48)).shape == (2, 8, grid, grid)
+    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32, got 4"):
+        create_model("protopnet", num_classes=2, output_stride=4)
+
+
 # ---------------------------------------------------------------------- end to end
 def test_run_experiment_with_blackbox_and_protopnet(tmp_path):
     raw = read_yaml(ROOT / "configs" / "quickstart.yaml")
