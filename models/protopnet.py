@@ -35,8 +35,12 @@ _TRAINABLE = {
 
 
 def feature_backbone(name: str, in_chans: int, img_size: tuple[int, int], stem: str = "auto",
-                     feature_stage: int = 3) -> tuple[nn.Module, str, int]:
+                     feature_stage: int = 3, output_stride: int = 32) -> tuple[nn.Module, str, int]:
     """A randomly initialised timm feature extractor returning stage ``feature_stage`` only.
+
+    ``output_stride`` 16 or 8 dilates the backbone's later stages instead of striding them (timm), so a stage whose
+    reduction would exceed it keeps that resolution (ResNet stage 3 at stride 8 instead of 16: 6x6 instead of 3x3 at
+    48 px, with the same depth of features); 32 leaves the backbone as designed.
 
     Returns the module (``timm`` ``features_only``; its output is a one-element list), the stem actually used (see
     :func:`glasszoo.models._backbones.adapt_stem`; backbones without a ResNet stem keep their own) and the number
@@ -44,9 +48,12 @@ def feature_backbone(name: str, in_chans: int, img_size: tuple[int, int], stem: 
     """
     if name not in timm.list_models():
         raise ValueError(f"unknown timm backbone {name!r} (see timm.list_models())")
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+    extra = {"output_stride": output_stride} if output_stride != 32 else {}
     try:
         net = timm.create_model(name, pretrained=False, features_only=True, out_indices=(feature_stage,),
-                                in_chans=in_chans)
+                                in_chans=in_chans, **extra)
     except IndexError:
         raise ValueError(f"feature_stage={feature_stage} is not a feature stage of {name!r}") from None
     resolved = resolve_stem(stem, img_size)
@@ -189,6 +196,9 @@ class ProtoPNet(ImageModel):
             (:meth:`prototype_smoothgrad`; Smilkov et al. 2017 use about 50; 8 keep a run's explanations cheap).
         smoothgrad_noise: the sd of that noise as a fraction of the image's intensity range (Smilkov et al.: 0.1 to
             0.2).
+        output_stride: 32 (default: the backbone as designed) or 16 / 8: the backbone's later stages dilated instead
+            of strided (timm), so the prototype grid keeps that resolution (stage 3 at 48 px: 6x6 at 8 instead of
+            3x3), at a higher compute cost; see :func:`feature_backbone`.
     """
 
     explanation_kinds = ("prototype_evidence", "heatmap")
@@ -201,7 +211,8 @@ class ProtoPNet(ImageModel):
                  cluster_weight: float = 0.8, separation_weight: float = -0.08, l1_weight: float = 1e-4,
                  epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True,
                  fit_last_layer: bool = True, bn_samples: int = 512, fine_annotation_weight: float = 0.0,
-                 topk: int = 1, smoothgrad_samples: int = 8, smoothgrad_noise: float = 0.15) -> None:
+                 topk: int = 1, smoothgrad_samples: int = 8, smoothgrad_noise: float = 0.15,
+                 output_stride: int = 32) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if fine_annotation_weight < 0:
             raise ValueError(f"fine_annotation_weight must be >= 0, got {fine_annotation_weight}")
@@ -222,7 +233,8 @@ class ProtoPNet(ImageModel):
         if epsilon <= 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
         self.backbone_name = backbone
-        self.features, self.stem, channels = feature_backbone(backbone, in_chans, self.img_size, stem, feature_stage)
+        self.features, self.stem, channels = feature_backbone(backbone, in_chans, self.img_size, stem, feature_stage,
+                                                              output_stride)
         self.feature_stage = feature_stage
         self.add_on = nn.Sequential(nn.Conv2d(channels, prototype_dim, 1), nn.ReLU(),
                                     nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Sigmoid())
