@@ -103,9 +103,10 @@ class PIPNet(ImageModel):
     over the prototypes), and the max over the grid gives each prototype's *presence* in [0, 1] [N, P]. A bias-free
     scoring sheet W [C, P] with non-negative weights turns presences into class scores, ``logits = presence @ W.T``:
     a prototype can only add evidence, never subtract it, and the L1 penalty on W makes most of it zero. In eval mode
-    presences below ``presence_threshold`` (the paper's 0.1) count as absent (set to 0) before scoring, as in the
-    paper's inference; so a case in which no prototype with a non-zero weight is present gets all-zero logits, and
-    the model *abstains* (:meth:`abstains`; the paper's out-of-distribution signal).
+    (with ``threshold_scores``, the default) presences below ``presence_threshold`` (the paper's 0.1) count as absent
+    (set to 0) before scoring, as in the paper's inference; so a case in which no prototype with a non-zero weight
+    is present gets all-zero logits, and the model *abstains* (:meth:`abstains`; the paper's out-of-distribution
+    signal).
 
     Training (driven by :meth:`training_callbacks`) follows the paper's stages: ``pretrain_epochs`` of
     self-supervised pretraining (the scoring sheet frozen, no cross-entropy): the *alignment loss* makes the
@@ -175,6 +176,12 @@ class PIPNet(ImageModel):
         view_symmetry: whether view 2 also gets a random flip / quarter turn (undone on its grid).
         gallery_k: training patches recorded per prototype.
         batch_size: images per batch for the recording of sources, the metrics and :meth:`abstains`.
+        threshold_scores: score eval-mode presences below ``presence_threshold`` as 0 (the paper's inference; an
+            abstaining case then has all-zero logits). False scores the raw presences (graded evidence; abstention
+            is still flagged by :meth:`abstains`).
+        recalibrate_bn: before each validation of a selectable epoch, re-estimate the backbone's BatchNorm
+            statistics on the training split (see :meth:`recalibrate_batchnorm`; a deviation from the paper).
+        bn_samples: at most this many training images (evenly spaced) for that re-estimation.
     """
 
     explanation_kinds = ("prototype_evidence", "heatmap")
@@ -186,7 +193,8 @@ class PIPNet(ImageModel):
                  pretrain_tanh_weight: float = 5.0, l1_weight: float = 1e-3, features_lr_ratio: float = 1.0,
                  scoring_lr_ratio: float = 10.0, presence_threshold: float = 0.1, relevance_threshold: float = 1e-3,
                  jitter: float = 0.2, noise_std: float = 0.03, view_symmetry: bool = True, gallery_k: int = 5,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, threshold_scores: bool = True, recalibrate_bn: bool = True,
+                 bn_samples: int = 512) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if n_prototypes == 1 or n_prototypes < 0:
             raise ValueError(f"n_prototypes must be 0 (the backbone's channels) or >= 2 (a softmax over one channel "
@@ -199,6 +207,8 @@ class PIPNet(ImageModel):
             raise ValueError(f"presence_threshold must be in [0, 1), got {presence_threshold}")
         if relevance_threshold < 0:
             raise ValueError(f"relevance_threshold must be >= 0, got {relevance_threshold}")
+        if bn_samples < 2:
+            raise ValueError(f"bn_samples must be >= 2, got {bn_samples}")
         if gallery_k < 1:
             raise ValueError(f"gallery_k must be >= 1, got {gallery_k}")
         if min(align_weight, tanh_weight, pretrain_align_weight, pretrain_tanh_weight, l1_weight) < 0:
@@ -237,6 +247,9 @@ class PIPNet(ImageModel):
         self.noise_std = float(noise_std)
         self.view_symmetry = bool(view_symmetry)
         self.batch_size = int(batch_size)
+        self.threshold_scores = bool(threshold_scores)
+        self.recalibrate_bn = bool(recalibrate_bn)
+        self.bn_samples = int(bn_samples)
         self.schedule = ["pretrain"] * pretrain_epochs + ["finetune"] * finetune_epochs + ["joint"] * joint_epochs
         self._stage: str | None = None
         self._pretrain_progress = 1.0
@@ -268,7 +281,7 @@ class PIPNet(ImageModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.prototype_activation_maps(x)
         presence = self.pool(maps)
-        if not self.training:
+        if not self.training and self.threshold_scores:
             presence = self.absent_below_threshold(presence)
         logits = self.scoring(presence)
         # kept for extra_losses of this very batch (Lightning's training_step calls model(x) then
@@ -432,6 +445,39 @@ class PIPNet(ImageModel):
     def training_callbacks(self, caseset: Any) -> list:
         return [PIPNetSchedule(self, caseset)]
 
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, caseset: Any) -> int:
+        """Re-estimate the running statistics of the backbone's BatchNorm layers on the training split.
+
+        Trained from scratch, the backbone's running statistics lag behind its weights, and the softmax assignments
+        of eval mode are sensitive to that shift (as ProtoPNet's push: ``ProtoPNet.recalibrate_batchnorm``). One
+        pass in train mode with a cumulative average over at most ``bn_samples`` evenly spaced training images,
+        in batches of ``batch_size``, replaces them ("precise BN", Wu & Johnson 2021). Returns the layers updated.
+        """
+        bns = [m for m in self.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.track_running_stats]
+        rows = np.asarray(caseset.indices("train"))
+        if len(rows) > self.bn_samples:
+            rows = rows[np.unique(np.linspace(0, len(rows) - 1, self.bn_samples).round().astype(np.int64))]
+        starts = [i for i in range(0, len(rows), self.batch_size) if len(rows[i:i + self.batch_size]) > 1]
+        if not bns or not starts:
+            return 0
+        was_training = self.training
+        momenta = [m.momentum for m in bns]
+        self.eval()
+        try:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            for i in starts:
+                self.features(as_tensor(caseset.images[rows[i:i + self.batch_size]], self.device))
+        finally:
+            for m, mom in zip(bns, momenta):
+                m.momentum = mom
+            self.train(was_training)
+        return len(bns)
+
     # ------------------------------------------------------------------ where the prototypes are in the training split
     @torch.no_grad()
     def record_sources(self, caseset: Any, batch_size: int | None = None, epoch: int = -1) -> dict:
@@ -547,7 +593,8 @@ class PIPNet(ImageModel):
             for i in range(0, len(x), batch_size):
                 xb = as_tensor(x[i:i + batch_size], self.device)
                 maps = self.prototype_activation_maps(xb)  # [B, P, h, w]
-                presence = self.absent_below_threshold(self.pool(maps))  # [B, P]
+                presence = self.pool(maps)  # [B, P]
+                presence = self.absent_below_threshold(presence) if self.threshold_scores else presence
                 pred = self.scoring(presence).argmax(dim=1)
                 tb = pred if target is None else torch.as_tensor(np.asarray(target)[i:i + batch_size],
                                                                  device=xb.device, dtype=torch.long)
@@ -679,6 +726,12 @@ class PIPNetSchedule(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self.model.scoring.project_()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not self.model.selectable_epoch(int(trainer.current_epoch)):
+            return
+        if self.model.recalibrate_bn:
+            self.model.recalibrate_batchnorm(self.caseset)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = int(trainer.current_epoch)

@@ -118,6 +118,30 @@ def test_eval_mode_scores_presences_below_the_threshold_as_absent():
     np.testing.assert_allclose(model.train()(x)[0].detach().numpy(), W @ presence, rtol=1e-5)
 
 
+def test_threshold_scores_off_scores_raw_presences_and_abstention_still_flags():
+    model = _toy(threshold_scores=False)
+    with torch.no_grad():
+        model.scoring.weight[:, 0] = 0.0
+    x = _blocks(1.0, 0.9, 0.95, 1.0)[None]
+    presence = _hand_presence((1.0, 0.9, 0.95, 1.0))
+    np.testing.assert_allclose(model(torch.as_tensor(x))[0].detach().numpy(), W[:, 1] * presence[1], rtol=1e-5)
+    assert model.abstains(x).tolist() == [True]
+
+
+def test_batchnorm_recalibration_reads_the_training_split_only():
+    cs = _random_caseset()
+    model = _small()
+    bn = model.features.bn1
+    assert model.recalibrate_batchnorm(cs) > 0
+    first = bn.running_mean.clone()
+    assert not torch.equal(first, torch.zeros_like(first)) and bn.momentum == 0.1  # momentum restored
+    noisy = _random_caseset()
+    held_out = np.flatnonzero(noisy.split != "train")
+    noisy.images[held_out] = 1.0  # val and test images changed: the statistics must not move
+    assert model.recalibrate_batchnorm(noisy) > 0
+    torch.testing.assert_close(bn.running_mean, first)
+
+
 def test_alignment_loss_by_hand():
     one_hot = torch.zeros(2, 3, 2, 2)
     one_hot[:, 1] = 1.0
@@ -234,8 +258,8 @@ def test_scoring_sheet_stays_nonnegative_and_a_clamped_weight_still_learns():
         opt.step()
         sheet.project_()
         assert float(sheet.weight.detach().min()) >= 0.0
-    assert float(sheet.weight[0, 0]) > 0.5  # grew from exactly 0: the clamp does not stop learning
-    assert float(sheet.weight[0, 1]) == 0.0  # projected to exactly 0: sparsity
+    assert float(sheet.weight.detach()[0, 0]) > 0.5  # grew from exactly 0: the clamp does not stop learning
+    assert float(sheet.weight.detach()[0, 1]) == 0.0  # projected to exactly 0: sparsity
     # why not relu(W) (the reference code): a weight at 0 gets no gradient through relu, ours gets it
     w = torch.zeros(1, 2, requires_grad=True)
     (torch.relu(w) * torch.tensor([[-1.0, 1.0]])).sum().backward()
