@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from glasszoo.models._prototypes import fraction_on_lesion, precise_batchnorm
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
 from glasszoo.models.explanations import GlobalExplanation, Heatmap, PrototypeEvidence, PrototypeMatch
@@ -445,38 +446,13 @@ class PIPNet(ImageModel):
     def training_callbacks(self, caseset: Any) -> list:
         return [PIPNetSchedule(self, caseset)]
 
-    @torch.no_grad()
     def recalibrate_batchnorm(self, caseset: Any) -> int:
-        """Re-estimate the running statistics of the backbone's BatchNorm layers on the training split.
-
-        Trained from scratch, the backbone's running statistics lag behind its weights, and the softmax assignments
-        of eval mode are sensitive to that shift (as ProtoPNet's push: ``ProtoPNet.recalibrate_batchnorm``). One
-        pass in train mode with a cumulative average over at most ``bn_samples`` evenly spaced training images,
-        in batches of ``batch_size``, replaces them ("precise BN", Wu & Johnson 2021). Returns the layers updated.
-        """
-        bns = [m for m in self.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               and m.track_running_stats]
-        rows = np.asarray(caseset.indices("train"))
-        if len(rows) > self.bn_samples:
-            rows = rows[np.unique(np.linspace(0, len(rows) - 1, self.bn_samples).round().astype(np.int64))]
-        starts = [i for i in range(0, len(rows), self.batch_size) if len(rows[i:i + self.batch_size]) > 1]
-        if not bns or not starts:
-            return 0
-        was_training = self.training
-        momenta = [m.momentum for m in bns]
-        self.eval()
-        try:
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None
-                m.train()
-            for i in starts:
-                self.features(as_tensor(caseset.images[rows[i:i + self.batch_size]], self.device))
-        finally:
-            for m, mom in zip(bns, momenta):
-                m.momentum = mom
-            self.train(was_training)
-        return len(bns)
+        """Re-estimate the backbone's BatchNorm statistics on the training split
+        (:func:`glasszoo.models._prototypes.precise_batchnorm`, at most ``bn_samples`` images in batches of
+        ``batch_size``): trained from scratch, the running statistics lag behind the weights, and the softmax
+        assignments of eval mode are sensitive to that shift (as ProtoPNet's before its push). Returns the number of
+        BatchNorm layers updated."""
+        return precise_batchnorm(self, self.features, caseset, self.batch_size, self.bn_samples)
 
     # ------------------------------------------------------------------ where the prototypes are in the training split
     @torch.no_grad()
@@ -661,16 +637,10 @@ class PIPNet(ImageModel):
         if self.has_sources:
             pairs = {(int(self.source_row[j]), tuple(self.source_box[j].tolist())) for j in rel}
             out["n_distinct_relevant_sources"] = len(pairs)
-            masks = train.masks
-            if masks is not None and np.asarray(masks).any():
-                hits = []
-                for j in rel:
-                    cid = self.source_case_ids[j]
-                    if cid in row_of:
-                        r0, c0, r1, c1 = self.source_box[j].tolist()
-                        hits.append(bool(np.asarray(masks[row_of[cid]])[r0:r1, c0:c1].any()))
-                if hits:
-                    out["fraction_source_in_lesion"] = float(np.mean(hits))
+            fraction = fraction_on_lesion([self.source_case_ids[j] for j in rel],
+                                          [self.source_box[j].tolist() for j in rel], train)
+            if fraction is not None:
+                out["fraction_source_in_lesion"] = fraction
             labels = np.asarray(train.labels)
             proto_class = self.prototype_classes().cpu().tolist()
             purity = [float(np.mean([labels[row_of[c]] == proto_class[j] for c in self.gallery_case_ids[j]

@@ -18,6 +18,7 @@ from torch import nn
 
 from glasszoo.models._backbones import adapt_stem, resolve_stem
 from glasszoo.models._linear import fit_sparse_linear
+from glasszoo.models._prototypes import fraction_on_lesion, precise_batchnorm
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
 from glasszoo.models.errors import DataError
@@ -482,44 +483,14 @@ class ProtoPNet(ImageModel):
         return epoch >= self.push_epochs[-1]
 
     # ------------------------------------------------------------------ push
-    @torch.no_grad()
     def recalibrate_batchnorm(self, caseset: Any) -> int:
-        """Re-estimate the running statistics of every BatchNorm layer of the backbone on the training split.
-
-        The push and every later epoch see the backbone in eval mode, i.e. with running statistics that lag behind
-        the weights of a fast-changing, from-scratch backbone; the prototypes would then be projected onto patches
-        the trained network never produced. One pass in train mode with a cumulative average (``momentum=None``)
-        over fixed batches of ``push_batch_size`` training images replaces them with the statistics of the current
-        weights (as "precise BN", Wu & Johnson 2021). At most ``bn_samples`` training images are used (an evenly
-        spaced subset), which keeps a push under two forward passes over the training split. Returns the number of
-        BatchNorm layers updated.
-        """
-        bns = [m for m in self.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               and m.track_running_stats]
-        if not bns:
-            return 0
-        rows = np.asarray(caseset.indices("train"))
-        if len(rows) > self.bn_samples:  # an evenly spaced subset: a few hundred images give precise statistics
-            rows = rows[np.unique(np.linspace(0, len(rows) - 1, self.bn_samples).round().astype(np.int64))]
-        bs = self.push_batch_size
-        starts = [i for i in range(0, len(rows), bs) if len(rows[i:i + bs]) > 1]  # one image gives no statistics
-        if not starts:
-            return 0
-        was_training = self.training
-        momenta = [m.momentum for m in bns]
-        self.eval()
-        try:
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None
-                m.train()
-            for i in starts:
-                self.features(as_tensor(caseset.images[rows[i:i + bs]], self.device))
-        finally:
-            for m, mom in zip(bns, momenta):
-                m.momentum = mom
-            self.train(was_training)
-        return len(bns)
+        """Re-estimate the backbone's BatchNorm statistics on the training split before a push
+        (:func:`glasszoo.models._prototypes.precise_batchnorm`, at most ``bn_samples`` images in batches of
+        ``push_batch_size``): the push and every later epoch see the backbone in eval mode, and with statistics that
+        lag behind a from-scratch backbone's weights the prototypes would be projected onto patches the trained
+        network never produced. Keeps a push under two forward passes over the training split. Returns the number
+        of BatchNorm layers updated."""
+        return precise_batchnorm(self, self.features, caseset, self.push_batch_size, self.bn_samples)
 
     @torch.no_grad()
     def push(self, caseset: Any, batch_size: int | None = None) -> dict:
@@ -773,16 +744,10 @@ class ProtoPNet(ImageModel):
         else:
             out["n_distinct_prototypes"] = int(torch.unique(self.prototypes.detach().flatten(1), dim=0).shape[0])
         out["push_images_per_second"] = self.push_images_per_second
-        masks = train.masks
-        if self.pushed and masks is not None and np.asarray(masks).any():
-            row_of = {str(c): i for i, c in enumerate(train.case_ids)}
-            hits = []
-            for j, cid in enumerate(self.source_case_ids):
-                if cid in row_of:
-                    r0, c0, r1, c1 = self.source_box[j].tolist()
-                    hits.append(bool(masks[row_of[cid]][r0:r1, c0:c1].any()))
-            if hits:
-                out["fraction_source_in_lesion"] = float(np.mean(hits))
+        if self.pushed:
+            fraction = fraction_on_lesion(self.source_case_ids, self.source_box.tolist(), train)
+            if fraction is not None:
+                out["fraction_source_in_lesion"] = fraction
         out["class_purity"] = self.class_purity(train, k=5)
         if test.masks is not None and np.asarray(test.masks).any():
             out["activation_precision"] = self.activation_precision(test.images, test.masks, test.labels)

@@ -226,3 +226,18 @@ def test_the_case_figure_title_names_the_drawing(monkeypatch, tmp_path):
                         scores={"prototype_activation": 0.25, "prototype_smoothgrad": 0.75})
     assert ("this part of the image ...\ndrawn by SmoothGrad of its similarity\n(pointing game 0.75 vs 0.25 for "
             "upsampling)") in titles
+
+
+def test_fraction_on_lesion_by_hand():
+    from types import SimpleNamespace
+
+    from glasszoo.models._prototypes import fraction_on_lesion
+
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[0, 2:4, 2:4] = 1  # case a: a lesion in the top-left quarter; case b: none
+    data = SimpleNamespace(masks=masks, case_ids=np.array(["a", "b"], dtype=object))
+    # on a's lesion, off a's lesion, on b (no lesion there), a case not in the data (left out)
+    boxes = [(0, 0, 4, 4), (4, 4, 8, 8), (0, 0, 4, 4), (0, 0, 8, 8)]
+    assert fraction_on_lesion(["a", "a", "b", "zz"], boxes, data) == pytest.approx(1 / 3)
+    assert fraction_on_lesion(["zz"], [(0, 0, 8, 8)], data) is None
+    assert fraction_on_lesion(["a"], [(0, 0, 8, 8)], SimpleNamespace(masks=None, case_ids=data.case_ids)) is None
