@@ -1,5 +1,6 @@
-"""What the prototype families share: re-estimating a from-scratch backbone's BatchNorm statistics on the training
-split, and counting how many prototypes come from a patch on a lesion."""
+"""What the prototype families share: freezing the parts a training stage does not train, re-estimating a from-scratch
+backbone's BatchNorm statistics on the training split, and counting how many prototypes come from a patch on a
+lesion."""
 
 from __future__ import annotations
 
@@ -11,6 +12,26 @@ import torch
 from torch import nn
 
 from glasszoo.models.base import as_tensor
+
+
+def freeze_parts(parts: dict[str, list[nn.Parameter]], trainable: Sequence[str]) -> None:
+    """Let only the parts named in ``trainable`` learn: every other part's parameters get ``requires_grad=False``
+    and their gradient cleared, so an optimizer holding every group (AdamW included: it skips parameters without a
+    gradient, weight decay too) leaves them untouched."""
+    for part, params in parts.items():
+        on = part in trainable
+        for p in params:
+            p.requires_grad_(on)
+            if not on:
+                p.grad = None
+
+
+def eval_frozen(model: nn.Module, trainable: Sequence[str], modules: Sequence[str] = ("features", "add_on")) -> None:
+    """Put the submodules of ``model`` named in ``modules`` that are not ``trainable`` in eval mode, so a frozen
+    backbone's BatchNorm statistics do not drift while the rest trains."""
+    for name in modules:
+        if name not in trainable:
+            getattr(model, name).eval()
 
 
 @torch.no_grad()

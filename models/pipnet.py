@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from glasszoo.models._prototypes import fraction_on_lesion, precise_batchnorm
+from glasszoo.models._prototypes import eval_frozen, fraction_on_lesion, freeze_parts, precise_batchnorm
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
 from glasszoo.models.explanations import GlobalExplanation, Heatmap, PrototypeEvidence, PrototypeMatch
@@ -412,12 +412,7 @@ class PIPNet(ImageModel):
         decay included); frozen modules stay in eval mode while the model trains (BatchNorm statistics keep)."""
         if stage not in _TRAINABLE:
             raise ValueError(f"stage must be one of {STAGES} or None, got {stage!r}")
-        for part, params in self._parts().items():
-            trainable = part in _TRAINABLE[stage]
-            for p in params:
-                p.requires_grad_(trainable)
-                if not trainable:
-                    p.grad = None
+        freeze_parts(self._parts(), _TRAINABLE[stage])
         self._stage = stage
         self._pretrain_progress = self.pretrain_progress(epoch) if stage == "pretrain" else 1.0
         self.train(self.training)
@@ -429,9 +424,7 @@ class PIPNet(ImageModel):
     def train(self, mode: bool = True) -> PIPNet:
         super().train(mode)
         if mode and self._stage is not None:
-            for name in ("features", "add_on"):
-                if name not in _TRAINABLE[self._stage]:
-                    getattr(self, name).eval()
+            eval_frozen(self, _TRAINABLE[self._stage])
         return self
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from glasszoo.models._backbones import adapt_stem, resolve_stem
 from glasszoo.models._linear import fit_sparse_linear
-from glasszoo.models._prototypes import fraction_on_lesion, precise_batchnorm
+from glasszoo.models._prototypes import eval_frozen, fraction_on_lesion, freeze_parts, precise_batchnorm
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
 from glasszoo.models.errors import DataError
@@ -445,12 +445,7 @@ class ProtoPNet(ImageModel):
         """
         if stage not in _TRAINABLE:
             raise ValueError(f"stage must be one of {STAGES} or None, got {stage!r}")
-        for part, params in self._parts().items():
-            trainable = part in _TRAINABLE[stage]
-            for p in params:
-                p.requires_grad_(trainable)
-                if not trainable:
-                    p.grad = None
+        freeze_parts(self._parts(), _TRAINABLE[stage])
         self._stage = stage
         self.train(self.training)
 
@@ -461,9 +456,7 @@ class ProtoPNet(ImageModel):
     def train(self, mode: bool = True) -> ProtoPNet:
         super().train(mode)
         if mode and self._stage is not None:
-            for name in ("features", "add_on"):
-                if name not in _TRAINABLE[self._stage]:
-                    getattr(self, name).eval()
+            eval_frozen(self, _TRAINABLE[self._stage])
         return self
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
