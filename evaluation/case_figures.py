@@ -172,12 +172,14 @@ def plot_prototype_case(image: np.ndarray, matches: list[PrototypeMatch], class_
     ax.set_title("test image" + (" (lesion outlined)" if mask is not None and np.any(mask) else ""), fontsize=7)
     points = ", ".join(f"{c}: {v:.2f}" for c, v in zip(class_names, logits))
     shown = sum(m.contribution for m in matches)
-    axes[0, 1].text(0, 0.5, _header(proba, class_names, case_id, label) +
-                    f"\n\ntotal points per class: {points}\nthe {n} prototypes below add {shown:.2f} points "
-                    f"to '{class_names[explained]}'\n(each total is the sum over all prototypes of similarity x "
-                    f"weight;\nweights of other classes' prototypes are negative, so every\ntotal can be "
-                    f"negative: the largest one is the prediction)", fontsize=7, va="center",
-                    transform=axes[0, 1].transAxes)
+    header = axes[0, 1].text(0, 0.5, _header(proba, class_names, case_id, label) +
+                             f"\n\ntotal points per class: {points}\nthe {n} prototypes below add {shown:.2f} "
+                             f"points to '{class_names[explained]}'\n(each total is the sum over all prototypes of "
+                             f"similarity x weight;\nweights of other classes' prototypes are negative, so every\n"
+                             f"total can be negative: the largest one is the prediction)", fontsize=7, va="center",
+                             transform=axes[0, 1].transAxes)
+    # the header runs over the empty columns to its right; left in the layout, it would push them apart
+    header.set_in_layout(False)
     for i, m in enumerate(matches, 1):
         ax = axes[i, 0]
         ax.set_axis_on()

@@ -74,6 +74,46 @@ def format_markdown(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+_EXPLANATION_COLUMNS = (("pointing_game", "pointing game"), ("mass_in_mask", "mass in mask"),
+                        ("rank_accuracy", "rank acc."), ("deletion_auc", "deletion AUC ↓"),
+                        ("insertion_auc", "insertion AUC ↑"), ("faithfulness_correlation", "faithfulness corr."),
+                        ("randomisation_similarity", "randomisation similarity (pass)"),
+                        ("max_sensitivity", "max-sens. ↓"))
+
+
+def _short(d: dict | None) -> str:
+    if not d:
+        return ""
+    lo, hi = d["ci"]
+    return f"{d['value']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def format_explanations_markdown(metrics: dict) -> str:
+    """Every heatmap of the run as one Markdown row (for ``docs/results.md``): the model, the method, whether the map
+    is the model's own or post hoc, the cases it was computed on, its quality scores with their CIs (two decimals;
+    the randomisation similarity with the share of checked cases that passed), its cost in ms per image and its
+    counted forward + backward passes per image ("–" when the model's ``explain()`` calls no ``forward()``)."""
+    header = ["model", "method", "source", "cases", *(title for _, title in _EXPLANATION_COLUMNS), "ms/img",
+              "passes f+b"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in metrics["models"].items():
+        for method, block in m.get("explanation", {}).items():
+            if not (isinstance(block, dict) and block.get("kind") == "heatmap"):
+                continue
+            cells = [name, method, block.get("source", ""), str(block.get("n_cases", ""))]
+            for key, _ in _EXPLANATION_COLUMNS:
+                cell = _short(block.get(key))
+                if key == "randomisation_similarity" and cell and "randomisation" in block:
+                    cell += f" ({100 * block['randomisation']['passed_fraction']:.0f}%)"
+                cells.append(cell)
+            ms = block.get("ms_per_image")
+            cells.append("" if ms is None else f"{ms:.1f}")
+            passes = block.get("passes_per_image")
+            cells.append(f"{passes['forward']:g}+{passes['backward']:g}" if passes else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(metrics: dict) -> str:
     """A plain-text results table: every model's test metrics with 95% CIs, and its training cost."""
     header = ["model", "family", *TASK_KEYS, "train s", "params"]

@@ -1,6 +1,6 @@
 """What the prototype families share: freezing the parts a training stage does not train, re-estimating a from-scratch
-backbone's BatchNorm statistics on the training split, and counting how many prototypes come from a patch on a
-lesion."""
+backbone's BatchNorm statistics on the training split, counting how many prototypes come from a patch on a lesion,
+and drawing activation maps on a denser grid than the network's (shift-and-stitch)."""
 
 from __future__ import annotations
 
@@ -82,3 +82,50 @@ def fraction_on_lesion(case_ids: Sequence[str], boxes: Sequence[Sequence[int]], 
     hits = [bool(np.asarray(masks[row_of[c]])[r0:r1, c0:c1].any())
             for c, (r0, c0, r1, c1) in zip(case_ids, boxes) if c in row_of]
     return float(np.mean(hits)) if hits else None
+
+
+def stitch_offsets(size: int, grid: int, factor: int) -> list[int] | None:
+    """The input shifts (pixels) that sample a grid of stride ``size / grid`` ``factor`` times more densely, or
+    ``None`` when they are not whole pixels (see :func:`shift_and_stitch`).
+
+    With stride ``s``, shift ``a`` (0 <= a < factor) is ``(a + 1/2) s / factor - s / 2``, so that cell ``i`` of the
+    shifted image is fine cell ``factor i + a`` of a grid of stride ``s / factor``, centred where bilinear
+    upsampling of such a grid (``align_corners=False``) puts it. E.g. stride 8, factor 2: shifts -2 and +2.
+    """
+    if factor == 1:
+        return [0]
+    if grid < 1 or size % grid:
+        return None
+    stride = size // grid
+    if stride % (2 * factor):
+        return None
+    step = stride // factor
+    return [(2 * a + 1) * step // 2 - stride // 2 for a in range(factor)]
+
+
+def shift_and_stitch(maps_of: Any, x: torch.Tensor, factor: int, base: torch.Tensor | None = None) -> torch.Tensor:
+    """Maps on a ``factor`` times denser grid by shift-and-stitch (Long, Shelhamer and Darrell, "Fully
+    convolutional networks for semantic segmentation", CVPR 2015, section 3.2).
+
+    ``maps_of(images) -> [N, P, h, w]`` is evaluated on ``factor**2`` copies of ``x`` [N, C, H, W], each shifted by
+    a sub-stride offset (:func:`stitch_offsets`; borders replicate the edge pixels), and the results are interleaved
+    into [N, P, factor h, factor w]: every value is the network's own map at a patch position between two cells of
+    the original grid. Nothing is interpolated and nothing is learned; it costs ``factor**2`` passes. When the grid
+    does not divide the input into whole, evenly shiftable strides, the plain map is returned (factor 1). ``base``:
+    ``maps_of(x)`` when the caller already has it (it fixes the grid's size).
+    """
+    base = maps_of(x) if base is None else base
+    if factor == 1:
+        return base
+    (h, w), (hh, ww) = base.shape[-2:], x.shape[-2:]
+    oy, ox = stitch_offsets(hh, h, factor), stitch_offsets(ww, w, factor)
+    if oy is None or ox is None:
+        return base
+    pad = max(abs(o) for o in oy + ox)
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    out = base.new_zeros(*base.shape[:2], factor * h, factor * w)
+    for a, dy in enumerate(oy):
+        for b, dx in enumerate(ox):
+            shifted = xp[..., pad + dy:pad + dy + hh, pad + dx:pad + dx + ww]
+            out[..., a::factor, b::factor] = maps_of(shifted)
+    return out

@@ -17,6 +17,7 @@ from torch import nn
 from glasszoo.models._prototypes import eval_frozen, fraction_on_lesion, freeze_parts, precise_batchnorm
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
+from glasszoo.models.errors import DataError
 from glasszoo.models.explanations import GlobalExplanation, Heatmap, PrototypeEvidence, PrototypeMatch
 from glasszoo.models.protopnet import cell_box, feature_backbone
 
@@ -51,6 +52,33 @@ def tanh_loss(presence: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     prototype is absent from every image: it keeps the alignment loss from assigning every patch to one prototype.
     """
     return -torch.log(torch.tanh(presence.float().sum(dim=0)) + eps).mean()
+
+
+def outside_lesion_loss(assignments: torch.Tensor, masks: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """Mask guidance for PIP-Net, after IAIA-BL's fine-annotation loss (Barnett et al., Nature Machine Intelligence
+    2021): a prototype pays for being present off the lesion, in proportion to how much it counts.
+
+    With ``a_ip`` prototype p's assignment map on image i's patch grid [h, w] and ``o_i`` the share of each cell
+    that lies outside the lesion (1 minus the mask's mean over the cell), the loss is
+    ``mean_i sum_p r_p ||o_i * a_ip||_2`` over the images with a non-empty mask, where ``r_p`` is the prototype's
+    largest scoring-sheet weight over the classes (``relevance``, [P], not detached). PIP-Net's prototypes belong to
+    no class, so IAIA-BL's other-class term has no counterpart; a prototype with weight 0 is free to stand for the
+    background (every patch must be assigned to some prototype), and one that keeps firing off the lesion is pushed
+    either off the background or out of the sheet.
+
+    Args:
+        assignments: [N, P, h, w] prototype assignments (softmax over P per patch).
+        masks: [N, H, W] lesion masks (H, W multiples of h, w; 1 on the lesion).
+        relevance: [P] non-negative weights of the prototypes.
+    """
+    m = masks.float().clamp(0, 1)
+    annotated = m.flatten(1).amax(dim=1) > 0
+    if not bool(annotated.any()):
+        return assignments.sum() * 0.0
+    outside = 1.0 - F.adaptive_avg_pool2d(m[:, None], assignments.shape[-2:])  # [N, 1, h, w]
+    per_prototype = (assignments.float() * outside).flatten(2).norm(dim=2)  # [N, P]
+    per_image = (per_prototype * relevance.float()[None]).sum(dim=1)
+    return per_image[annotated].mean()
 
 
 def dihedral(t: torch.Tensor, code: int, inverse: bool = False) -> torch.Tensor:
@@ -183,6 +211,13 @@ class PIPNet(ImageModel):
         recalibrate_bn: before each validation of a selectable epoch, re-estimate the backbone's BatchNorm
             statistics on the training split (see :meth:`recalibrate_batchnorm`; a deviation from the paper).
         bn_samples: at most this many training images (evenly spaced) for that re-estimation.
+        fine_annotation_weight: weight of the mask guidance (:func:`outside_lesion_loss`, after IAIA-BL's
+            fine-annotation loss) while the scoring sheet trains (fine-tuning and joint epochs): a prototype pays
+            for its presence off the lesion in proportion to its weight. 0 (default) switches it off; above 0 the
+            model requires lesion masks.
+        output_stride: 32 (default: the backbone as designed) or 16 / 8: the later stages dilated instead of
+            strided (timm), so a deeper stage keeps a finer patch grid (ResNet stage 3 at 48 px: 6x6 at 8 instead of
+            3x3); see :func:`glasszoo.models.protopnet.feature_backbone`.
     """
 
     explanation_kinds = ("prototype_evidence", "heatmap")
@@ -195,8 +230,10 @@ class PIPNet(ImageModel):
                  scoring_lr_ratio: float = 10.0, presence_threshold: float = 0.1, relevance_threshold: float = 1e-3,
                  jitter: float = 0.2, noise_std: float = 0.03, view_symmetry: bool = True, gallery_k: int = 5,
                  batch_size: int = 256, threshold_scores: bool = True, recalibrate_bn: bool = True,
-                 bn_samples: int = 512) -> None:
+                 bn_samples: int = 512, fine_annotation_weight: float = 0.0, output_stride: int = 32) -> None:
         super().__init__(num_classes, in_chans, img_size)
+        if fine_annotation_weight < 0:
+            raise ValueError(f"fine_annotation_weight must be >= 0, got {fine_annotation_weight}")
         if n_prototypes == 1 or n_prototypes < 0:
             raise ValueError(f"n_prototypes must be 0 (the backbone's channels) or >= 2 (a softmax over one channel "
                              f"is constant), got {n_prototypes}")
@@ -215,7 +252,8 @@ class PIPNet(ImageModel):
         if min(align_weight, tanh_weight, pretrain_align_weight, pretrain_tanh_weight, l1_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         self.backbone_name = backbone
-        self.features, self.stem, channels = feature_backbone(backbone, in_chans, self.img_size, stem, feature_stage)
+        self.features, self.stem, channels = feature_backbone(backbone, in_chans, self.img_size, stem, feature_stage,
+                                                              output_stride)
         self.feature_stage = feature_stage
         n_prototypes = int(n_prototypes) or channels
         self.add_on = nn.Conv2d(channels, n_prototypes, kernel_size=1)
@@ -239,7 +277,8 @@ class PIPNet(ImageModel):
         self.gallery_k = k
         self.loss_weights = {"align": float(align_weight), "tanh": float(tanh_weight),
                              "pretrain_align": float(pretrain_align_weight),
-                             "pretrain_tanh": float(pretrain_tanh_weight), "l1": float(l1_weight)}
+                             "pretrain_tanh": float(pretrain_tanh_weight), "l1": float(l1_weight),
+                             "fine_annotation": float(fine_annotation_weight)}
         self.features_lr_ratio = float(features_lr_ratio)
         self.scoring_lr_ratio = float(scoring_lr_ratio)
         self.presence_threshold = float(presence_threshold)
@@ -346,14 +385,21 @@ class PIPNet(ImageModel):
             return maps
         return torch.stack([dihedral(maps[i], c, inverse=True) for i, c in enumerate(codes)])
 
+    @classmethod
+    def requirements(cls, params: dict) -> tuple[str, ...]:
+        """Lesion masks when the mask guidance is on (``fine_annotation_weight > 0``)."""
+        return ("masks",) if float(params.get("fine_annotation_weight", 0.0)) > 0 else ()
+
     def stage_loss_weights(self) -> dict[str, float]:
-        """The alignment, tanh and L1 weights of the current stage (pretraining: the ramped alignment weight)."""
+        """The alignment, tanh, L1 and mask-guidance weights of the current stage (pretraining: the ramped alignment
+        weight; the scoring sheet's L1 and the mask guidance only while the sheet trains)."""
         w = self.loss_weights
         if self._stage == "pretrain":
-            return {"align": w["pretrain_align"] * self._pretrain_progress, "tanh": w["pretrain_tanh"], "l1": 0.0}
+            return {"align": w["pretrain_align"] * self._pretrain_progress, "tanh": w["pretrain_tanh"], "l1": 0.0,
+                    "fine_annotation": 0.0}
         if self._stage == "finetune":
-            return {"align": 0.0, "tanh": 0.0, "l1": w["l1"]}
-        return {"align": w["align"], "tanh": w["tanh"], "l1": w["l1"]}
+            return {"align": 0.0, "tanh": 0.0, "l1": w["l1"], "fine_annotation": w["fine_annotation"]}
+        return {"align": w["align"], "tanh": w["tanh"], "l1": w["l1"], "fine_annotation": w["fine_annotation"]}
 
     @property
     def task_loss_weight(self) -> float:
@@ -361,8 +407,9 @@ class PIPNet(ImageModel):
         return 0.0 if self._stage == "pretrain" else 1.0
 
     def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Weighted alignment loss (between the batch and its second view), tanh loss (mean of both views') and L1
-        of the scoring sheet, with the weights of the current stage.
+        """Weighted alignment loss (between the batch and its second view), tanh loss (mean of both views'), L1 of
+        the scoring sheet and, with ``fine_annotation_weight > 0``, the mask guidance against ``batch["mask"]``
+        (:func:`outside_lesion_loss`), with the weights of the current stage.
 
         Uses the assignments of the forward pass that produced ``logits`` (recognised by identity); recomputes them
         from ``batch["image"]`` when ``logits`` came from elsewhere.
@@ -370,9 +417,15 @@ class PIPNet(ImageModel):
         cache, self._cache = self._cache, None
         weights = self.stage_loss_weights()
         out: dict[str, torch.Tensor] = {}
-        if weights["align"] > 0 or weights["tanh"] > 0:
+        if weights["align"] > 0 or weights["tanh"] > 0 or weights["fine_annotation"] > 0:
             maps1 = cache[1] if cache is not None and cache[0] is logits else \
                 self.prototype_activation_maps(batch["image"])
+        if weights["fine_annotation"] > 0:
+            if "mask" not in batch:
+                raise DataError("pipnet with fine_annotation_weight > 0 needs lesion masks; the batch has none")
+            relevance = self.scoring.nonneg_weight().amax(dim=0)
+            out["fine_annotation"] = weights["fine_annotation"] * outside_lesion_loss(maps1, batch["mask"], relevance)
+        if weights["align"] > 0 or weights["tanh"] > 0:
             maps2 = self.view_maps(batch["image"])
             if weights["align"] > 0:
                 out["align"] = weights["align"] * alignment_loss(maps1, maps2)

@@ -18,7 +18,13 @@ from torch import nn
 
 from glasszoo.models._backbones import adapt_stem, resolve_stem
 from glasszoo.models._linear import fit_sparse_linear
-from glasszoo.models._prototypes import eval_frozen, fraction_on_lesion, freeze_parts, precise_batchnorm
+from glasszoo.models._prototypes import (
+    eval_frozen,
+    fraction_on_lesion,
+    freeze_parts,
+    precise_batchnorm,
+    shift_and_stitch,
+)
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
 from glasszoo.models.errors import DataError
@@ -202,6 +208,14 @@ class ProtoPNet(ImageModel):
         output_stride: 32 (default: the backbone as designed) or 16 / 8: the backbone's later stages dilated instead
             of strided (timm), so the prototype grid keeps that resolution (stage 3 at 48 px: 6x6 at 8 instead of
             3x3), at a higher compute cost; see :func:`feature_backbone`.
+        stitch_factor: 1 (default: the paper's drawing), 2 or 4: the drawn similarity map of a prototype
+            (``prototype_activation``) is the network's own map sampled on a 2 or 4 times denser grid by
+            shift-and-stitch (:func:`glasszoo.models._prototypes.shift_and_stitch`: the image shifted by a fraction
+            of the grid's stride, ``stitch_factor**2`` passes per explained batch) before the bilinear upsampling.
+            Training, scores and the push keep the plain grid. Falls back to 1 unless the grid divides the input
+            into strides that are whole multiples of ``2 * stitch_factor`` pixels. It sharpens the map, not its
+            aim: on the quickstart the pointing game fell from 0.69 to 0.62 with 2, because the denser map finds
+            the lesion margin where the benign prototypes fire (docs/models/protopnet.md).
     """
 
     explanation_kinds = ("prototype_evidence", "heatmap")
@@ -215,8 +229,10 @@ class ProtoPNet(ImageModel):
                  epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True,
                  fit_last_layer: bool = True, bn_samples: int = 512, fine_annotation_weight: float = 0.0,
                  topk: int = 1, smoothgrad_samples: int = 8, smoothgrad_noise: float = 0.05,
-                 output_stride: int = 32) -> None:
+                 output_stride: int = 32, stitch_factor: int = 1) -> None:
         super().__init__(num_classes, in_chans, img_size)
+        if stitch_factor not in (1, 2, 4):
+            raise ValueError(f"stitch_factor must be 1, 2 or 4, got {stitch_factor!r}")
         if fine_annotation_weight < 0:
             raise ValueError(f"fine_annotation_weight must be >= 0, got {fine_annotation_weight}")
         if topk < 1:
@@ -266,6 +282,7 @@ class ProtoPNet(ImageModel):
         self.fine_annotation_weight = float(fine_annotation_weight)
         self.topk = int(topk)
         self.smoothgrad_samples = int(smoothgrad_samples)
+        self.stitch_factor = int(stitch_factor)
         self.smoothgrad_noise = float(smoothgrad_noise)
         self.features_lr_ratio = features_lr_ratio
         self.last_layer_lr_ratio = last_layer_lr_ratio
@@ -625,7 +642,8 @@ class ProtoPNet(ImageModel):
         The contribution of prototype j to class c is its similarity score times the last-layer weight w[c, j];
         the explained class is ``target`` (default: the predicted class). Returns ``[PrototypeEvidence, Heatmap,
         Heatmap]``: the heatmaps draw the top prototype two ways, method ``prototype_activation`` its similarity map
-        bilinearly upsampled to the input (the paper's drawing), method ``prototype_smoothgrad`` the SmoothGrad of
+        bilinearly upsampled to the input (the paper's drawing; with ``stitch_factor`` > 1 the map is first sampled
+        on a denser grid by shift-and-stitch), method ``prototype_smoothgrad`` the SmoothGrad of
         its score (:meth:`prototype_smoothgrad`). Each match carries both drawings of its prototype (``drawings``,
         keyed by those methods; ``activation_map`` is the upsampled one). Before any push the source fields read
         ``""`` and ``(0, 0, 0, 0)``.
@@ -642,11 +660,12 @@ class ProtoPNet(ImageModel):
                 sim_maps = self.prototype_activations(xb)  # [B, P, h, w]
                 scores = self.pool(sim_maps)  # [B, P]
                 pred = self.last_layer(scores).argmax(dim=1)
+                drawn = shift_and_stitch(self.prototype_activations, xb, self.stitch_factor, base=sim_maps)
                 tb = pred if target is None else torch.as_tensor(np.asarray(target)[i:i + batch_size],
                                                                  device=xb.device, dtype=torch.long)
                 contrib = scores * weight[tb]  # [B, P]
                 order = contrib.argsort(dim=1, descending=True, stable=True)[:, :k]
-                maps = F.interpolate(sim_maps, size=xb.shape[-2:], mode="bilinear", align_corners=False)
+                maps = F.interpolate(drawn, size=xb.shape[-2:], mode="bilinear", align_corners=False)
                 grads = self.prototype_smoothgrad(xb, order).cpu().numpy()  # [B, k, H, W]
                 for n in range(len(xb)):
                     case = []

@@ -433,3 +433,55 @@ def test_a_tiny_fit_through_the_pipeline_keeps_sources_of_the_chosen_weights(tmp
     again.record_sources(cs)
     assert again.source_case_ids == fresh.source_case_ids
     torch.testing.assert_close(again.source_presence, fresh.source_presence)
+
+
+def test_outside_lesion_loss_by_hand_on_a_2x2_grid():
+    """Each prototype pays its relevance times the L2 norm of its assignment weighted by the cells' share off the
+    lesion; images without a lesion add nothing."""
+    from glasszoo.models.pipnet import outside_lesion_loss
+
+    mask = torch.zeros(2, 4, 4)
+    mask[0, :2, :2] = 1  # cell (0, 0) all lesion
+    mask[0, 2, 2] = 1  # cell (1, 1) one quarter lesion
+    a = torch.zeros(2, 2, 2, 2)
+    a[0, 0] = torch.tensor([[0.9, 0.5], [0.5, 0.8]])
+    a[0, 1] = 1 - a[0, 0]
+    a[1] = 0.5  # no mask: free
+    relevance = torch.tensor([2.0, 0.0])  # prototype 1 has no weight: it may stand for the background
+    outside = np.array([[0.0, 1.0], [1.0, 0.75]])
+    expected = 2.0 * math.sqrt(((np.array([[0.9, 0.5], [0.5, 0.8]]) * outside) ** 2).sum())
+    assert outside_lesion_loss(a, mask, relevance).item() == pytest.approx(expected, rel=1e-6)
+    assert outside_lesion_loss(a[1:], mask[1:], relevance).item() == 0.0
+    # a relevant prototype present only on the lesion costs nothing
+    on = torch.zeros(1, 2, 2, 2)
+    on[0, 0, 0, 0] = 1.0
+    assert outside_lesion_loss(on, mask[:1], relevance).item() == 0.0
+
+
+def test_mask_guidance_trains_with_the_sheet_only_and_needs_masks():
+    model = _toy(view_symmetry=False, fine_annotation_weight=0.5).train()
+    x = torch.as_tensor(np.stack([_blocks(0.1, 0.5, 0.8, 0.2), _blocks(0.7, 0.05, 0.6, 0.3)]))
+    mask = torch.zeros(2, 4, 4)
+    mask[:, :2, :2] = 1
+    batch = {"image": x, "label": torch.tensor([0, 1]), "mask": mask}
+    from glasszoo.models.pipnet import outside_lesion_loss
+
+    model.set_stage("joint")
+    out = model.extra_losses(batch, model(x))
+    with torch.no_grad():
+        expected = 0.5 * outside_lesion_loss(model.prototype_activation_maps(x), mask,
+                                             model.scoring.nonneg_weight().amax(dim=0))
+    assert out["fine_annotation"].item() == pytest.approx(expected.item(), rel=1e-6) and expected.item() > 0
+    model.set_stage("finetune")
+    assert "fine_annotation" in model.extra_losses(batch, model(x))
+    model.set_stage("pretrain", epoch=0)
+    assert "fine_annotation" not in model.extra_losses(batch, model(x))
+    assert PIPNet.requirements({"fine_annotation_weight": 0.1}) == ("masks",)
+    assert PIPNet.requirements({}) == ()
+    model.set_stage("joint")
+    from glasszoo.models.errors import DataError
+
+    with pytest.raises(DataError, match="needs lesion masks"):
+        model.extra_losses({"image": x, "label": batch["label"]}, model(x))
+    with pytest.raises(ValueError, match="fine_annotation_weight"):
+        _toy(fine_annotation_weight=-1.0)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
@@ -447,6 +448,72 @@ def test_output_stride_sets_the_prototype_grid(stride, grid):
     assert model.prototype_features(torch.rand(2, 1, 48, 48)).shape == (2, 8, grid, grid)
     with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32, got 4"):
         create_model("protopnet", num_classes=2, output_stride=4)
+
+
+def test_stitch_offsets_known_answers():
+    from glasszoo.models._prototypes import stitch_offsets
+
+    assert stitch_offsets(48, 6, 1) == [0]
+    assert stitch_offsets(48, 6, 2) == [-2, 2]  # stride 8: fine cells centred at 4 k + 1.5
+    assert stitch_offsets(48, 6, 4) == [-3, -1, 1, 3]
+    assert stitch_offsets(28, 7, 2) == [-1, 1]
+    assert stitch_offsets(28, 4, 2) is None  # stride 7: no whole-pixel half-stride shift
+    assert stitch_offsets(50, 6, 2) is None  # the grid does not divide the side
+
+
+def test_shift_and_stitch_samples_a_ramp_at_the_fine_cell_centres():
+    """8x8 average pooling of a horizontal ramp (value = column) is the centre column of each patch; stitched by 2,
+    the interior samples are the ramp at 4 k + 1.5, where bilinear upsampling of a stride-4 grid puts them."""
+    from glasszoo.models._prototypes import shift_and_stitch
+
+    x = torch.arange(48.0).view(1, 1, 1, 48).expand(1, 1, 48, 48).contiguous()
+    calls = []
+
+    def pooled(im):
+        calls.append(im.shape)
+        return F.avg_pool2d(im, 8)
+
+    dense = shift_and_stitch(pooled, x, 2)
+    assert dense.shape == (1, 1, 12, 12) and len(calls) == 1 + 4  # the base map and four shifts
+    np.testing.assert_allclose(dense[0, 0, 5, 1:-1].numpy(), 4 * np.arange(1, 11) + 1.5)
+    # the edges replicate the border pixels: column 0 of shift -2 averages 0, 0, 0, 1, ..., 5
+    assert dense[0, 0, 5, 0].item() == pytest.approx((0 + 0 + 0 + 1 + 2 + 3 + 4 + 5) / 8)
+    np.testing.assert_allclose(dense[0, 0, :, 3].numpy(), np.full(12, 13.5))  # constant down the columns
+    assert shift_and_stitch(pooled, x, 1).shape == (1, 1, 6, 6)
+    assert shift_and_stitch(pooled, x[..., :44, :44], 2).shape == (1, 1, 5, 5)  # 44 / 5 cells: plain map
+
+
+def test_stitched_prototype_drawing_is_the_network_map_between_the_cells():
+    cs = _random_caseset(side=16)
+    plain = _small().eval()
+    plain.push(cs)
+    stitched = _small(stitch_factor=2).eval()
+    stitched.load_state_dict(plain.state_dict())
+    stitched.source_case_ids = list(plain.source_case_ids)
+    x = cs.images[cs.indices("test")][:3]
+    ev1, hm1, _ = plain.explain(x, top_k=1)
+    ev2, hm2, _ = stitched.explain(x, top_k=1)
+    # the same decision and prototype; only the drawing changes
+    assert [c[0].prototype for c in ev1.matches] == [c[0].prototype for c in ev2.matches]
+    assert [c[0].similarity for c in ev1.matches] == pytest.approx([c[0].similarity for c in ev2.matches])
+    xt = torch.as_tensor(x)
+    with torch.no_grad():
+        base = plain.prototype_activations(xt)  # [3, P, 2, 2] at stride 8
+        j = ev2.matches[0][0].prototype
+        xp = F.pad(xt, (2, 2, 2, 2), mode="replicate")
+        fine_01 = plain.prototype_activations(xp[..., 0:16, 4:20])  # shift (-2, +2): fine cells (2i, 2j + 1)
+    assert base.shape[-2:] == (2, 2)
+    dense = torch.zeros(4, 4)
+    for a, dy in enumerate((-2, 2)):
+        for b, dx in enumerate((-2, 2)):
+            with torch.no_grad():
+                dense[a::2, b::2] = plain.prototype_activations(xp[..., 2 + dy:18 + dy, 2 + dx:18 + dx])[0, j]
+    np.testing.assert_allclose(dense[0::2, 1::2].numpy(), fine_01[0, j].numpy(), rtol=1e-5)
+    expected = F.interpolate(dense[None, None], size=(16, 16), mode="bilinear", align_corners=False)[0, 0]
+    np.testing.assert_allclose(hm2.maps[0], expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(hm1.maps[0], hm2.maps[0])
+    with pytest.raises(ValueError, match="stitch_factor must be 1, 2 or 4"):
+        _small(stitch_factor=3)
 
 
 # ---------------------------------------------------------------------- end to end

@@ -171,6 +171,10 @@ def test_cli_run_and_errors(tmp_path, capsys, standin_models):
     assert main(["show", str(tmp_path / "runs" / "cli"), "--markdown"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| model | auc |") and table[2].startswith("| tiny_logreg | ")
+    assert main(["show", str(tmp_path / "runs" / "cli"), "--explanations"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert "| model | method | source | cases | pointing game |" in "\n".join(shown)
+    assert shown[-1].startswith("|---|")  # a tabular model alone: no heatmap rows
     assert main(["show", str(tmp_path)]) == 2
     assert "metrics.json not found" in capsys.readouterr().err
 
@@ -267,3 +271,32 @@ def test_a_case_figure_that_cannot_be_drawn_keeps_the_models_results(tmp_path, s
     assert m["failed"]["tiny_cam"]["stage"] == "case figures"
     assert "planted figure failure" in m["failed"]["tiny_cam"]["error"]
     assert list(run.case_dir("tiny_net").glob("*.png")) and run.report.is_file()
+
+
+def test_explanations_markdown_by_hand():
+    """One row per heatmap (other explanation kinds skipped), two decimals with CIs, the randomisation pass share,
+    the cost, and '–' where no pass was counted."""
+    from glasszoo.evaluation.results import format_explanations_markdown
+
+    def ci(v, lo, hi):
+        return {"value": v, "ci": [lo, hi]}
+
+    metrics = {"models": {
+        "bb": {"explanation": {"gradcam": {
+            "kind": "heatmap", "source": "post-hoc", "n_cases": 32, "ms_per_image": 5.83,
+            "passes_per_image": {"forward": 2, "backward": 0}, "pointing_game": ci(0.03125, 0.0, 0.09375),
+            "randomisation_similarity": ci(0.3, 0.0, 0.734), "randomisation": {"passed_fraction": 2 / 3}}}},
+        "proto": {"explanation": {
+            "prototype_evidence": {"kind": "prototype_evidence"},
+            "prototype_activation": {"kind": "heatmap", "source": "intrinsic", "n_cases": 32, "ms_per_image": 22.1,
+                                     "passes_per_image": None, "mass_in_mask": ci(0.236, 0.2, 0.274)}}},
+        "tree": {"explanation": {}},
+    }}
+    lines = format_explanations_markdown(metrics).splitlines()
+    assert len(lines) == 2 + 2
+    bb = lines[2].split(" | ")
+    assert bb[:5] == ["| bb", "gradcam", "post-hoc", "32", "0.03 [0.00, 0.09]"]
+    assert "0.30 [0.00, 0.73] (67%)" in bb and bb[-2:] == ["5.8", "2+0 |"]
+    proto = lines[3].split(" | ")
+    assert proto[1] == "prototype_activation" and proto[4] == "" and proto[5] == "0.24 [0.20, 0.27]"
+    assert proto[-1] == "– |"

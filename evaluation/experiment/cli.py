@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from glasszoo.evaluation.results import format_markdown, format_table
+from glasszoo.evaluation.results import format_explanations_markdown, format_markdown, format_table
 from glasszoo.models.errors import ConfigError, DataError, GlasszooError
 from glasszoo.training.atomic import atomic_write_text
 from glasszoo.training.rundir import RunDir, package_version, safe_filename
@@ -97,6 +97,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     print(format_markdown(metrics) if args.markdown else format_table(metrics))
+    if args.explanations:
+        print()
+        print(format_explanations_markdown(metrics))
     return 0
 
 
@@ -263,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print the results table of a finished run")
     p.add_argument("run_dir", help="a run directory (holds metrics.json)")
     p.add_argument("--markdown", action="store_true", help="as a Markdown table (for docs/results.md)")
+    p.add_argument("--explanations", action="store_true",
+                   help="also every heatmap's quality scores and cost, one Markdown row per model and method")
     p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("explain", help="explain cases of a finished run (or new images) with one of its models",
