@@ -66,11 +66,15 @@ def write_tradeoff(metrics: dict, path: str | Path) -> pd.DataFrame:
 
 def format_markdown(metrics: dict) -> str:
     """The results table as Markdown (for ``docs/results.md``): every model's test metrics with their CIs."""
-    header = ["model", *TASK_KEYS, "train s"]
+    rows = [[name, *(format_value(m["task"][k]) for k in TASK_KEYS), f"{m['cost']['train_seconds']:.0f}"]
+            for name, m in metrics["models"].items()]
+    return _markdown_table(["model", *TASK_KEYS, "train s"], rows)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the header, its separator, one line per row."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, m in metrics["models"].items():
-        cells = [name, *(format_value(m["task"][k]) for k in TASK_KEYS), f"{m['cost']['train_seconds']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
@@ -81,13 +85,6 @@ _EXPLANATION_COLUMNS = (("pointing_game", "pointing game"), ("mass_in_mask", "ma
                         ("max_sensitivity", "max-sens. ↓"))
 
 
-def _short(d: dict | None) -> str:
-    if not d:
-        return ""
-    lo, hi = d["ci"]
-    return f"{d['value']:.2f} [{lo:.2f}, {hi:.2f}]"
-
-
 def format_explanations_markdown(metrics: dict) -> str:
     """Every heatmap of the run as one Markdown row (for ``docs/results.md``): the model, the method, whether the map
     is the model's own or post hoc, the cases it was computed on, its quality scores with their CIs (two decimals;
@@ -95,14 +92,14 @@ def format_explanations_markdown(metrics: dict) -> str:
     counted forward + backward passes per image ("–" when the model's ``explain()`` calls no ``forward()``)."""
     header = ["model", "method", "source", "cases", *(title for _, title in _EXPLANATION_COLUMNS), "ms/img",
               "passes f+b"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for name, m in metrics["models"].items():
         for method, block in m.get("explanation", {}).items():
             if not (isinstance(block, dict) and block.get("kind") == "heatmap"):
                 continue
             cells = [name, method, block.get("source", ""), str(block.get("n_cases", ""))]
             for key, _ in _EXPLANATION_COLUMNS:
-                cell = _short(block.get(key))
+                cell = format_value(block[key], digits=2) if block.get(key) else ""
                 if key == "randomisation_similarity" and cell and "randomisation" in block:
                     cell += f" ({100 * block['randomisation']['passed_fraction']:.0f}%)"
                 cells.append(cell)
@@ -110,8 +107,8 @@ def format_explanations_markdown(metrics: dict) -> str:
             cells.append("" if ms is None else f"{ms:.1f}")
             passes = block.get("passes_per_image")
             cells.append(f"{passes['forward']:g}+{passes['backward']:g}" if passes else "–")
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append(cells)
+    return _markdown_table(header, rows)
 
 
 def format_table(metrics: dict) -> str:
