@@ -818,6 +818,34 @@ def _results_section(metrics: dict) -> str:
     return _section("results-section", "Results", table + note)
 
 
+def _edit_section(metrics: dict) -> str:
+    """An edited run (``glasszoo edit``): per edited model what was switched off and what it changed, with CIs."""
+    edit = metrics.get("edit")
+    if not isinstance(edit, dict) or not edit.get("models"):
+        return ""
+    headers = ["edited model", "original", "prototypes off", "relevant before → after", "AUC original → edited",
+               "ΔAUC [95% CI]", "DeLong p", "pointing game original → edited", "Δpointing game [95% CI]"]
+    rows = []
+    for name, e in edit["models"].items():
+        pgs = e.get("pointing_game", {}) or {DASH: None}
+        for i, (method, pg) in enumerate(pgs.items()):
+            first = i == 0
+            rows.append([
+                _e(name) if first else "", _e(e.get("model", DASH)) if first else "",
+                _e(", ".join(str(j) for j in e.get("dropped", []))) if first else "",
+                _e(f"{e.get('n_relevant_before', DASH)} → {e.get('n_relevant_after', DASH)}") if first else "",
+                _e(f"{_fmt(e.get('auc_original'))} → {_fmt(e.get('auc'))}") if first else "",
+                _ci_html(e.get("delta_auc"), e.get("delta_auc_ci")) if first else "",
+                _e(_fmt_p(e.get("delong_p"))) if first else "",
+                _e(f"{method}: {_fmt(pg['original'], 2)} → {_fmt(pg['edited'], 2)}") if pg else DASH,
+                _ci_html(pg["delta"]["value"], pg["delta"]["ci"], 2) if pg else DASH])
+    text = (f"<p>This run is an edit of <code>{_e(edit.get('source_run', ''))}</code>: the prototypes a reader "
+            "flagged were switched off and the last layer alone refitted (convex; nothing else retrained). Both "
+            "models are evaluated here on the same test cases. ΔAUC is edited minus original, with DeLong's CI and "
+            "test; the pointing-game change is a paired bootstrap over the same explained cases.</p>")
+    return _section("edit", "Edit: prototypes switched off", text + _table("edit-table", headers, rows))
+
+
 def _paired_section(tests: list[dict], reference: str, metrics: dict) -> str:
     if not tests:
         return _section("paired", f"Paired tests against {reference}",
@@ -1139,6 +1167,7 @@ def render_report(run_dir: str | Path, reference: str | None = None, max_cases: 
         ("summary-section", "Summary", _section("summary-section", "Summary", '<ul id="summary">' + "".join(
             f"<li>{_e(s)}</li>" for s in summary_sentences(metrics, tests)) + "</ul>")),
         ("failed-models", "Failed models", _failed_section(metrics)),
+        ("edit", "Edit", _edit_section(metrics)),
         ("results-section", "Results", _results_section(metrics)),
         ("paired", "Paired tests", _paired_section(tests, reference, metrics)),
         ("roc-calibration", "ROC & calibration", _calibration_section(run_dir, metrics, y, preds)),

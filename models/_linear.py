@@ -9,7 +9,8 @@ import torch.nn.functional as F
 @torch.no_grad()
 def fit_sparse_linear(c: torch.Tensor, y: torch.Tensor, num_classes: int, l1: float, steps: int = 500,
                       class_weights: torch.Tensor | None = None, l1_mask: torch.Tensor | None = None,
-                      fit_bias: bool = True, init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      fit_bias: bool = True, init: torch.Tensor | None = None,
+                      nonneg: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression with an L1 penalty, by FISTA (accelerated proximal gradient; Beck & Teboulle
     2009).
 
@@ -17,6 +18,9 @@ def fit_sparse_linear(c: torch.Tensor, y: torch.Tensor, num_classes: int, l1: fl
     the (class-weighted) mean cross-entropy. The gradient is analytic, ``sum_i v_i (softmax_i - onehot_i) x_i^T`` with
     normalised case weights v, and the step is ``1 / L`` with ``L = N max(v) ||x||_2^2 / 2`` (x = [c, 1]) bounding the
     curvature. ``l1_mask`` (default: all ones) selects the penalised weights; ``init`` [C, K] warm-starts W.
+    ``nonneg`` keeps W >= 0 (the proximal step of L1 plus the non-negativity constraint is ``max(w - step l1, 0)``),
+    as a PIP-Net scoring sheet needs. A column of ``c`` that is zero for every case gets no gradient, so a zero
+    ``init`` there stays zero (how a switched-off prototype is kept out of a refit).
     Deterministic; runs under ``no_grad`` (so also inside Lightning's validation loop). Returns (W, b) as float32;
     b is zeros when ``fit_bias`` is False.
     """
@@ -42,6 +46,8 @@ def fit_sparse_linear(c: torch.Tensor, y: torch.Tensor, num_classes: int, l1: fl
         w = nxt[:, :k]
         shrink = step * l1 * mask
         nxt[:, :k] = torch.sign(w) * (w.abs() - shrink).clamp_min(0)  # soft-threshold the penalised weights only
+        if nonneg:
+            nxt[:, :k] = nxt[:, :k].clamp_min(0)
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
         z = nxt + ((t - 1) / t_next) * (nxt - wb)
         wb, t = nxt, t_next

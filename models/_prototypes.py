@@ -1,6 +1,7 @@
 """What the prototype families share: freezing the parts a training stage does not train, re-estimating a from-scratch
 backbone's BatchNorm statistics on the training split, counting how many prototypes come from a patch on a lesion,
-and drawing activation maps on a denser grid than the network's (shift-and-stitch)."""
+drawing activation maps on a denser grid than the network's (shift-and-stitch), and switching prototypes off (a
+reader's edit) with a convex refit of the last layer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models.base import as_tensor
 
 
@@ -129,3 +131,42 @@ def shift_and_stitch(maps_of: Any, x: torch.Tensor, factor: int, base: torch.Ten
             shifted = xp[..., pad + dy:pad + dy + hh, pad + dx:pad + dx + ww]
             out[..., a::factor, b::factor] = maps_of(shifted)
     return out
+
+
+def check_prototype_ids(prototypes: Sequence[int], n_prototypes: int) -> list[int]:
+    """The prototype indices of an edit, sorted and unique; a :class:`ValueError` names any out of range."""
+    ids = sorted({int(j) for j in prototypes})
+    bad = [j for j in ids if not 0 <= j < n_prototypes]
+    if bad:
+        raise ValueError(f"prototype {bad[0]} does not exist: the model has prototypes 0..{n_prototypes - 1}")
+    return ids
+
+
+@torch.no_grad()
+def refit_without(scores: torch.Tensor, labels: np.ndarray, weight: torch.Tensor, disabled: Sequence[int], l1: float,
+                  l1_mask: torch.Tensor | None = None, nonneg: bool = False, steps: int = 1000) -> torch.Tensor:
+    """The last layer [C, P] refitted on the training ``scores`` [N, P] with the ``disabled`` prototypes switched
+    off: their columns of the scores and of the warm start ``weight`` are zeroed, so their weights stay exactly 0,
+    and the others are solved as the model's own convex last-layer problem (bias-free, L1 on ``l1_mask``,
+    non-negative with ``nonneg``; :func:`~glasszoo.models._linear.fit_sparse_linear`)."""
+    off = torch.zeros(scores.shape[1], dtype=torch.bool)
+    off[list(disabled)] = True
+    c = scores.detach().float().cpu().clone()
+    c[:, off] = 0.0
+    init = weight.detach().float().cpu().clone()
+    init[:, off] = 0.0
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    w, _ = fit_sparse_linear(c, y, weight.shape[0], l1, steps=steps, l1_mask=l1_mask, fit_bias=False, init=init,
+                             nonneg=nonneg)
+    w[:, off] = 0.0
+    return w
+
+
+def rank_enabled(contrib: torch.Tensor, disabled: Sequence[int], k: int) -> torch.Tensor:
+    """The indices [B, k'] of the ``k`` largest contributions per row, switched-off prototypes never among them
+    (k' = min(k, prototypes left on), at least 1)."""
+    c = contrib.clone()
+    if disabled:
+        c[:, list(disabled)] = -torch.inf
+    k = max(1, min(k, contrib.shape[1] - len(set(disabled))))
+    return c.argsort(dim=1, descending=True, stable=True)[:, :k]

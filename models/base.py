@@ -191,6 +191,24 @@ class ImageModel(nn.Module):
         its class. Default: None (prototypes owned by no class: measured on every image)."""
         return None
 
+    # ------------------------------------------------------------------ what a reader may change
+    def disable_prototypes(self, prototypes: list[int], caseset: Any) -> dict:
+        """Switch ``prototypes`` off (a reader said their reason is wrong) and refit the last layer only, by the
+        model's convex last-layer problem, on the training split of ``caseset``; the prototypes stay off in the saved
+        weights and never appear in explanations again. Returns what the edit did (``disabled``: every prototype off
+        now, ``n_relevant_before`` / ``n_relevant_after``). Default: the model has no prototypes."""
+        raise NotImplementedError(f"{type(self).__name__} has no prototypes to switch off")
+
+    def disabled_prototypes(self) -> list[int]:
+        """The prototypes switched off by :meth:`disable_prototypes` (default: none)."""
+        return []
+
+    def set_concepts(self, x: np.ndarray | torch.Tensor, values: dict[str, float]) -> np.ndarray | None:
+        """Class probabilities [N, classes] of images ``x`` with the named concepts set to ``values`` (data units:
+        1 present, 0 absent for a binary concept) and the others as the model predicts them: a reader's correction.
+        Default: None (the model has no concepts)."""
+        return None
+
     def explain(self, x: np.ndarray | torch.Tensor, target: np.ndarray | None = None,
                 case_ids: np.ndarray | None = None, **kwargs: Any) -> list:
         """The model's own explanations of ``x`` for class ``target`` (default: the predicted class), as a list.
@@ -223,6 +241,9 @@ class TabularModel:
     explanation_kinds: ClassVar[tuple[str, ...]] = ("feature_attribution",)
     requires: ClassVar[tuple[str, ...]] = ()
     segments: ClassVar[bool] = False
+    stored_types: ClassVar[tuple[str, ...]] = ()
+    """Types (``module.QualName``) a fitted model holds besides the ones ``skops.io`` trusts by default (numpy,
+    scipy, scikit-learn estimators) and its own class: the only others a saved run may make when it is opened."""
 
     @classmethod
     def requirements(cls, params: dict) -> tuple[str, ...]:

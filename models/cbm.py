@@ -209,6 +209,22 @@ class ConceptBottleneck(ImageModel):
         m = torch.as_tensor(np.broadcast_to(np.asarray(corrected, dtype=bool), a.shape).copy(), device=self.device)
         return self.label_head(torch.where(m, t, a)).cpu().numpy()
 
+    def set_concepts(self, x: np.ndarray | torch.Tensor, values: dict[str, float]) -> np.ndarray:
+        """Class probabilities [N, classes] of images ``x`` with the concepts named in ``values`` set to the given
+        values (data units: 1 present, 0 absent for a binary concept) and the others as predicted: a test-time
+        intervention (Koh et al. 2020) by a reader, through :meth:`intervene`."""
+        unknown = [k for k in values if k not in self.concept_names]
+        if unknown:
+            raise ValueError(f"unknown concept {unknown[0]!r}; the model's concepts: {', '.join(self.concept_names)}")
+        act = self.predict_concepts(x)
+        given = np.zeros((1, self.n_concepts), np.float32)
+        fix = np.zeros(self.n_concepts, dtype=bool)
+        for name, v in values.items():
+            k = self.concept_names.index(name)
+            given[0, k], fix[k] = float(v), True
+        logits = self.intervene(act, np.repeat(given, len(act), axis=0), fix)
+        return torch.softmax(torch.as_tensor(logits), 1).numpy()
+
     def correct_worst(self, activations: np.ndarray, true_concepts: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Test-time intervention on each case's most wrong concept: (its name per case, the class probabilities
         [N, classes] after replacing it by the true value)."""

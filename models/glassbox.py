@@ -343,6 +343,8 @@ class ShallowTree(_GlassBox):
     Complexity: depth, leaves, splits; ``n_params_`` = 2 per split (feature, threshold) + (classes - 1) per leaf.
     """
 
+    stored_types = ("sklearn.tree._tree.Tree",)
+
     def __init__(self, max_depth: int = 4, min_samples_leaf: int = 5, min_weight_fraction_leaf: float = 0.0,
                  criterion: str = "gini", class_weight=None, cv: int = 3, random_state: int | None = 0) -> None:
         self.max_depth = max_depth
@@ -490,6 +492,8 @@ class EBM(_GlassBox):
     Complexity: terms (main, interactions); ``n_params_`` = number of bin scores (without interpret's missing/unknown
     bins) times the score dimension, plus the intercept(s).
     """
+
+    stored_types = ("interpret.glassbox._ebm._ebm.ExplainableBoostingClassifier",)
 
     def __init__(self, interactions: int | float | str = 3, outer_bags: int = 4, max_bins: int = 256,
                  max_interaction_bins: int = 32, learning_rate: float = 0.015, max_rounds: int = 2000,
@@ -755,6 +759,8 @@ class PointScore(_GlassBox):
 
     Complexity: items and points; ``n_params_`` = 2 per item (threshold, points) + 2 (intercept, scale).
     """
+
+    stored_types = ("glasszoo.models.glassbox.ScoreItem",)
 
     requires = ("binary",)
 

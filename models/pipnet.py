@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from glasszoo.models._prototypes import eval_frozen, fraction_on_lesion, freeze_parts, precise_batchnorm
+from glasszoo.models._prototypes import (
+    check_prototype_ids,
+    eval_frozen,
+    fraction_on_lesion,
+    freeze_parts,
+    precise_batchnorm,
+    rank_enabled,
+    refit_without,
+)
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
 from glasszoo.models.errors import DataError
@@ -272,6 +280,7 @@ class PIPNet(ImageModel):
         self.source_case_ids: list[str] = [""] * n_prototypes
         self.gallery_case_ids: list[list[str]] = [[""] * k for _ in range(n_prototypes)]
         self.sources_epoch = -1
+        self.disabled: list[int] = []  # prototypes a reader switched off (disable_prototypes)
         self.source_images_per_second = float("nan")
 
         self.gallery_k = k
@@ -571,13 +580,35 @@ class PIPNet(ImageModel):
     def get_extra_state(self) -> dict:
         return {"source_case_ids": list(self.source_case_ids),
                 "gallery_case_ids": [list(g) for g in self.gallery_case_ids], "sources_epoch": self.sources_epoch,
-                "source_images_per_second": self.source_images_per_second}
+                "source_images_per_second": self.source_images_per_second, "disabled": list(self.disabled)}
 
     def set_extra_state(self, state: dict) -> None:
         self.source_case_ids = [str(c) for c in state["source_case_ids"]]
         self.gallery_case_ids = [[str(c) for c in g] for g in state["gallery_case_ids"]]
         self.sources_epoch = int(state["sources_epoch"])
         self.source_images_per_second = float(state["source_images_per_second"])
+        self.disabled = [int(j) for j in state.get("disabled", [])]  # absent in checkpoints before edits existed
+
+    def disable_prototypes(self, prototypes: list[int], caseset: Any) -> dict:
+        """Switch ``prototypes`` off and refit the scoring sheet only, as a convex problem: non-negative, bias-free
+        multinomial logistic regression with the L1 penalty ``l1_weight`` on the training presences (thresholded as
+        scoring does), their presences zeroed so their weights stay 0."""
+        ids = check_prototype_ids(prototypes, self.n_prototypes)
+        before = int(self.relevant_prototypes().sum())
+        self.disabled = sorted(set(self.disabled) | set(ids))
+        rows = np.asarray(caseset.indices("train"))
+        presence = self.presence_scores(caseset.images[rows]).float().cpu()
+        if self.threshold_scores:
+            presence = self.absent_below_threshold(presence)
+        w = refit_without(presence, np.asarray(caseset.labels)[rows], self.scoring.nonneg_weight(), self.disabled,
+                          self.loss_weights["l1"], nonneg=True)
+        with torch.no_grad():
+            self.scoring.weight.copy_(w.to(self.scoring.weight))
+        return {"disabled": list(self.disabled), "n_relevant_before": before,
+                "n_relevant_after": int(self.relevant_prototypes().sum())}
+
+    def disabled_prototypes(self) -> list[int]:
+        return list(self.disabled)
 
     # ------------------------------------------------------------------ explanations
     def prototype_classes(self) -> torch.Tensor:
@@ -621,7 +652,7 @@ class PIPNet(ImageModel):
                 tb = pred if target is None else torch.as_tensor(np.asarray(target)[i:i + batch_size],
                                                                  device=xb.device, dtype=torch.long)
                 contrib = presence * weight[tb]  # [B, P]
-                order = contrib.argsort(dim=1, descending=True, stable=True)[:, :k]
+                order = rank_enabled(contrib, self.disabled, k)
                 up = F.interpolate(maps, size=xb.shape[-2:], mode="bilinear", align_corners=False)
                 for n in range(len(xb)):
                     case = []
@@ -659,6 +690,7 @@ class PIPNet(ImageModel):
                     "presence": float(self.gallery_presence[j, q])}
                    for q in range(self.gallery_k) if int(self.gallery_row[j, q]) >= 0]
             gallery.append({"prototype": j, "class": int(proto_class[j]), "relevant": bool(relevant[j]),
+                            "disabled": j in self.disabled,
                             "source_case_id": src, "source_row": int(self.source_row[j]), "source_box": list(box),
                             "source_presence": float(self.source_presence[j]), "push_distance": None,
                             "last_layer_weights": weight[:, j].tolist(), "top_k": top})

@@ -19,10 +19,13 @@ from torch import nn
 from glasszoo.models._backbones import adapt_stem, resolve_stem
 from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._prototypes import (
+    check_prototype_ids,
     eval_frozen,
     fraction_on_lesion,
     freeze_parts,
     precise_batchnorm,
+    rank_enabled,
+    refit_without,
     shift_and_stitch,
 )
 from glasszoo.models._registry import register_model
@@ -274,6 +277,7 @@ class ProtoPNet(ImageModel):
         self.source_case_ids: list[str] = [""] * n_proto
         self.push_images_per_second = float("nan")
         self.n_pushes = 0
+        self.disabled: list[int] = []  # prototypes a reader switched off (disable_prototypes)
 
         self.prototypes_per_class = prototypes_per_class
         self.prototype_dim = prototype_dim
@@ -595,6 +599,26 @@ class ProtoPNet(ImageModel):
                                  init=self.last_layer.weight.detach().cpu())
         self.last_layer.weight.copy_(w.to(self.last_layer.weight))
 
+    def disable_prototypes(self, prototypes: list[int], caseset: Any) -> dict:
+        """Switch ``prototypes`` off and refit the last layer only: the last-layer stage's convex problem
+        (:meth:`fit_last_layer`) on the training split with their similarity scores zeroed, so their weights stay 0
+        and the other prototypes' weights are solved again (ProtoPDebug's "forbid this prototype", Bontempelli et al.
+        2023, with the convex refit instead of fine-tuning the network)."""
+        ids = check_prototype_ids(prototypes, self.n_prototypes)
+        before = int(self.relevant_prototypes().sum())
+        self.disabled = sorted(set(self.disabled) | set(ids))
+        rows = np.asarray(caseset.indices("train"))
+        scores = self.similarity_scores(caseset.images[rows]).float().cpu()
+        w = refit_without(scores, np.asarray(caseset.labels)[rows], self.last_layer.weight, self.disabled,
+                          self.loss_weights["l1"], l1_mask=self._wrong_class.cpu())
+        with torch.no_grad():
+            self.last_layer.weight.copy_(w.to(self.last_layer.weight))
+        return {"disabled": list(self.disabled), "n_relevant_before": before,
+                "n_relevant_after": int(self.relevant_prototypes().sum())}
+
+    def disabled_prototypes(self) -> list[int]:
+        return list(self.disabled)
+
     def _record_sources(self, caseset: Any, rows: torch.Tensor, cells: torch.Tensor, dist: torch.Tensor,
                         grid: tuple[int, int], size: tuple[int, int]) -> None:
         """Store each prototype's source row, case id, box and similarity map over its source image."""
@@ -620,12 +644,13 @@ class ProtoPNet(ImageModel):
 
     def get_extra_state(self) -> dict:
         return {"source_case_ids": list(self.source_case_ids), "push_images_per_second": self.push_images_per_second,
-                "n_pushes": self.n_pushes}
+                "n_pushes": self.n_pushes, "disabled": list(self.disabled)}
 
     def set_extra_state(self, state: dict) -> None:
         self.source_case_ids = [str(c) for c in state["source_case_ids"]]
         self.push_images_per_second = float(state["push_images_per_second"])
         self.n_pushes = int(state["n_pushes"])
+        self.disabled = [int(j) for j in state.get("disabled", [])]  # absent in checkpoints before edits existed
 
     # ------------------------------------------------------------------ explanations
     def _source(self, j: int) -> tuple[str, tuple[int, int, int, int]]:
@@ -664,7 +689,7 @@ class ProtoPNet(ImageModel):
                 tb = pred if target is None else torch.as_tensor(np.asarray(target)[i:i + batch_size],
                                                                  device=xb.device, dtype=torch.long)
                 contrib = scores * weight[tb]  # [B, P]
-                order = contrib.argsort(dim=1, descending=True, stable=True)[:, :k]
+                order = rank_enabled(contrib, self.disabled, k)
                 maps = F.interpolate(drawn, size=xb.shape[-2:], mode="bilinear", align_corners=False)
                 grads = self.prototype_smoothgrad(xb, order).cpu().numpy()  # [B, k, H, W]
                 for n in range(len(xb)):
@@ -700,7 +725,7 @@ class ProtoPNet(ImageModel):
             gallery.append({"prototype": j, "class": int(self.prototype_class[j]), "source_case_id": src,
                             "source_row": int(self.source_row[j]), "source_box": list(box),
                             "push_distance": float(self.push_distance[j]),
-                            "last_layer_weights": weight[:, j].tolist()})
+                            "last_layer_weights": weight[:, j].tolist(), "disabled": j in self.disabled})
         content = {"pushed": self.pushed, "n_pushes": self.n_pushes, "n_prototypes": self.n_prototypes,
                    "prototypes_per_class": self.prototypes_per_class, "prototypes": gallery}
         return GlobalExplanation(form="prototype_gallery", content=content)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,26 +13,36 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-def open_report(path: Path, screenshot: Path) -> dict:
-    """Load ``path`` in headless Chromium and return what the tests check: the browser's SEVERE log entries, the
-    text of every ``#results`` body row, whether ``#pareto`` and ``#summary`` are displayed, the natural width of
-    every image, and the screenshot written to ``screenshot``. Skips the calling test when the browser is missing."""
+@contextmanager
+def chrome(window: str = "1400,1000"):
+    """A headless Chromium driver (selenium), quit on exit; skips the calling test when the browser is missing."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
     chromium = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     driver_bin = shutil.which("chromedriver") or (CHROMEDRIVER if Path(CHROMEDRIVER).exists() else None)
     if not chromium or not driver_bin:
         pytest.skip("chromium and chromedriver are needed (Debian packages 'chromium' and 'chromium-driver')")
     opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={window}"):
         opts.add_argument(arg)
     opts.binary_location = chromium
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
     try:
         driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_report(path: Path, screenshot: Path) -> dict:
+    """Load ``path`` in headless Chromium and return what the tests check: the browser's SEVERE log entries, the
+    text of every ``#results`` body row, whether ``#pareto`` and ``#summary`` are displayed, the natural width of
+    every image, and the screenshot written to ``screenshot``. Skips the calling test when the browser is missing."""
+    with chrome() as driver:
+        from selenium.webdriver.common.by import By
+
         driver.get(path.resolve().as_uri())
         deadline = time.monotonic() + 10
         while driver.execute_script("return document.readyState") != "complete" and time.monotonic() < deadline:
@@ -49,6 +60,4 @@ def open_report(path: Path, screenshot: Path) -> dict:
                 "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)"),
             "screenshot": driver.save_screenshot(str(screenshot)),
         }
-    finally:
-        driver.quit()
     return out

@@ -106,7 +106,10 @@ def test_cli_explains_image_files_and_rejects_bad_input(run_dir, capsys, tmp_pat
     img8 = np.round(run.caseset.images[row, 0] * 255).astype(np.uint8)
     good = write_png(tmp_path / "good.png", img8)
     big = write_png(tmp_path / "big.png", np.zeros((SIDE + 8, SIDE + 8), np.uint8))
-    rgb = write_png(tmp_path / "rgb.png", np.zeros((SIDE, SIDE, 3), np.uint8))
+    grey_rgb = write_png(tmp_path / "grey_rgb.png", np.repeat(img8[..., None], 3, axis=2))  # a grey scan as RGB
+    colour = np.repeat(img8[..., None], 3, axis=2)
+    colour[..., 0] = 255 - colour[..., 0]
+    rgb = write_png(tmp_path / "rgb.png", colour)
     out = tmp_path / "figs"
     assert main(["explain", str(run_dir), "--model", "protopnet", "--image", str(good), "--out", str(out)]) == 0
     assert (out / "good.png").is_file()
@@ -122,8 +125,19 @@ def test_cli_explains_image_files_and_rejects_bad_input(run_dir, capsys, tmp_pat
     assert "case id 'no-such-case' is not in the data" in err("--model", "protopnet", "--case", "no-such-case")
     e = err("--model", "protopnet", "--image", str(big))
     assert f"is {SIDE + 8}x{SIDE + 8} pixels but the models of this run take {SIDE}x{SIDE}" in e and "--resize" in e
-    assert "is colour (3 channels) but the models of this run take grey (1 channel)" in err(
-        "--model", "protopnet", "--image", str(rgb))
+    e = err("--model", "protopnet", "--image", str(rgb))
+    assert "is colour (3 different channels) but the models of this run take grey (1 channel)" in e
+    assert "--to-grey" in e
+    # a grey scan saved as RGB (three identical channels) is the grey image: same prediction, no option needed
+    assert main(["explain", str(run_dir), "--model", "protopnet", "--image", str(grey_rgb), "--out", str(out)]) == 0
+    assert float(re.search(r"p = ([\d.]+)", capsys.readouterr().out).group(1)) == p_file
+    # with --to-grey the colour image is read as its luminance
+    assert main(["explain", str(run_dir), "--model", "protopnet", "--image", str(rgb), "--to-grey",
+                 "--out", str(out)]) == 0
+    lum = run.read_image(rgb, to_grey=True)
+    expect = (0.299 * colour[..., 0] + 0.587 * colour[..., 1] + 0.114 * colour[..., 2]) / 255
+    np.testing.assert_allclose(lum[0], expect, atol=1e-5)
+    capsys.readouterr()
     assert "image file not found" in err("--model", "protopnet", "--image", str(tmp_path / "missing.png"))
     assert "no finished model named 'proto'" in err("--model", "proto", "--case", "x")
     assert "several models; choose one with --model (blackbox, protopnet, cbm)" in err("--case", "x")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from standins import standin_config
+from standins import TinyLogReg, standin_config
 
 from glasszoo.evaluation.experiment.cli import main
 from glasszoo.evaluation.experiment.config import parse_config
@@ -17,6 +16,7 @@ from glasszoo.evaluation.experiment.runner import failures, run_experiment
 from glasszoo.evaluation.posthoc import DEFAULT_METHODS
 from glasszoo.models import DataError
 from glasszoo.training.rundir import RunDir
+from glasszoo.training.storage import load_tabular
 
 TASK_KEYS = ["auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity"]
 
@@ -63,8 +63,9 @@ def test_run_writes_the_results_contract(tiny_run):
     run_dir, cfg = tiny_run
     for f in ("config.yaml", "splits.csv", "metrics.json", "tradeoff.csv", "figures/roc.png",
               "figures/tiny_net_gradcam.png", "models/tiny_net/checkpoint.ckpt", "models/tiny_net/predictions.csv",
-              "models/tiny_net/logs/metrics.csv", "models/tiny_logreg/predictions.csv", "models/tiny_logreg/model.pkl",
-              "figures/tiny_cam_cam.png", "models/tiny_cam/heatmap_cam.npz", "report.html"):
+              "models/tiny_net/logs/metrics.csv", "models/tiny_logreg/predictions.csv",
+              "models/tiny_logreg/model.skops", "figures/tiny_cam_cam.png", "models/tiny_cam/heatmap_cam.npz",
+              "report.html"):
         assert (run_dir / f).exists(), f
     m = json.loads((run_dir / "metrics.json").read_text())
     assert set(m) == {"dataset", "models"}
@@ -84,8 +85,8 @@ def test_run_writes_the_results_contract(tiny_run):
     assert bb["explanation"]["gradcam"]["kind"] == "heatmap"
     assert set(cam["explanation"]) == {"cam"} and cam["explanation"]["cam"]["source"] == "intrinsic"
     assert lr["explanation"]["feature_attribution"]["n_cases"] == 8
-    with open(run_dir / "models" / "tiny_logreg" / "model.pkl", "rb") as fh:  # the declared hook's block
-        assert lr["complexity"] == pickle.load(fh).complexity_() and 1 <= lr["complexity"]["n_nonzero"] <= 9
+    stored = load_tabular(run_dir / "models" / "tiny_logreg" / "model.skops", TinyLogReg)  # the hook's block
+    assert lr["complexity"] == stored.complexity_() and 1 <= lr["complexity"]["n_nonzero"] <= 9
     assert m["dataset"]["features"]["kind"] == "intensity"
     # predictions.csv agrees with metrics.json
     pred = pd.read_csv(run_dir / "models" / "tiny_net" / "predictions.csv")

@@ -9,7 +9,6 @@ run) and calls the estimator's ``fit``. Both see the same CaseSet, split and see
 
 from __future__ import annotations
 
-import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -17,11 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from glasszoo.models import DataError, ModelInfo, create_model, missing_requirements, model_info
-from glasszoo.training.atomic import atomic_write
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.features import feature_descriptions, feature_table
 from glasszoo.training.rundir import ModelDir
 from glasszoo.training.settings import FeaturesConfig, TrainingConfig
+from glasszoo.training.storage import load_tabular, save_tabular
 
 
 @dataclass
@@ -47,9 +46,10 @@ class Adapter:
     input_kind: ClassVar[str] = ""
     torch_model: ClassVar[bool] = False  # a torch module: pass counting, perturbation metrics and post-hoc explainers
 
-    def __init__(self, cs: CaseSet, features: FeaturesConfig | None = None) -> None:
+    def __init__(self, cs: CaseSet, features: FeaturesConfig | None = None, trust_run: bool = False) -> None:
         self.cs = cs
         self.features = features or FeaturesConfig()  # the feature table's settings (feature adapters read them)
+        self.trust_run = trust_run  # open weights stored as pickles (runs of older versions); see training.storage
 
     def build(self, model: str, params: dict) -> Any:
         raise NotImplementedError
@@ -82,6 +82,10 @@ class Adapter:
         return self.weights(mdir).is_file() and mdir.predictions.is_file()
 
     weights_name: ClassVar[str] = "weights"  # what the weights file is called in messages
+
+    def store(self, model: Any, mdir: ModelDir) -> None:
+        """Save a model fitted elsewhere (e.g. an edit of a saved one) in ``mdir`` as :meth:`fit` saves its own."""
+        raise NotImplementedError
 
     def weights(self, mdir: ModelDir) -> Any:
         raise NotImplementedError
@@ -133,6 +137,12 @@ class ImageAdapter(Adapter):
 
     weights_name = "checkpoint"
 
+    def store(self, model: Any, mdir: ModelDir) -> None:
+        from glasszoo.training.train import save_checkpoint  # heavy: Lightning
+
+        mdir.path.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, mdir.checkpoint)
+
     def weights(self, mdir: ModelDir) -> Any:
         return mdir.checkpoint
 
@@ -149,12 +159,13 @@ class ImageAdapter(Adapter):
 
 
 class FeatureAdapter(Adapter):
-    """Tabular models: fed the run's feature table (built on first use), fitted in-process, saved as a pickle."""
+    """Tabular models: fed the run's feature table (built on first use), fitted in-process, stored with skops
+    (``glasszoo.training.storage``: opening a run cannot run code from it)."""
 
     input_kind = "features"
 
-    def __init__(self, cs: CaseSet, features: FeaturesConfig | None = None) -> None:
-        super().__init__(cs, features)
+    def __init__(self, cs: CaseSet, features: FeaturesConfig | None = None, trust_run: bool = False) -> None:
+        super().__init__(cs, features, trust_run)
         self._table: tuple[np.ndarray, list[str]] | None = None
         self._info: dict = {}
 
@@ -182,8 +193,12 @@ class FeatureAdapter(Adapter):
                   feature_descriptions=feature_descriptions(names))
         seconds = time.perf_counter() - t
         mdir.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(mdir.pickle, lambda fh: pickle.dump(model, fh), binary=True)
+        self.store(model, mdir)
         return Fitted(seconds)
+
+    def store(self, model: Any, mdir: ModelDir) -> None:
+        mdir.path.mkdir(parents=True, exist_ok=True)
+        save_tabular(model, mdir.skops)
 
     def inputs(self, rows: np.ndarray) -> np.ndarray:
         return self.table[0][rows]
@@ -199,14 +214,16 @@ class FeatureAdapter(Adapter):
     weights_name = "fitted model"
 
     def weights(self, mdir: ModelDir) -> Any:
-        return mdir.pickle
+        return mdir.skops
+
+    def saved(self, mdir: ModelDir) -> bool:
+        return (mdir.skops.is_file() or mdir.pickle.is_file()) and mdir.predictions.is_file()
+
+    def load(self, model: str, params: dict, mdir: ModelDir) -> Any:
+        return load_tabular(mdir.skops, model_info(model).cls, mdir.pickle, self.trust_run)
 
     def prepare(self) -> None:
         self.table  # noqa: B018  (built once, on first use)
-
-    def _restore(self, model: str, params: dict, path: Any, name: str) -> Any:
-        with open(path, "rb") as fh:  # a file this run wrote; do not open runs you do not trust
-            return pickle.load(fh)
 
     def dataset_info(self) -> dict:
         return {"features": dict(self._info)} if self._info else {}
@@ -222,12 +239,13 @@ class Adapters:
 
     cs: CaseSet
     features: FeaturesConfig | None = None
+    trust_run: bool = False
     _made: dict[str, Adapter] = field(default_factory=dict)
 
     def for_info(self, info: ModelInfo) -> Adapter:
         kind = info.input_kind
         if kind not in self._made:
-            self._made[kind] = ADAPTERS[kind](self.cs, self.features)
+            self._made[kind] = ADAPTERS[kind](self.cs, self.features, self.trust_run)
         return self._made[kind]
 
     def __call__(self, model: str) -> Adapter:

@@ -44,7 +44,13 @@ class ModelDir:
 
     @property
     def pickle(self) -> Path:
+        """Where runs before skops storage kept a tabular model (a pickle: only opened with ``trust_run``)."""
         return self.path / "model.pkl"
+
+    @property
+    def skops(self) -> Path:
+        """A tabular model, stored with ``skops.io`` (opening it cannot run code: types are checked first)."""
+        return self.path / "model.skops"
 
     @property
     def predictions(self) -> Path:
@@ -107,6 +113,11 @@ class RunDir:
     # ------------------------------------------------------------------ models
     def model(self, name: str) -> ModelDir:
         return ModelDir(self.path / "models" / name)
+
+    @property
+    def annotations(self) -> Path:
+        """What readers said of the run in the viewer (flagged prototypes); the only file the viewer writes."""
+        return self.path / "annotations.json"
 
     def explanations(self, model: str) -> Path:
         return self.path / "explanations" / model

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from lightning.pytorch.loggers import CSVLogger
 
 from glasszoo.models import ImageModel, create_model, model_info
+from glasszoo.training.atomic import atomic_write
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.datamodule import CaseSetDataModule
 from glasszoo.training.module import ClassifierModule
@@ -191,6 +192,14 @@ def _best_epoch(metrics_csv: Path) -> int:
         return int(df.loc[df["val_select"].idxmax(), "epoch"])
     except (OSError, KeyError, ValueError):
         return -1
+
+
+def save_checkpoint(model: ImageModel, path: str | Path) -> None:
+    """Write ``model``'s weights (its ``state_dict``, extra state included) as a checkpoint that
+    :func:`load_checkpoint` reads (atomically: an interrupted write leaves no half file)."""
+    state = {"state_dict": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+                            for k, v in model.state_dict().items()}}
+    atomic_write(Path(path), lambda fh: torch.save(state, fh), binary=True)
 
 
 def load_checkpoint(model: ImageModel, path: str | Path) -> ImageModel:

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from glasszoo.evaluation.results import format_explanations_markdown, format_markdown, format_table
 from glasszoo.models.errors import ConfigError, DataError, GlasszooError
 from glasszoo.training.atomic import atomic_write_text
@@ -121,8 +123,9 @@ def _describe(exps: list, class_names: list[str]) -> str:
         elif isinstance(e, FeatureAttribution):
             order = sorted(range(len(e.feature_names)), key=lambda j: -abs(float(e.contribution[0, j])))[:5]
             for j in order:
-                lines.append(f"  feature {e.feature_names[j]} = {float(e.values[0, j]):.3g}: "
-                             f"{float(e.contribution[0, j]):+.2f}")
+                value = float(e.values[0, j])  # NaN for a term of several features (an interaction)
+                shown = "" if np.isnan(value) else f" = {value:.3g}"
+                lines.append(f"  feature {e.feature_names[j]}{shown}: {float(e.contribution[0, j]):+.2f}")
         elif isinstance(e, Heatmap):
             lines.append(f"  heatmap '{e.method}' for class {class_names[int(e.target[0])]}")
     return "\n".join(lines)
@@ -135,7 +138,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if not args.case and not args.image:
         raise DataError("nothing to explain: give --case CASE_ID (see RUN_DIR/splits.csv) or --image PATH")
-    run = open_run(args.run_dir)
+    run = open_run(args.run_dir, trust_run=args.trust_run)
     name = args.model
     if name is None:
         if len(run.model_names) != 1:
@@ -148,7 +151,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     for cid in args.case:
         items.append((safe_filename(cid), case_of(cs, adapter, run.case_row(cid))))
     for path in args.image:
-        image = run.read_image(path, resize=args.resize)
+        image = run.read_image(path, resize=args.resize, to_grey=args.to_grey)
         items.append((safe_filename(Path(path).stem), Case(x=adapter.inputs_for_image(image, name), image=image)))
     model = run.load_model(name)
     source_image = training_image_lookup(cs)
@@ -162,6 +165,59 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"{case.case_id or stem}: predicted {cs.class_names[k]} (p = {proba[k]:.2f})"
               + (f", true {cs.class_names[case.label]}" if case.label is not None else "") + f" -> {fig}")
         print(_describe(exps, cs.class_names))
+    return 0
+
+
+def _cmd_flag(args: argparse.Namespace) -> int:
+    from glasszoo.evaluation.experiment.edit import add_flag, off_lesion_prototypes  # heavy: the runner
+    from glasszoo.evaluation.experiment.saved import open_run  # heavy: the registry, Lightning
+
+    run = open_run(args.run_dir, trust_run=args.trust_run)
+    ids = list(args.prototype)
+    reason = args.reason
+    if args.off_lesion:
+        found = off_lesion_prototypes(run, args.model, args.min_inside)
+        for f in found:
+            print(f"prototype {f['prototype']}: source patch in training case {f['source_case_id']} is "
+                  f"{100 * f['inside']:.0f}% inside the lesion")
+        ids += [f["prototype"] for f in found]
+        reason = reason or f"source patch less than {100 * args.min_inside:.0f}% on the lesion"
+    if not ids:
+        print(f"no prototype of '{args.model}' to flag", file=sys.stderr)
+        return 0
+    data = {}
+    for j in ids:
+        data = add_flag(run, args.model, j, reason=reason, case_id=args.case, flagged=not args.remove)
+    n = sum(1 for f in data["flags"] if f["model"] == args.model)
+    print(f"{RunDir(args.run_dir).annotations}: {n} prototype(s) of '{args.model}' flagged")
+    return 0
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from glasszoo.evaluation.experiment.edit import edit_run, parse_drops  # heavy: the runner
+
+    drops = parse_drops(args.drop_prototypes, args.run_dir)
+    if args.model:
+        drops = {m: v for m, v in drops.items() if m in args.model}
+    path = edit_run(args.run_dir, drops, out=args.out, overwrite=args.overwrite, trust_run=args.trust_run,
+                    log=lambda m: print(m, file=sys.stderr))
+    edit = json.loads(RunDir(path).metrics.read_text())["edit"]["models"]
+    for name, e in edit.items():
+        ci = e["delta_auc_ci"]
+        print(f"{name}: prototypes {e['dropped']} off; AUC {e['auc_original']:.3f} -> {e['auc']:.3f} "
+              f"(change {e['delta_auc']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}], DeLong p = {e['delong_p']:.3g})")
+        for method, pg in e["pointing_game"].items():
+            d = pg["delta"]
+            print(f"  pointing game ({method}): {pg['original']:.2f} -> {pg['edited']:.2f} "
+                  f"(change {d['value']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}], {pg['n_cases']} cases)")
+    print(f"report: {RunDir(path).report}")
+    return _failed(path)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from glasszoo.evaluation.experiment.viewer import serve  # heavy: FastAPI, the models
+
+    serve(args.run_dir, host=args.host, port=args.port, trust_run=args.trust_run, max_upload_mb=args.max_upload_mb)
     return 0
 
 
@@ -282,9 +338,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="an image file (PNG, DICOM, NIfTI, ...) of the models' size and channels; repeatable")
     p.add_argument("--resize", action="store_true", help="resize --image files to the models' input size")
+    p.add_argument("--to-grey", action="store_true",
+                   help="convert colour --image files to luminance for a grey run (grey scans saved as RGB, with "
+                        "three identical channels, and grey images for a colour run are converted without it)")
+    p.add_argument("--trust-run", action="store_true",
+                   help="open tabular models the run stored as pickles (model.pkl, older runs): a pickle can run "
+                        "code when opened, so only for runs you trust")
     p.add_argument("--top-k", type=int, default=3, help="prototypes shown per case (default 3)")
     p.add_argument("--out", help="folder for the figures (default RUN_DIR/explanations/<model>)")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("serve", help="open a finished run in a local web page for clinicians: cases, nearest "
+                                     "prototype cases, concepts to correct, maps side by side, flags",
+                       description="Start a local web server on a finished run (it reads the run and never retrains "
+                                   "on its own) and print its address. The page lists the test cases; for a case it "
+                                   "shows every model's prediction and reasons, lets a reader set concepts and see "
+                                   "the concept model predict again, upload an image, and flag a prototype (flags "
+                                   "go to RUN_DIR/annotations.json, the only file the server writes).")
+    p.add_argument("run_dir", help="a run directory written by 'glasszoo run'")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload accepted (default 20 MB)")
+    p.add_argument("--trust-run", action="store_true",
+                   help="open tabular models the run stored as pickles (older runs): only for runs you trust")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("flag", help="flag prototypes of a run as wrong (RUN_DIR/annotations.json), by number or "
+                                    "every one whose source patch lies off the lesion",
+                       description="Write reader flags to RUN_DIR/annotations.json (never into the results); "
+                                   "'glasszoo edit RUN_DIR --drop-prototypes annotations' then switches them off.")
+    p.add_argument("run_dir")
+    p.add_argument("--model", required=True, help="the prototype model")
+    p.add_argument("--prototype", type=int, action="append", default=[], metavar="J", help="a prototype; repeatable")
+    p.add_argument("--off-lesion", action="store_true",
+                   help="flag every relevant prototype whose source patch lies mostly off its case's lesion")
+    p.add_argument("--min-inside", type=float, default=0.5,
+                   help="with --off-lesion: the share of the patch inside the lesion below which it is off (0.5)")
+    p.add_argument("--reason", default="", help="why (kept with the flag)")
+    p.add_argument("--case", help="the case the reader was looking at (kept with the flag)")
+    p.add_argument("--remove", action="store_true", help="remove these flags instead")
+    p.add_argument("--trust-run", action="store_true", help="open pickled tabular models (older runs you trust)")
+    p.set_defaults(func=_cmd_flag)
+
+    p = sub.add_parser("edit", help="switch flagged prototypes off, refit the last layer only, and write a new run "
+                                    "comparing the edited model with the original (AUC and pointing game changes)",
+                       description="Load each model named by FLAGS, switch its prototypes off and refit its last "
+                                   "layer only (convex; nothing else is retrained), then evaluate the original and "
+                                   "the edited model side by side in a new run directory (default RUN_DIR-edit): "
+                                   "its report shows the AUC change with its CI and DeLong test and the pointing "
+                                   "game change with a paired bootstrap CI.")
+    p.add_argument("run_dir")
+    p.add_argument("--drop-prototypes", required=True, metavar="FLAGS",
+                   help="'annotations' (the run's flags), an annotations file, or MODEL:J,K (';' between models)")
+    p.add_argument("--model", action="append", help="edit only these of the flagged models (repeatable)")
+    p.add_argument("--out", help="the new run directory (default RUN_DIR-edit, numbered if taken)")
+    p.add_argument("--overwrite", action="store_true", help="allow writing over an existing run at --out")
+    p.add_argument("--trust-run", action="store_true", help="open pickled tabular models (older runs you trust)")
+    p.set_defaults(func=_cmd_edit)
 
     p = sub.add_parser("bench", help="measure what the zoo costs (throughput ratios, scaling, memory) and write "
                                      "docs/performance.md",

@@ -37,7 +37,7 @@ from glasszoo.evaluation.report import write_report
 from glasszoo.evaluation.results import format_table, write_tradeoff
 from glasszoo.evaluation.segmentation import segmentation_summary
 from glasszoo.models import ConfigError, DataError, model_info
-from glasszoo.training.adapters import Adapter, Adapters, check_data
+from glasszoo.training.adapters import Adapter, Adapters, Fitted, check_data
 from glasszoo.training.atomic import atomic_write, atomic_write_text
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.data import load_caseset
@@ -219,16 +219,23 @@ def _part_scores(model: Any, adapter: Adapter, cs: CaseSet, cfg: ExperimentConfi
 
 
 def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: ExperimentConfig, run: RunDir,
-                        explain_rows: np.ndarray, heatmaps: list) -> tuple[Any, np.ndarray, dict]:
-    """Fit one model, predict the test split, explain and score it; returns (model, test proba, metrics block)."""
+                        explain_rows: np.ndarray, heatmaps: list, prefit: tuple[Any, Fitted] | None = None
+                        ) -> tuple[Any, np.ndarray, dict]:
+    """Fit one model, predict the test split, explain and score it; returns (model, test proba, metrics block).
+    ``prefit`` = (model, what fitting it cost): a model fitted elsewhere (an edit of a saved one), stored in the run
+    and evaluated exactly as a trained one, not trained."""
     info = model_info(spec.model)
     ev = cfg.evaluation
     mdir = run.model(spec.name)
     mdir.path.mkdir(parents=True, exist_ok=True)
     test = cs.indices("test")
-    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only, not on the models before
-    model = adapter.build(spec.model, spec.params)
-    fitted = adapter.fit(model, mdir, cfg.training_for(spec), cfg.seed, spec.name)
+    if prefit is None:
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only, not on the models before
+        model = adapter.build(spec.model, spec.params)
+        fitted = adapter.fit(model, mdir, cfg.training_for(spec), cfg.seed, spec.name)
+    else:
+        model, fitted = prefit
+        adapter.store(model, mdir)
     t = time.perf_counter()
     proba = adapter.predict(model, test)
     infer_ms = 1000 * (time.perf_counter() - t) / len(test)
@@ -277,7 +284,8 @@ def _failure(spec: ModelSpec, exc: Exception, stage: str | None = None) -> dict:
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: bool = False,
-                   resume: bool = False, caseset: CaseSet | None = None, report: bool = True) -> Path:
+                   resume: bool = False, caseset: CaseSet | None = None, report: bool = True,
+                   prefit: dict[str, tuple[Any, Fitted]] | None = None, run_info: dict | None = None) -> Path:
     """Run the experiment ``cfg`` and return its run directory.
 
     Writes ``config.yaml`` (resolved), ``splits.csv``, per model ``models/<name>/`` (weights, logs,
@@ -285,7 +293,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     ``metrics.json`` is rewritten (atomically) after each model, so an interrupted run keeps what it finished, and
     ``resume=True`` continues it: models already in its ``metrics.json`` (with their weights and predictions on disk)
     are loaded, not retrained. ``caseset`` replaces the data the config describes (the shortcut audit stamps a marker
-    on it); it must have the same cases and split.
+    on it); it must have the same cases and split. ``prefit`` maps model names of the config to (model, cost) pairs
+    fitted elsewhere (``glasszoo edit``): they are stored and evaluated like the others, not trained. ``run_info``
+    adds entries to ``run.json`` (an edit's source run).
 
     A model that fails while it trains or is evaluated is recorded under ``metrics.json``'s ``failed`` (its error,
     by name) and the run goes on without it; :func:`failures` reads them back (``glasszoo run`` then exits 1).
@@ -299,7 +309,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     atomic_write_text(run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     # where relative data paths resolve from, so the run can be reopened from anywhere (glasszoo explain)
     atomic_write_text(run.run_info, json.dumps({"cwd": os.getcwd(), "glasszoo_version": package_version(),
-                                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+                                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                **(run_info or {})}, indent=2))
     log(f"glasszoo: run '{cfg.experiment}' -> {run.path}" + (f" (resuming: {len(done)} models done)" if done else ""))
     log(f"data: {cs.name}, {cs.n_cases} cases, image {list(cs.images.shape[1:])}, classes {cs.class_names} "
         f"({time.perf_counter() - t0:.1f}s)")
@@ -349,7 +360,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
                 f"it gets no heatmap in this run")
         n_heat = len(heatmaps)
         try:
-            model, proba, block = _train_and_evaluate(spec, adapter, cs, cfg, run, explain_rows, heatmaps)
+            model, proba, block = _train_and_evaluate(spec, adapter, cs, cfg, run, explain_rows, heatmaps,
+                                                      (prefit or {}).get(spec.name))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # one model's failure must not cost the others' results

@@ -17,7 +17,7 @@ import pandas as pd
 
 from glasszoo.evaluation.experiment.config import ExperimentConfig, ModelSpec, load_config
 from glasszoo.models import DataError
-from glasszoo.training._imageio import fit_square, read_array, to_unit_range
+from glasszoo.training._imageio import fit_square, read_array, to_channels, to_unit_range
 from glasszoo.training.adapters import Adapter, Adapters
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.data import load_caseset
@@ -38,12 +38,15 @@ class SavedRun:
         config: the run's resolved experiment config.
         metrics: the run's ``metrics.json``.
         info: the run's ``run.json`` (start directory, glasszoo version), empty for runs written before it existed.
+        trust_run: open tabular models stored as pickles (``model.pkl``, runs of older versions): a pickle can run
+            code when it is opened, so this is off unless the user says so (``--trust-run``).
     """
 
     run_dir: Path
     config: ExperimentConfig
     metrics: dict
     info: dict = field(default_factory=dict)
+    trust_run: bool = False
     _caseset: CaseSet | None = field(default=None, repr=False)
     _adapters: Adapters | None = field(default=None, repr=False)
 
@@ -69,14 +72,15 @@ class SavedRun:
     def adapter(self, name: str) -> Adapter:
         """The adapter of the finished model ``name`` on the run's data (see ``glasszoo.training.adapters``)."""
         if self._adapters is None:
-            self._adapters = Adapters(self.caseset, self.config.features)
+            self._adapters = Adapters(self.caseset, self.config.features, self.trust_run)
         return self._adapters(self.spec(name).model)
 
     def load_model(self, name: str):
         """The trained model ``name`` with the weights the run selected (no retraining).
 
         Image models are rebuilt from the config and their checkpoint loaded with ``weights_only=True``; tabular
-        models are unpickled from ``model.pkl`` (a file this run wrote; do not open runs you do not trust).
+        models are read from ``model.skops``, which may build only the types the config's model holds
+        (``glasszoo.training.storage``). Neither can run code from the run folder.
         """
         spec = self.spec(name)
         return self.adapter(name).load(spec.model, spec.params, self.dir.model(name))
@@ -116,38 +120,64 @@ class SavedRun:
                             f"test case ids are e.g. {_preview(test)} (all ids: {self.dir.splits})")
         return int(hit[0])
 
-    def read_image(self, path: str | Path, resize: bool = False) -> np.ndarray:
+    def read_image(self, path: str | Path, resize: bool = False, to_grey: bool = False,
+                   name: str | None = None) -> np.ndarray:
         """An image file as the run's models take it: float32 [C, H, W] in [0, 1].
 
-        The intensity scaling of the run's folder source is applied (``dtype`` for other sources). The image must
-        have the models' channel count and size; with ``resize`` it is resized to the models' size as the folder
-        source does (its ``resize`` mode). Otherwise a wrong size or channel count is a :class:`DataError`.
+        The intensity scaling of the run's folder source is applied (``dtype`` for other sources). Channels are
+        converted where the meaning is unambiguous (:func:`match_channels`: a grey scan saved as RGB with three
+        identical channels, a grey image for an RGB run); a colour image for a grey run is converted to luminance
+        only with ``to_grey``. With ``resize`` the image is resized to the models' size as the folder source does
+        (its ``resize`` mode). Otherwise a wrong size or channel count is a :class:`DataError` naming the file
+        (``name``, default the path: what messages call it).
         """
         path = Path(path)
+        label = name or str(path)
         data = self.config.data
-        where = f"image {path}"
+        where = f"image {label}"
         plane = read_array(path, where, slice_index=data.get("slice_index", "middle"))
         x = to_unit_range(plane, data.get("intensity", "dtype"), path, where)
         cs = self.caseset
-        want_c, (want_h, want_w) = cs.in_chans, cs.img_size
-        if x.shape[0] != want_c:
-            have = "colour (3 channels)" if x.shape[0] == 3 else "grey (1 channel)"
-            need = "colour (3 channels)" if want_c == 3 else "grey (1 channel)"
-            raise DataError(f"{path}: the image is {have} but the models of this run take {need}; "
-                            f"convert the image first")
+        want_h, want_w = cs.img_size
+        x = match_channels(x, cs.in_chans, to_grey, label)
         if x.shape[1:] != (want_h, want_w):
             if not resize:
-                raise DataError(f"{path}: the image is {x.shape[1]}x{x.shape[2]} pixels but the models of this run "
+                raise DataError(f"{label}: the image is {x.shape[1]}x{x.shape[2]} pixels but the models of this run "
                                 f"take {want_h}x{want_w}; resize it first, or pass --resize to resize it as the run's "
                                 f"data source does")
             if want_h != want_w:
-                raise DataError(f"{path}: cannot resize to the non-square input {want_h}x{want_w}")
+                raise DataError(f"{label}: cannot resize to the non-square input {want_h}x{want_w}")
             x = fit_square(x, want_h, data.get("resize", "stretch"))
         return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def open_run(run_dir: str | Path) -> SavedRun:
-    """Open the run in ``run_dir`` (a directory written by ``glasszoo run``)."""
+def match_channels(x: np.ndarray, channels: int, to_grey: bool = False, name: str = "the image") -> np.ndarray:
+    """Bring an image [C, H, W] to ``channels`` where the meaning is unambiguous, else refuse with a clear message.
+
+    Three identical channels for a grey run: a grey scan saved as RGB, one channel is kept. A grey image for an RGB
+    run: the grey is replicated into the three channels (what a grey scan shown in colour is). Colour for a grey run:
+    converted to luminance (0.299 R + 0.587 G + 0.114 B) only with ``to_grey`` (the colours carry meaning the
+    models never saw); without it a :class:`DataError` names the option.
+    """
+    have = x.shape[0]
+    if have == channels:
+        return x
+    if channels == 3 and have == 1:
+        return to_channels(x, 3)
+    if channels == 1 and have == 3:
+        if np.abs(x - x[:1]).max() <= 1e-6:
+            return np.ascontiguousarray(x[:1])
+        if to_grey:
+            return to_channels(x, 1)
+        raise DataError(f"{name}: the image is colour (3 different channels) but the models of this run take grey "
+                        f"(1 channel); convert it to luminance with --to-grey (0.299 R + 0.587 G + 0.114 B), or "
+                        f"convert it yourself")
+    raise DataError(f"{name}: the image has {have} channels; the models of this run take {channels}")
+
+
+def open_run(run_dir: str | Path, trust_run: bool = False) -> SavedRun:
+    """Open the run in ``run_dir`` (a directory written by ``glasszoo run``); ``trust_run`` allows opening models
+    stored as pickles (see :class:`SavedRun`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"run directory {run_dir} not found")
@@ -164,4 +194,4 @@ def open_run(run_dir: str | Path) -> SavedRun:
     info: dict[str, Any] = {}
     if rd.run_info.is_file():
         info = json.loads(rd.run_info.read_text())
-    return SavedRun(run_dir=run_dir, config=cfg, metrics=metrics, info=info)
+    return SavedRun(run_dir=run_dir, config=cfg, metrics=metrics, info=info, trust_run=trust_run)
