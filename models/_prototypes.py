@@ -142,6 +142,17 @@ def check_prototype_ids(prototypes: Sequence[int], n_prototypes: int) -> list[in
     return ids
 
 
+def switch_off(model: Any, prototypes: Sequence[int], refit: Any) -> dict:
+    """Add ``prototypes`` to ``model.disabled`` and call ``refit()`` (the model's convex last-layer fit, which keeps
+    switched-off prototypes at weight 0); returns what ``ImageModel.disable_prototypes`` reports."""
+    ids = check_prototype_ids(prototypes, model.n_prototypes)
+    before = int(model.relevant_prototypes().sum())
+    model.disabled = sorted(set(model.disabled) | set(ids))
+    refit()
+    return {"disabled": list(model.disabled), "n_relevant_before": before,
+            "n_relevant_after": int(model.relevant_prototypes().sum())}
+
+
 @torch.no_grad()
 def refit_without(scores: torch.Tensor, labels: np.ndarray, weight: torch.Tensor, disabled: Sequence[int], l1: float,
                   l1_mask: torch.Tensor | None = None, nonneg: bool = False, steps: int = 1000) -> torch.Tensor:

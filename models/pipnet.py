@@ -15,13 +15,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from glasszoo.models._prototypes import (
-    check_prototype_ids,
     eval_frozen,
     fraction_on_lesion,
     freeze_parts,
     precise_batchnorm,
     rank_enabled,
     refit_without,
+    switch_off,
 )
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
@@ -589,23 +589,22 @@ class PIPNet(ImageModel):
         self.source_images_per_second = float(state["source_images_per_second"])
         self.disabled = [int(j) for j in state.get("disabled", [])]  # absent in checkpoints before edits existed
 
-    def disable_prototypes(self, prototypes: list[int], caseset: Any) -> dict:
-        """Switch ``prototypes`` off and refit the scoring sheet only, as a convex problem: non-negative, bias-free
-        multinomial logistic regression with the L1 penalty ``l1_weight`` on the training presences (thresholded as
-        scoring does), their presences zeroed so their weights stay 0."""
-        ids = check_prototype_ids(prototypes, self.n_prototypes)
-        before = int(self.relevant_prototypes().sum())
-        self.disabled = sorted(set(self.disabled) | set(ids))
+    @torch.no_grad()
+    def fit_scoring_sheet(self, caseset: Any) -> None:
+        """Solve the scoring sheet alone as a convex problem, starting from its current weights: non-negative,
+        bias-free multinomial logistic regression with the L1 penalty ``l1_weight`` on the training presences
+        (thresholded as scoring does); switched-off prototypes (:meth:`disable_prototypes`) keep a weight of 0."""
         rows = np.asarray(caseset.indices("train"))
         presence = self.presence_scores(caseset.images[rows]).float().cpu()
         if self.threshold_scores:
             presence = self.absent_below_threshold(presence)
         w = refit_without(presence, np.asarray(caseset.labels)[rows], self.scoring.nonneg_weight(), self.disabled,
                           self.loss_weights["l1"], nonneg=True)
-        with torch.no_grad():
-            self.scoring.weight.copy_(w.to(self.scoring.weight))
-        return {"disabled": list(self.disabled), "n_relevant_before": before,
-                "n_relevant_after": int(self.relevant_prototypes().sum())}
+        self.scoring.weight.copy_(w.to(self.scoring.weight))
+
+    def disable_prototypes(self, prototypes: list[int], caseset: Any) -> dict:
+        """Switch ``prototypes`` off and refit the scoring sheet only (:meth:`fit_scoring_sheet`)."""
+        return switch_off(self, prototypes, lambda: self.fit_scoring_sheet(caseset))
 
     def disabled_prototypes(self) -> list[int]:
         return list(self.disabled)

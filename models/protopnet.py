@@ -17,9 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from glasszoo.models._backbones import adapt_stem, resolve_stem
-from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._prototypes import (
-    check_prototype_ids,
     eval_frozen,
     fraction_on_lesion,
     freeze_parts,
@@ -27,6 +25,7 @@ from glasszoo.models._prototypes import (
     rank_enabled,
     refit_without,
     shift_and_stitch,
+    switch_off,
 )
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
@@ -586,35 +585,23 @@ class ProtoPNet(ImageModel):
         With the backbone, add-on layers and prototypes frozen, the paper's last-layer objective — mean cross-entropy
         of ``scores W^T`` plus ``l1_weight * sum |W|`` over the wrong-class connections — is a convex, bias-free
         multinomial logistic regression on the prototypes' similarity scores. The paper runs Adam on it for a few
-        epochs; here it is solved with :func:`glasszoo.models._linear.fit_sparse_linear` (FISTA), so the result does
+        epochs; here it is solved with ``fit_sparse_linear`` (FISTA, through :func:`refit_without`), so the result does
         not depend on where the learning-rate schedule happens to be when the push comes (with a cosine or one-cycle
         schedule over the whole run the rate is near zero by then). The last-layer epochs that follow continue from
-        the solution.
+        the solution. Switched-off prototypes (:meth:`disable_prototypes`) keep a weight of exactly 0.
         """
         rows = np.asarray(caseset.indices("train"))
         scores = self.similarity_scores(caseset.images[rows]).float().cpu()
-        y = torch.as_tensor(np.asarray(caseset.labels)[rows], dtype=torch.long)
-        w, _ = fit_sparse_linear(scores, y, self.num_classes, self.loss_weights["l1"], steps=steps,
-                                 l1_mask=self._wrong_class.cpu(), fit_bias=False,
-                                 init=self.last_layer.weight.detach().cpu())
+        w = refit_without(scores, np.asarray(caseset.labels)[rows], self.last_layer.weight, self.disabled,
+                          self.loss_weights["l1"], l1_mask=self._wrong_class.cpu(), steps=steps)
         self.last_layer.weight.copy_(w.to(self.last_layer.weight))
 
     def disable_prototypes(self, prototypes: list[int], caseset: Any) -> dict:
         """Switch ``prototypes`` off and refit the last layer only: the last-layer stage's convex problem
-        (:meth:`fit_last_layer`) on the training split with their similarity scores zeroed, so their weights stay 0
-        and the other prototypes' weights are solved again (ProtoPDebug's "forbid this prototype", Bontempelli et al.
-        2023, with the convex refit instead of fine-tuning the network)."""
-        ids = check_prototype_ids(prototypes, self.n_prototypes)
-        before = int(self.relevant_prototypes().sum())
-        self.disabled = sorted(set(self.disabled) | set(ids))
-        rows = np.asarray(caseset.indices("train"))
-        scores = self.similarity_scores(caseset.images[rows]).float().cpu()
-        w = refit_without(scores, np.asarray(caseset.labels)[rows], self.last_layer.weight, self.disabled,
-                          self.loss_weights["l1"], l1_mask=self._wrong_class.cpu())
-        with torch.no_grad():
-            self.last_layer.weight.copy_(w.to(self.last_layer.weight))
-        return {"disabled": list(self.disabled), "n_relevant_before": before,
-                "n_relevant_after": int(self.relevant_prototypes().sum())}
+        (:meth:`fit_last_layer`) with their similarity scores zeroed, so their weights stay 0 and the other
+        prototypes' weights are solved again (ProtoPDebug's "forbid this prototype", Bontempelli et al. 2023, with the
+        convex refit instead of fine-tuning the network)."""
+        return switch_off(self, prototypes, lambda: self.fit_last_layer(caseset))
 
     def disabled_prototypes(self) -> list[int]:
         return list(self.disabled)

@@ -52,10 +52,10 @@ def _check_flag(run: SavedRun, model: str, prototype: Any) -> int:
     if isinstance(prototype, bool) or not isinstance(prototype, (int, np.integer)) or int(prototype) < 0:
         raise DataError(f"prototype must be a non-negative integer, got {prototype!r}")
     n = run.metrics["models"][model].get("explanation", {}).get("prototype_quality", {}).get("n_prototypes")
-    if n is not None and int(prototype) >= int(n):
-        raise DataError(f"model '{model}' has prototypes 0..{int(n) - 1}; there is no prototype {prototype}")
     if n is None:
         raise DataError(f"model '{model}' has no prototypes to flag")
+    if int(prototype) >= int(n):
+        raise DataError(f"model '{model}' has prototypes 0..{int(n) - 1}; there is no prototype {prototype}")
     return int(prototype)
 
 
@@ -207,7 +207,7 @@ def edit_run(run_dir: str | Path, drops: dict[str, list[int]], out: str | Path |
                           run_info={"edited_from": str(run_dir.resolve()),
                                     **({"cwd": run.info["cwd"]} if run.info.get("cwd") else {})})
     metrics = load_metrics(path)
-    metrics["edit"] = {"source_run": str(run_dir.resolve()), "models": edit_summary(path, metrics, edits)}
+    metrics["edit"] = {"source_run": str(run_dir.resolve()), "models": edit_summary(path, metrics, edits, cs)}
     atomic_write_text(RunDir(path).metrics, json.dumps(metrics, indent=2, allow_nan=True))
     write_report(path, reference=next(iter(drops)))
     return path
@@ -223,12 +223,11 @@ def _pointing_hits(mdir, method: str, cs, rows_of: dict[str, int]) -> tuple[np.n
     return ids, pointing_game(maps, cs.masks[rows])
 
 
-def edit_summary(run_dir: str | Path, metrics: dict, edits: dict[str, dict]) -> dict:
+def edit_summary(run_dir: str | Path, metrics: dict, edits: dict[str, dict], cs) -> dict:
     """Per edited model: what was dropped, the AUC change against the original (DeLong: difference, CI, p), and per
     heatmap both have, the pointing game of each and its change with a paired bootstrap CI over the explained
-    cases (the same cases for both)."""
+    cases (the same cases for both). ``cs`` is the edited run's data (the original's, already loaded)."""
     run = open_run(run_dir)
-    cs = run.caseset
     rows_of = {str(c): i for i, c in enumerate(cs.case_ids)}
     ev = run.config.evaluation
     out = {}

@@ -36,7 +36,7 @@ import torch
 
 from glasszoo.evaluation.case_figures import Case, case_explanations
 from glasszoo.evaluation.experiment.edit import add_flag, edit_run, flagged_prototypes, read_annotations
-from glasszoo.evaluation.experiment.runner import case_of
+from glasszoo.evaluation.experiment.runner import case_of, read_predictions
 from glasszoo.evaluation.experiment.saved import SavedRun, open_run
 from glasszoo.evaluation.posthoc import explain_posthoc
 from glasszoo.models import ConceptEvidence, DataError, FeatureAttribution, Heatmap, PrototypeEvidence, model_info
@@ -142,14 +142,11 @@ class Viewer:
         self._descriptions: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ the case list
-    def _proba(self, name: str, rows: np.ndarray) -> np.ndarray:
-        return self.adapters[name].predict(self.models[name], rows)
-
     def summary(self) -> dict:
-        """The run, its models and the test cases with every model's prediction (the case list)."""
+        """The run, its models and the test cases with every model's prediction (the case list), read from each
+        model's ``predictions.csv`` (the run's own test predictions; nothing is recomputed)."""
         test = self.cs.indices("test")
-        with self._lock:
-            probas = {n: self._proba(n, test) for n in self.names}
+        probas = {n: read_predictions(self.cs, self.run.dir.model(n).predictions) for n in self.names}
         labels = self.cs.labels[test]
         cases = []
         for i, r in enumerate(test):
