@@ -9,6 +9,9 @@ run) and calls the estimator's ``fit``. Both see the same CaseSet, split and see
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -103,6 +106,15 @@ class Adapter:
     def prepare(self) -> None:
         """Build what the adapter's models share (e.g. the feature table), so ``dataset_info`` describes it."""
 
+    def table_info(self) -> dict:
+        """How the adapter's feature table was made, once it is built (empty for image models)."""
+        return {}
+
+    def reads(self) -> dict:
+        """What the adapter's models read, for the log, ``metrics.json`` (a model's ``reads``) and the report:
+        ``text`` in words and ``ground_truth_masks_at_test`` (whether a test case's expert outline is an input)."""
+        raise NotImplementedError
+
     def dataset_info(self) -> dict:
         """What the adapter adds under ``metrics.json``'s ``dataset`` (e.g. the feature table's provenance)."""
         return {}
@@ -128,6 +140,10 @@ class ImageAdapter(Adapter):
 
     def inputs(self, rows: np.ndarray) -> np.ndarray:
         return self.cs.images[rows]
+
+    def reads(self) -> dict:
+        c, h, w = self.cs.images.shape[1:]
+        return {"table": "image", "text": f"the images ({c}x{h}x{w})", "ground_truth_masks_at_test": False}
 
     def inputs_for_image(self, image: np.ndarray, name: str = "the model") -> np.ndarray:
         return np.asarray(image, dtype=np.float32)[None]
@@ -164,21 +180,63 @@ class FeatureAdapter(Adapter):
 
     input_kind = "features"
 
-    def __init__(self, cs: CaseSet, features: FeaturesConfig | None = None, trust_run: bool = False) -> None:
+    def __init__(self, cs: CaseSet, features: FeaturesConfig | None = None, trust_run: bool = False,
+                 predicted_masks: dict[str, np.ndarray] | None = None) -> None:
         super().__init__(cs, features, trust_run)
         self._table: tuple[np.ndarray, list[str]] | None = None
         self._info: dict = {}
+        # segmentation model name -> its predicted masks [N, H, W] of every case (shared by the run's adapters)
+        self.predicted_masks = predicted_masks if predicted_masks is not None else {}
+
+    @property
+    def predicted(self) -> bool:
+        return self.features.region == "predicted"
+
+    def _cases(self) -> tuple[CaseSet, FeaturesConfig]:
+        """The cases and settings the table is computed from: with ``region: predicted`` the data with its masks
+        replaced by the segmentation model's, read as masks."""
+        if not self.predicted:
+            return self.cs, self.features
+        seg = self.features.segmenter
+        masks = self.predicted_masks.get(seg)
+        if masks is None:
+            raise DataError(f"features.region: predicted reads the lesion masks of segmentation model '{seg}', "
+                            f"which this run has not produced (did '{seg}' fail?)")
+        cs = copy.copy(self.cs)  # shallow: the same images, labels and split; only the masks differ
+        cs.masks = np.asarray(masks, dtype=np.uint8)
+        return cs, dataclasses.replace(self.features, region="mask", segmenter=None)
 
     @property
     def table(self) -> tuple[np.ndarray, list[str]]:
         """The feature matrix [N, F] of every case and its column names (computed once)."""
         if self._table is None:
             t = time.perf_counter()
-            X, names, finfo = feature_table(self.cs, self.features, return_info=True)
+            cs, features = self._cases()
+            X, names, finfo = feature_table(cs, features, return_info=True)
             self._table = (X, names)
             self._info = {"kind": self.features.kind, "n_features": len(names),
                           "seconds": time.perf_counter() - t, **(finfo or {})}
+            if self.predicted:
+                self._info["masks"] = f"predicted by {self.features.segmenter}"
         return self._table
+
+    def reads(self) -> dict:
+        f = self.features
+        what = ("pyradiomics table" if f.kind == "radiomics" else "built-in intensity table (first-order statistics)")
+        n = self._info.get("n_features")
+        what += f" of {n} features" if n is not None else ""
+        has_masks = self.cs.masks is not None and bool(np.asarray(self.cs.masks).any())
+        oracle = f.region == "mask" and has_masks
+        if f.region == "predicted":
+            where = f"inside the lesion masks predicted by '{f.segmenter}' (no outline needed at test time)"
+        elif oracle:
+            where = "inside the ground-truth lesion masks, of the test cases too (an oracle the image models lack)"
+        elif f.region == "otsu":
+            where = "inside the Otsu foreground of each image"
+        else:
+            where = "over the whole image" + (" (the data has no masks)" if f.region == "mask" else "")
+        return {"table": f.kind, "region": f.region, **({"segmenter": f.segmenter} if f.segmenter else {}),
+                "n_features": n, "text": f"{what} {where}", "ground_truth_masks_at_test": oracle}
 
     def build(self, model: str, params: dict) -> Any:
         return create_model(model, **params)
@@ -228,32 +286,45 @@ class FeatureAdapter(Adapter):
     def dataset_info(self) -> dict:
         return {"features": dict(self._info)} if self._info else {}
 
+    def table_info(self) -> dict:
+        """How this adapter's table was made (kind, size, settings, cache), once it is built."""
+        return dict(self._info)
+
 
 ADAPTERS: dict[str, type[Adapter]] = {"image": ImageAdapter, "features": FeatureAdapter}
 
 
 @dataclass
 class Adapters:
-    """The adapters of one data set, one per input kind, created on first use (so the feature table is built once
-    and only when a tabular model asks for it)."""
+    """The adapters of one data set, one per input kind and feature settings, created on first use (so each feature
+    table is built once and only when a tabular model asks for it)."""
 
     cs: CaseSet
     features: FeaturesConfig | None = None
     trust_run: bool = False
-    _made: dict[str, Adapter] = field(default_factory=dict)
+    predicted_masks: dict[str, np.ndarray] = field(default_factory=dict)  # see FeatureAdapter.predicted_masks
+    _made: dict[tuple[str, str], Adapter] = field(default_factory=dict)
 
-    def for_info(self, info: ModelInfo) -> Adapter:
+    def for_info(self, info: ModelInfo, features: FeaturesConfig | None = None) -> Adapter:
+        """The adapter of a model of ``info``; ``features`` (a model's own feature settings) replaces the run's."""
         kind = info.input_kind
-        if kind not in self._made:
-            self._made[kind] = ADAPTERS[kind](self.cs, self.features, self.trust_run)
-        return self._made[kind]
+        feats = features or self.features or FeaturesConfig()
+        key = (kind, json.dumps(dataclasses.asdict(feats), sort_keys=True, default=str) if kind == "features" else "")
+        if key not in self._made:
+            if kind == "features":
+                self._made[key] = FeatureAdapter(self.cs, feats, self.trust_run, self.predicted_masks)
+            else:
+                self._made[key] = ADAPTERS[kind](self.cs, feats, self.trust_run)
+        return self._made[key]
 
-    def __call__(self, model: str) -> Adapter:
+    def __call__(self, model: str, features: FeaturesConfig | None = None) -> Adapter:
         """The adapter of the registered model ``model``."""
-        return self.for_info(model_info(model))
+        return self.for_info(model_info(model), features)
 
     def dataset_info(self) -> dict:
+        """What the run's adapters add under ``dataset`` (the first feature table made, for the feature
+        settings shared by the run; a model with its own settings records its table under its ``reads``)."""
         out: dict = {}
-        for a in self._made.values():
+        for a in reversed(list(self._made.values())):
             out.update(a.dataset_info())
         return out

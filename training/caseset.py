@@ -84,6 +84,8 @@ class CaseSet:
         meta: extra per-case arrays of length N (e.g. the synthetic shortcut marker flag).
         name: a short name for reports.
         positive_class: index of the class treated as positive for sensitivity/specificity (binary tasks).
+        checks: what was checked of the data while loading it (``"duplicates"``: the near-duplicate report of
+            :mod:`glasszoo.training.duplicates`); recorded under ``metrics.json``'s ``dataset``.
     """
 
     images: np.ndarray
@@ -97,6 +99,7 @@ class CaseSet:
     meta: dict[str, np.ndarray] = field(default_factory=dict)
     name: str = "dataset"
     positive_class: int = 1
+    checks: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.images = np.asanyarray(self.images)  # keeps a memory map a memory map
@@ -229,6 +232,7 @@ class CaseSet:
         out.meta = {k: np.asarray(v)[idx] for k, v in self.meta.items()}
         out.name = self.name
         out.positive_class = self.positive_class
+        out.checks = dict(self.checks)
         return out
 
     def summary(self) -> dict:
@@ -242,9 +246,11 @@ class CaseSet:
             "n_cases": self.n_cases,
             "image_shape": list(self.images.shape[1:]),
             "class_names": list(self.class_names),
-            "positive_class": self.class_names[self.positive_class],
+            # multi-class scores are one-vs-rest macro averages: no class is "the positive one"
+            **({"positive_class": self.class_names[self.positive_class]} if self.num_classes == 2 else {}),
             "cases_per_split": per_split,
             "has_masks": self.masks is not None,
             "concept_names": list(self.concept_names),
             "meta_fields": sorted(self.meta),
+            **self.checks,
         }

@@ -10,12 +10,13 @@ from typing import Any
 from glasszoo.models.errors import ConfigError
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.concepts import DERIVED_CONCEPTS, EMPTY_MASK_POLICIES, derive_concepts
+from glasszoo.training.duplicates import DEFAULT_THRESHOLD, duplicate_report, near_duplicate_groups
 from glasszoo.training.medmnist import load_medmnist
 from glasszoo.training.synthetic import make_synthetic
 
 SOURCES = ("synthetic", "medmnist", "folder")
 CONCEPT_MODES = ("data", "derived")
-GENERIC_KEYS = ("concepts", "concepts_empty_mask")  # data keys of every source, handled here
+GENERIC_KEYS = ("concepts", "concepts_empty_mask", "check_duplicates", "duplicate_threshold")  # every source's
 
 
 def _source_function(source: str):
@@ -45,6 +46,10 @@ def load_caseset(data_cfg: dict[str, Any], seed: int = 0, base_dir: str | Path |
       threshold is printed to stderr.
     * ``concepts_empty_mask``: with ``concepts: derived``, what to do with cases whose lesion mask is empty:
       ``"error"`` (default) or ``"zero"`` (all their concepts 0).
+    * ``check_duplicates`` (default true): look for near-duplicate images (:mod:`glasszoo.training.duplicates`) and
+      record the groups, those across splits and those across labels in ``CaseSet.checks["duplicates"]``;
+      ``duplicate_threshold`` (default 0.6) is the correlation that makes two images near-duplicates. The folder
+      source can also keep each group in one split (``group_duplicates: true``).
     """
     cfg = dict(data_cfg)
     source = cfg.pop("source", None)
@@ -59,8 +64,16 @@ def load_caseset(data_cfg: dict[str, Any], seed: int = 0, base_dir: str | Path |
     empty_mask = "error" if empty_mask is None else empty_mask
     if empty_mask not in EMPTY_MASK_POLICIES:
         raise ConfigError(f"data.concepts_empty_mask must be one of {EMPTY_MASK_POLICIES}, got {empty_mask!r}")
+    check = cfg.pop("check_duplicates", True)
+    if not isinstance(check, bool):
+        raise ConfigError(f"data.check_duplicates must be true or false, got {check!r}")
+    threshold = cfg.pop("duplicate_threshold", DEFAULT_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ConfigError(f"data.duplicate_threshold must be a number in (0, 1], got {threshold!r}")
     fn = _source_function(source)
     params = inspect.signature(fn).parameters
+    if "duplicate_threshold" in params:
+        cfg["duplicate_threshold"] = threshold
     unknown = sorted(set(cfg) - set(params))
     if unknown:
         raise ConfigError(f"data.{unknown[0]}: unknown key for source '{source}'; "
@@ -72,6 +85,9 @@ def load_caseset(data_cfg: dict[str, Any], seed: int = 0, base_dir: str | Path |
             if key in params and cfg.get(key) and not Path(str(cfg[key])).expanduser().is_absolute():
                 cfg[key] = str(Path(base_dir) / str(cfg[key]))
     cs = fn(**cfg)
+    if check and "duplicates" not in cs.checks:
+        groups = near_duplicate_groups(cs.images, threshold)
+        cs.checks["duplicates"] = duplicate_report(cs, groups, threshold, grouped=False)
     if concepts == "derived":
         cs, info = derive_concepts(cs, empty_mask=empty_mask)
         fixed = {c.name: c.fixed_threshold is not None for c in DERIVED_CONCEPTS}

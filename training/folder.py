@@ -27,7 +27,8 @@ from glasszoo.training._imageio import (
     to_unit_range,
 )
 from glasszoo.training.caseset import SPLITS, CaseSet
-from glasszoo.training.split import stratified_split
+from glasszoo.training.duplicates import DEFAULT_THRESHOLD, duplicate_report, group_ids, near_duplicate_groups
+from glasszoo.training.split import grouped_stratified_split, stratified_split
 
 _MISSING = {"", "na", "nan", "n/a", "null", "none"}
 
@@ -205,7 +206,7 @@ def _resolve(cell: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _case_id(cell: str, base: Path) -> str:
+def _path_id(cell: str, base: Path) -> str:
     """The image path relative to the CSV folder (as written when relative; absolute paths outside stay absolute)."""
     p = Path(cell).expanduser()
     if not p.is_absolute():
@@ -216,13 +217,44 @@ def _case_id(cell: str, base: Path) -> str:
         return p.as_posix()
 
 
+def _strip_suffixes(path: str) -> str:
+    """``path`` without its file-type suffixes (``.png``, ``.dcm``, ``.nii.gz``; a name like ``case 1.5`` keeps its
+    number)."""
+    head, _, name = path.rpartition("/")
+    stem, dot, suffix = name.rpartition(".")
+    if not (stem and 1 <= len(suffix) <= 5 and suffix.isalnum() and any(ch.isalpha() for ch in suffix)):
+        return path
+    inner, dot2, suffix2 = stem.rpartition(".")
+    if inner and suffix2.lower() in ("nii", "tar"):
+        stem = inner
+    return f"{head}/{stem}" if head else stem
+
+
+def default_case_ids(cells: list[str], base: Path) -> list[str]:
+    """Case ids made from the image paths: the path relative to the CSV folder, without the folders every image
+    shares and without the file-type suffix (``images/case_0006.dcm`` -> ``case_0006``; BUSI's
+    ``images/benign/benign (1).png`` -> ``benign/benign (1)``). Whatever part would make two ids equal is kept."""
+    paths = [_path_id(c, base) for c in cells]
+    parts = [p.split("/") for p in paths]
+    common = 0
+    while all(len(q) > common + 1 for q in parts) and len({q[common] for q in parts}) == 1:
+        common += 1
+    for ids in (["/".join(q[common:]) for q in parts], paths):
+        stripped = [_strip_suffixes(i) for i in ids]
+        for candidate in (stripped, ids):
+            if len(set(candidate)) == len(candidate):
+                return candidate
+    return paths
+
+
 def load_folder(csv: str, image_column: str = "image", label_column: str = "label", mask_column: str | None = "mask",
                 split_column: str | None = "split", id_column: str | None = None,
                 concept_columns: list[str] | str | None = "auto", class_names: list[str] | None = None,
                 positive_class: int | str = 1, img_size: int = 64, channels: int | str = "auto",
                 intensity: str = "dtype", slice_index: int | str = "middle", resize: str = "stretch",
                 val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0,
-                name: str | None = None) -> CaseSet:
+                name: str | None = None, group_column: str | None = None, group_duplicates: bool = False,
+                duplicate_threshold: float = DEFAULT_THRESHOLD) -> CaseSet:
     """Build a CaseSet from a CSV manifest with one row per case.
 
     Args:
@@ -233,7 +265,8 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
             no masks; an empty cell gives an all-zero mask.
         split_column: column of ``train``/``val``/``test``. If the default ``"split"`` is absent, a seeded stratified
             split is made with ``val_fraction``, ``test_fraction`` and ``seed``.
-        id_column: column of unique case ids; default: the image path relative to the CSV folder.
+        id_column: column of unique case ids; default: the image path relative to the CSV folder, without the
+            folders all images share and without the file suffix (:func:`default_case_ids`).
         concept_columns: ``"auto"`` (every numeric column not used above), a list of column names, or None. A
             listed column may not be listed twice nor be one of the columns above. Duplicated names in the header
             are allowed only for columns that are not used.
@@ -248,7 +281,11 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
         val_fraction: fraction of each class for validation when there is no split column.
         test_fraction: fraction of each class for test when there is no split column.
         seed: seed of the stratified split.
-        name: data set name; default: the CSV file stem.
+        name: data set name; default: the name of the CSV's folder (``study/labels.csv`` -> ``study``).
+        group_column: column of group ids (e.g. a patient id): a seeded split keeps each group in one split.
+        group_duplicates: find near-duplicate images (:mod:`glasszoo.training.duplicates`) and keep each group of
+            them in one split (joined with ``group_column`` when both are given).
+        duplicate_threshold: correlation at or above which two images are near-duplicates.
 
     Raises:
         DataError: naming the file, row (header = row 1) and column at fault.
@@ -259,7 +296,9 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
     if not path.is_file():
         raise DataError(f"CSV manifest not found: {path}")
     base = path.parent
-    name = name or path.stem
+    name = name or path.resolve().parent.name or path.stem
+    if not isinstance(group_duplicates, bool):
+        raise ConfigError(f"data.group_duplicates must be true or false, got {group_duplicates!r}")
     header, rows = _read_manifest(path)
     image_column = _required_column(image_column, "image_column", header, path)
     label_column = _required_column(label_column, "label_column", header, path)
@@ -267,8 +306,14 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
     split_column = _optional_column(split_column, "split", "split_column", header, path)
     if id_column is not None:
         id_column = _required_column(id_column, "id_column", header, path)
+    if group_column is not None:
+        group_column = _required_column(group_column, "group_column", header, path)
+    if split_column is not None and (group_column is not None or group_duplicates):
+        raise ConfigError(f"data.group_column / data.group_duplicates make the seeded split, but {path.name} has its "
+                          f"own split column '{split_column}'; remove one of them")
     roles: dict[str, str] = {}
-    for key, column in (("id_column", id_column), ("split_column", split_column), ("mask_column", mask_column),
+    for key, column in (("group_column", group_column), ("id_column", id_column), ("split_column", split_column),
+                        ("mask_column", mask_column),
                         ("label_column", label_column), ("image_column", image_column)):
         if column is not None:
             roles[column] = f"{key.split('_')[0]} column (data.{key})"
@@ -294,7 +339,7 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
             if 0 < count < 3:
                 raise DataError(f"{path.name}: class '{cname}' has only {count} case(s); a train/val/test split "
                                 f"needs at least 3")
-        split = stratified_split(labels, val_fraction, test_fraction, seed)
+        split = None  # made once the images are read (near-duplicate groups need them)
 
     for row_no, cells in rows:
         if not cells[col[image_column]]:
@@ -302,7 +347,7 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
     if id_column is not None:
         case_ids = [cells[col[id_column]] for _, cells in rows]
     else:
-        case_ids = [_case_id(cells[col[image_column]], base) for _, cells in rows]
+        case_ids = default_case_ids([cells[col[image_column]] for _, cells in rows], base)
     first_row: dict[str, int] = {}
     for row_no, cid in zip(row_nos, case_ids):
         if not cid:
@@ -347,8 +392,19 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
 
     n_chans = channels if channels != "auto" else (3 if any(x.shape[0] == 3 for x in images) else 1)
     stacked = np.stack([to_channels(x, n_chans) for x in images]).astype(np.float32, copy=False)
-    return CaseSet(
+    dup_groups = near_duplicate_groups(stacked, duplicate_threshold) if group_duplicates else None
+    if split is None:
+        if group_duplicates or group_column is not None:
+            extra = None if group_column is None else np.asarray([cells[col[group_column]] for _, cells in rows])
+            split = grouped_stratified_split(labels, group_ids(len(rows), dup_groups or [], extra), val_fraction,
+                                             test_fraction, seed)
+        else:
+            split = stratified_split(labels, val_fraction, test_fraction, seed)
+    cs = CaseSet(
         images=stacked, labels=labels, class_names=names, case_ids=np.asarray(case_ids, dtype=object), split=split,
         masks=np.stack(masks).astype(np.uint8) if has_masks else None, concepts=concepts,
         concept_names=concept_names if concepts is not None else [], name=name, positive_class=positive,
     )
+    if dup_groups is not None:
+        cs.checks["duplicates"] = duplicate_report(cs, dup_groups, duplicate_threshold, grouped=True)
+    return cs

@@ -63,8 +63,14 @@ class FeaturesConfig:
 
     Attributes:
         kind: ``"intensity"`` or ``"radiomics"``.
-        region: ``"mask"`` (the lesion mask when the data has masks, else the whole image), ``"image"``, or (radiomics
-            only) ``"otsu"`` (foreground by Otsu's threshold).
+        region: ``"mask"`` (the lesion mask when the data has masks, else the whole image: at test time this reads
+            the expert's outline of the test case, an oracle the image models do not get), ``"predicted"`` (the
+            lesion predicted by the run's segmentation model, ``segmenter``, for every case: the pipeline then needs
+            no outline of a new image), ``"image"``, or (radiomics only) ``"otsu"`` (foreground by Otsu's
+            threshold).
+        segmenter: with ``region: predicted``, the name of the run's model whose masks are used (default: the first
+            model of the config that segments, e.g. the attention U-Net); it is trained before the models reading
+            them.
         settings: pyradiomics settings merged over ``radiomics.DEFAULT_SETTINGS`` (``binWidth: 8`` on the 0..255
             grey image, ``label: 1``, no normalisation, no resampling); validated by pyradiomics' schema.
         feature_classes: pyradiomics feature classes (default: firstorder, shape2D, glcm, glrlm, glszm, ngtdm, gldm).
@@ -81,6 +87,7 @@ class FeaturesConfig:
 
     kind: str = "intensity"
     region: str = "mask"
+    segmenter: str | None = None
     settings: dict = field(default_factory=dict)
     feature_classes: list[str] = field(default_factory=_default_feature_classes)
     image_types: list[str] = field(default_factory=lambda: ["Original"])
@@ -95,12 +102,16 @@ class FeaturesConfig:
         kinds = ("intensity", "radiomics")
         if self.kind not in kinds:
             raise ConfigError(f"features.kind: must be one of {list(kinds)}, got {self.kind!r}")
+        if self.segmenter is not None and self.region != "predicted":
+            raise ConfigError(f"features.segmenter only applies with features.region: predicted "
+                              f"(region is {self.region!r})")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             raise ConfigError(f"features.cache_dir: expected a path string or null, got {self.cache_dir!r}")
         if self.kind == "intensity":
-            if self.region not in ("mask", "image"):
-                raise ConfigError(f"features.region: must be 'mask' or 'image' for kind 'intensity', "
+            if self.region not in ("mask", "image", "predicted"):
+                raise ConfigError(f"features.region: must be 'mask', 'predicted' or 'image' for kind 'intensity', "
                                   f"got {self.region!r}")
             return
-        validate_options(self.settings, self.feature_classes, self.image_types, self.region, self.empty_mask,
+        region = "mask" if self.region == "predicted" else self.region  # predicted masks are read as masks
+        validate_options(self.settings, self.feature_classes, self.image_types, region, self.empty_mask,
                          self.on_failure, self.n_jobs)

@@ -34,3 +34,38 @@ def stratified_split(labels: np.ndarray, val_fraction: float = 0.15, test_fracti
         split[idx[n_test:n_test + n_val]] = "val"
         split[idx[n_test + n_val:]] = "train"
     return split
+
+
+def grouped_stratified_split(labels: np.ndarray, groups: np.ndarray, val_fraction: float = 0.15,
+                             test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """:func:`stratified_split` over groups: every case of a group (``groups``: one id per case; near-duplicate
+    copies, a patient's images) lands in the same split.
+
+    A group counts for the class most of its cases have (ties: the lowest class index). Within each class the
+    groups are shuffled with ``seed`` and taken in that order into test until it holds ``round(n * test_fraction)``
+    of the class's cases, then into val likewise, the rest into train; so a split's class proportions are kept up to
+    the size of one group. With every group of one case this is the ungrouped split's procedure.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    groups = np.asarray(groups).reshape(-1)
+    if len(groups) != len(labels):
+        raise DataError(f"{len(labels)} labels but {len(groups)} group ids")
+    stratified_split(labels, val_fraction, test_fraction, seed)  # the same checks of the fractions and classes
+    rng = np.random.default_rng(seed)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    majority = np.array([np.bincount(labels[m]).argmax() for m in members])
+    split = np.empty(len(labels), dtype=object)
+    for c in np.unique(labels):
+        gs = np.flatnonzero(majority == c)
+        gs = gs[rng.permutation(len(gs))]
+        n_class = int(sum(len(members[g]) for g in gs))
+        want = {"test": max(1, round(n_class * test_fraction)), "val": max(1, round(n_class * val_fraction))}
+        taken = {"test": 0, "val": 0, "train": 0}
+        for k, g in enumerate(gs):
+            target = next((s for s in ("test", "val") if taken[s] < want[s]), "train")
+            if k == len(gs) - 1 and not taken["train"]:
+                target = "train"  # the class's last group goes to train rather than leave train without the class
+            split[members[g]] = target
+            taken[target] += len(members[g])
+    return split

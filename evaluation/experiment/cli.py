@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,10 +84,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from glasszoo.evaluation.experiment.config import load_config  # heavy: the registry
     from glasszoo.training.data import load_caseset  # heavy: SimpleITK
+    from glasszoo.training.duplicates import format_duplicate_report  # heavy: torch (pooling)
 
     cfg = load_config(args.config, args.set)
     cs = load_caseset(cfg.data, seed=cfg.seed)
-    print(json.dumps(cs.summary(), indent=2))
+    summary = cs.summary()
+    dups = summary.pop("duplicates", None)
+    print(json.dumps(summary, indent=2))
+    if dups is not None:
+        print(format_duplicate_report(dups))
     return 0
 
 
@@ -443,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("glasszoo: interrupted; finished models are kept in the run directory", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (glasszoo data CONFIG | head): stop quietly, as head expects
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush at exit does not raise again
+        return 141
 
 
 if __name__ == "__main__":

@@ -114,12 +114,15 @@ class EvaluationConfig:
 
 @dataclass
 class ModelSpec:
-    """One model of the experiment: ``name`` is its result key, ``model`` its registry name."""
+    """One model of the experiment: ``name`` is its result key, ``model`` its registry name; ``training`` and
+    ``features`` override the config's sections of the same names for this model only (e.g. the same glass-box
+    model on ground-truth and on predicted lesion masks, side by side in one run)."""
 
     name: str
     model: str = ""
     params: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    features: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -140,9 +143,42 @@ class ExperimentConfig:
         where = f"models[{spec.name}].training" if spec.training else "training"
         return _validate_training(_build(TrainingConfig, merged, where, self.source), where, self.source)
 
+    def features_for(self, spec: ModelSpec) -> FeaturesConfig:
+        """The feature settings of one model: the shared ones with the model's overrides applied, and with
+        ``region: predicted`` the segmenter resolved to a model of this config."""
+        where = f"models[{spec.name}].features" if spec.features else "features"
+        fc = self.features
+        if spec.features:
+            fc = _build(FeaturesConfig, _merge(dataclasses.asdict(self.features), spec.features), where, self.source)
+        if fc.region != "predicted":
+            return fc
+        prefix = f"{self.source}: " if self.source else ""
+        segmenters = [s.name for s in self.models if model_info(s.model).cls.segments]
+        seg = fc.segmenter or (segmenters[0] if segmenters else None)
+        if seg is None:
+            raise ConfigError(f"{prefix}{where}.region: predicted needs a model of the config that segments (e.g. "
+                              f"attention_unet), whose masks the features are computed in; there is none")
+        if seg not in segmenters:
+            raise ConfigError(f"{prefix}{where}.segmenter: {seg!r} is not a model of this config that segments "
+                              f"(those are: {segmenters or 'none'})")
+        return dataclasses.replace(fc, segmenter=seg)
+
+    def segmenters_used(self) -> list[str]:
+        """The models whose predicted masks some tabular model reads (``features.region: predicted``)."""
+        used = []
+        for spec in self.models:
+            if model_info(spec.model).input_kind == "features":
+                seg = self.features_for(spec).segmenter
+                if seg and seg not in used:
+                    used.append(seg)
+        return used
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("source")
+        for m in d["models"]:  # configs written before per-model features stay byte-identical
+            if not m.get("features"):
+                m.pop("features", None)
         return d
 
 
@@ -316,8 +352,12 @@ def parse_config(raw: dict, source: str = "") -> ExperimentConfig:
     cfg.source = source
     if not isinstance(cfg.experiment, str) or not cfg.experiment or "/" in cfg.experiment:
         raise ConfigError(f"{prefix}experiment: must be a non-empty name without '/', got {cfg.experiment!r}")
-    for spec in models:  # validate per-model training overrides now, not after hours of training
+    for spec in models:  # validate per-model training and feature overrides now, not after hours of training
         cfg.training_for(spec)
+        if spec.features and model_info(spec.model).input_kind != "features":
+            raise ConfigError(f"{prefix}models[{spec.name}].features: only models reading a feature table take "
+                              f"feature settings ('{spec.model}' reads images)")
+        cfg.features_for(spec)
     _validate_evaluation(cfg, prefix)
     return cfg
 

@@ -260,10 +260,14 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
         quality.update({k: v for k, v in parts.items() if k not in quality})
     draw_block_figures(spec.name, explanation, run)
     explain_seconds = time.perf_counter() - t_explain
+    reads = adapter.reads()
+    if adapter.table_info():
+        reads["table_info"] = adapter.table_info()
     block = {
         "family": info.family,
         "registry_name": spec.model,
         "input": info.input_kind,
+        "reads": reads,
         "task": task,
         "explanation": explanation,
         "cost": {"train_seconds": fitted.train_seconds, "params": adapter.n_params(model),
@@ -339,9 +343,23 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             metrics["failed"] = failed
         atomic_write_text(run.metrics, json.dumps(metrics, indent=2, allow_nan=True))
 
-    for i, spec in enumerate(cfg.models, 1):
+    segmenters = cfg.segmenters_used()
+    # a segmentation model whose masks a tabular model reads trains first (otherwise config order)
+    order = sorted(cfg.models, key=lambda sp: sp.name not in segmenters)
+    if [sp.name for sp in order] != [sp.name for sp in cfg.models]:
+        log(f"order: {', '.join(segmenters)} first, since {'their' if len(segmenters) > 1 else 'its'} predicted "
+            f"lesion masks are read by the glass-box models (features.region: predicted)")
+
+    def share_masks(name: str, model: Any) -> None:
+        if name in segmenters:
+            adapters.predicted_masks[name] = model.predict_masks(cs.images)
+            empty = int((~adapters.predicted_masks[name].reshape(cs.n_cases, -1).any(axis=1)).sum())
+            log(f"    predicted lesion masks of all {cs.n_cases} cases kept for the glass-box models "
+                f"({empty} empty)")
+
+    for i, spec in enumerate(order, 1):
         info = model_info(spec.model)
-        adapter = adapters.for_info(info)
+        adapter = adapters.for_info(info, cfg.features_for(spec))
         mdir = run.model(spec.name)
         if spec.name in done and adapter.saved(mdir):
             model = adapter.load(spec.model, spec.params, mdir)
@@ -352,8 +370,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             finished[spec.name] = (spec, model, adapter)
             save_metrics()
             log(f"[{i}/{len(cfg.models)}] {spec.name}: done in the earlier run, loaded (not retrained)")
+            share_masks(spec.name, model)
             continue
         log(f"[{i}/{len(cfg.models)}] {spec.name} ({info.family}, {info.input_kind})")
+        log(f"    reads: {adapter.reads()['text']}")
         if not info.intrinsic and not (adapter.torch_model and ev.posthoc.methods
                                        and selected_for_posthoc(ev.posthoc.models, spec.name, info.family)):
             log(f"    note: '{spec.name}' has no explanation of its own and evaluation.posthoc does not select it: "
@@ -374,6 +394,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         curves[spec.name] = proba
         finished[spec.name] = (spec, model, adapter)
         save_metrics()
+        try:
+            share_masks(spec.name, model)
+        except Exception as exc:  # the readers of these masks then fail, each naming the missing masks
+            log(f"    could not predict the lesion masks of every case: {type(exc).__name__}: {exc}")
 
     t_figures = time.perf_counter()
     write_tradeoff(metrics, run.tradeoff)

@@ -73,7 +73,12 @@ class SavedRun:
         """The adapter of the finished model ``name`` on the run's data (see ``glasszoo.training.adapters``)."""
         if self._adapters is None:
             self._adapters = Adapters(self.caseset, self.config.features, self.trust_run)
-        return self._adapters(self.spec(name).model)
+        spec = self.spec(name)
+        features = self.config.features_for(spec)
+        seg = features.segmenter if features.region == "predicted" else None
+        if seg and seg not in self._adapters.predicted_masks:  # the run's own segmenter outlines every case
+            self._adapters.predicted_masks[seg] = self.load_model(seg).predict_masks(self.caseset.images)
+        return self._adapters(spec.model, features)
 
     def load_model(self, name: str):
         """The trained model ``name`` with the weights the run selected (no retraining).
