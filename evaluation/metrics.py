@@ -277,6 +277,37 @@ def bootstrap_ci(
     return out
 
 
+def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Cohen's kappa with quadratic weights for ordered classes 0..K-1 (Cohen, Psychol. Bull. 1968): one minus the
+    ratio of the observed to the chance-expected sum of squared grade distances ``(i - j)^2 / (K - 1)^2``. 1 is
+    perfect agreement, 0 chance; a grade-4 case called grade 3 costs far less than one called grade 0.
+    NaN when the chance-expected disagreement is 0 (one grade only)."""
+    y, p = np.asarray(y_true, dtype=np.int64).ravel(), np.asarray(y_pred, dtype=np.int64).ravel()
+    if y.shape != p.shape:
+        raise DataError(f"{y.size} labels but {p.size} predictions")
+    if y.size and (min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= n_classes):
+        raise DataError(f"grades must lie in 0..{n_classes - 1}")
+    observed = np.zeros((n_classes, n_classes))
+    np.add.at(observed, (y, p), 1.0)
+    grades = np.arange(n_classes)
+    weights = (grades[:, None] - grades[None, :]) ** 2 / max(1, n_classes - 1) ** 2
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / max(1, y.size)
+    chance = float((weights * expected).sum())
+    return math.nan if chance == 0 else 1.0 - float((weights * observed).sum()) / chance
+
+
+def kappa_ci(y_true: np.ndarray, proba: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """:func:`quadratic_weighted_kappa` of the most probable grade with a stratified-bootstrap percentile interval
+    (the resampling of :func:`bootstrap_ci`): ``{"value", "ci"}``."""
+    _check_boot_args(n_boot, level)
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    k = int(np.asarray(proba).shape[1])
+    pred = np.asarray(proba).argmax(axis=1)
+    idx = stratified_bootstrap_indices(y, n_boot, seed)
+    samples = np.array([quadratic_weighted_kappa(y[i], pred[i], k) for i in idx])
+    return {"value": quadratic_weighted_kappa(y, pred, k), "ci": _percentile_ci(samples, level)}
+
+
 def mean_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     """Mean over cases with a plain (unstratified) bootstrap percentile interval; NaN values are dropped first.
 

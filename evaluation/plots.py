@@ -25,19 +25,28 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
 
 def plot_roc(y: np.ndarray, probas: dict[str, np.ndarray], class_names: list[str], positive_class: int,
              path: str | Path) -> None:
-    """ROC curves of every model on the test set (binary: the positive class; multi-class: micro one-vs-rest)."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.5))
-    for name, p in probas.items():
-        if p.shape[1] == 2:
-            fpr, tpr, _ = roc_curve(y == positive_class, p[:, positive_class])
-        else:
-            onehot = np.eye(p.shape[1])[y]
-            fpr, tpr, _ = roc_curve(onehot.ravel(), p.ravel())
-        ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    what = f"positive = {class_names[positive_class]}" if len(class_names) == 2 else "micro-averaged one-vs-rest"
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC, test set ({what})", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(loc="lower right", fontsize=8)
+    """ROC curves of every model on the test set: binary, of the positive class; multi-class, one panel per class
+    (that class against the rest: the curves whose mean area is the macro one-vs-rest AUC the tables report)."""
+    k = len(class_names)
+    panels = [positive_class] if k == 2 else list(range(k))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.3), squeeze=False)
+    for ax, c in zip(axes[0], panels):
+        present = bool((y == c).any()) and bool((y != c).any())
+        for name, p in probas.items():
+            if present:
+                fpr, tpr, _ = roc_curve(y == c, p[:, c])
+                ax.plot(fpr, tpr, label=name)
+        if not present:
+            ax.text(0.5, 0.5, f"no ROC: the test set holds\n{'no' if not (y == c).any() else 'only'} "
+                              f"'{class_names[c]}' cases", ha="center", va="center", fontsize=9)
+        ax.plot([0, 1], [0, 1], ls=":", c="grey")
+        title = (f"ROC, test set (positive = {class_names[c]})" if k == 2
+                 else f"{class_names[c]} vs rest")
+        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1))
+        if present and probas:
+            ax.legend(loc="lower right", fontsize=8)
+    if k > 2:
+        fig.suptitle("ROC, test set: each class against the rest (macro AUC = mean of the panels' AUCs)", fontsize=10)
     _save(fig, path)
 
 

@@ -72,6 +72,7 @@ td.text { min-width: 7rem; }
 .pass { color: #1a7f37; font-weight: 600; }
 .fail { color: #cf222e; font-weight: 600; }
 .note { color: #57606a; font-size: .88rem; }
+.warn { color: #9a3412; }
 figure { margin: .5rem 0 1rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e3e7eb; }
 figcaption { color: #57606a; font-size: .82rem; }
@@ -781,6 +782,9 @@ def _header(run_dir: Path, metrics: dict) -> str:
             else:
                 rows.append([_e(split), *([DASH] * len(classes)), _e(counts)])
         body.append("<h3>Cases per split and class</h3>" + _table("splits", ["split", *classes, "total"], rows))
+    dups = ds.get("duplicates")
+    if isinstance(dups, dict):
+        body.append(_duplicates_html(dups))
     feats = ds.get("features")
     if isinstance(feats, dict) and feats:
         rows = [(str(k), _e(_scalar_text(v))) for k, v in feats.items() if not isinstance(v, (dict, list))]
@@ -792,10 +796,45 @@ def _header(run_dir: Path, metrics: dict) -> str:
     return "".join(out)
 
 
+def _duplicates_html(d: dict) -> str:
+    """The near-duplicate check of the data (``dataset.duplicates``): a warning when test cases have a copy in
+    training, the groups whose labels disagree."""
+    n_test, leaked = d.get("n_test_cases", 0), d.get("test_cases_with_train_duplicate", 0)
+    what = (f"{_e(d.get('n_groups', 0))} groups of near-duplicate images holding {_e(d.get('n_cases_in_groups', 0))} "
+            f"cases ({_e(d.get('method', ''))} &ge; {_e(d.get('threshold', ''))})")
+    split = ("the split keeps each group in one split" if d.get("grouped_split")
+             else f"{_e(d.get('n_groups_across_splits', 0))} groups cross splits")
+    parts = [f"<h3>Near-duplicates</h3><p>{what}; {split}.</p>"]
+    if leaked:
+        parts.append(f'<p class="warn"><strong>Warning:</strong> {_e(leaked)} of {_e(n_test)} test cases have a '
+                     "near-duplicate in the training split, so the test scores partly measure recall of training "
+                     "images. <code>data.group_duplicates: true</code> keeps each group in one split.</p>")
+    cross = d.get("groups_across_labels") or []
+    if cross:
+        rows = [[_e(", ".join(g["case_ids"])), _e(", ".join(g["labels"])), _e(", ".join(g["splits"]))]
+                for g in cross]
+        parts.append(f"<p>{_e(len(cross))} groups hold the same image under different labels:</p>"
+                     + _table("duplicates-across-labels", ["cases", "labels", "splits"], rows))
+    return "".join(parts)
+
+
+def _reads_cell(m: dict) -> str:
+    """What a model reads, with a mark when a test case's ground-truth lesion mask is among its inputs."""
+    reads = m.get("reads")
+    if not isinstance(reads, dict):
+        return DASH
+    text = _e(reads.get("text", ""))
+    if reads.get("ground_truth_masks_at_test"):
+        return f'<span class="warn">&#9888; ground-truth masks at test time</span><span class="sub">{text}</span>'
+    return text
+
+
 def _results_section(metrics: dict) -> str:
     primary = {r["model"]: r for r in tradeoff_rows(metrics) if r.get("primary")}
-    headers = ["model", *(METRIC_LABELS[k] for k in METRIC_NAMES), "parameters", "complexity",
-               "train time (s)", "primary explanation", "explanation ms/image", "passes/image (fwd + bwd)"]
+    kappa = any("quadratic_weighted_kappa" in m.get("task", {}) for m in metrics["models"].values())
+    headers = ["model", *(METRIC_LABELS[k] for k in METRIC_NAMES), *(["quadratic-weighted kappa"] if kappa else []),
+               "parameters", "complexity", "train time (s)", "primary explanation", "explanation ms/image",
+               "passes/image (fwd + bwd)", "reads"]
     rows = []
     for name, m in metrics["models"].items():
         r = primary.get(name, {})
@@ -806,15 +845,25 @@ def _results_section(metrics: dict) -> str:
         has_complexity = isinstance(m.get("complexity"), dict) and m["complexity"]
         rows.append([f'{_e(name)}<span class="sub">{_e(m.get("family", "?"))} · {_e(m.get("input", "?"))}</span>',
                      *(_block_html(m.get("task", {}).get(k)) for k in METRIC_NAMES),
+                     *([_block_html(m.get("task", {}).get("quadratic_weighted_kappa"))] if kappa else []),
                      _e(_human_count(cost.get("params"))),
                      _e(complexity_summary(m)) if has_complexity else DASH,
                      _e(_fmt(cost.get("train_seconds"), 1)), expl,
                      _e(_fmt_ms(r.get("explanation_ms_per_image"))) if method else DASH,
                      _e(_passes_text(r.get("forward_passes_per_image"), r.get("backward_passes_per_image")))
-                     if method else DASH])
+                     if method else DASH, _reads_cell(m)])
+    oracle = [n for n, m in metrics["models"].items() if (m.get("reads") or {}).get("ground_truth_masks_at_test")]
     note = ('<p class="note">Test-set values with 95% stratified-bootstrap confidence intervals in grey. Multi-class: '
-            "one-vs-rest macro averages. Explanation cost is that of the primary explanation (the first heatmap).</p>")
-    table = _table("results", headers, rows, numeric_from=1, text_cols=(8, 10))
+            "one-vs-rest macro averages. Explanation cost is that of the primary explanation (the first heatmap)."
+            + (" Quadratic-weighted kappa: agreement of the predicted with the true grade, the classes read as "
+               "ordered grades (data.ordinal)." if kappa else "") + "</p>")
+    if oracle:
+        note += (f'<p class="warn">&#9888; {_e(", ".join(oracle))} read the expert\'s lesion outline of every test '
+                 "case (features.region: mask), an input the image models do not get and a new image does not have: "
+                 "their scores are an upper bound for the pipeline. <code>features.region: predicted</code> computes "
+                 "the features inside the lesion a segmentation model of the run predicts.</p>")
+    k = 1 if kappa else 0
+    table = _table("results", headers, rows, numeric_from=1, text_cols=(8 + k, 10 + k, 13 + k))
     return _section("results-section", "Results", table + note)
 
 
@@ -875,9 +924,10 @@ def _calibration_section(run_dir: Path, metrics: dict, y: np.ndarray, preds: dic
     classes = _class_names(metrics)
     pos = positive_index(metrics)
     parts = []
-    roc = _file_figure(RunDir(run_dir).roc_figure, "ROC curves of every model on the test set")
-    if roc:
-        parts.append("<h3>ROC</h3>" + roc)
+    roc = _file_figure(RunDir(run_dir).roc_figure, "ROC curves of every model on the test set" +
+                       ("" if len(classes) == 2 else ", one panel per class against the rest"))
+    parts.append("<h3>ROC</h3>" + (roc or '<p class="note">No ROC figure in this run (figures/roc.png is '
+                                          "missing).</p>"))
     cal = {name: _calibration(y, _proba(df, classes), pos) for name, df in preds.items()}
     binary = len(classes) == 2
     what = (f"the predicted probability of '{classes[pos]}'" if binary

@@ -30,7 +30,7 @@ _LAZY = {
     "ModelInfo": "_registry", "check_kwargs": "_registry", "create_model": "_registry", "list_models": "_registry",
     "model_info": "_registry", "register_model": "_registry", "unregister_model": "_registry",
     "REQUIREMENTS": "base", "CaseData": "base", "ImageModel": "base", "TabularModel": "base",
-    "missing_requirements": "base", "auc_score": "scoring",
+    "missing_requirements": "base", "auc_score": "scoring", "resolve_pretrained": "_backbones",
     "AttentionGate": "attention_unet", "AttentionGatedClassifier": "attention_unet", "AttentionUNet": "attention_unet",
     "BlackBoxCNN": "blackbox", "ConceptBottleneck": "cbm", "PIPNet": "pipnet", "ProtoPNet": "protopnet",
     "EBM": "glassbox", "PointScore": "glassbox", "ShallowTree": "glassbox", "SparseLogReg": "glassbox",

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glasszoo.models._backbones import attach_input_prep, timm_model
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, batched_no_grad
 from glasszoo.models.errors import DataError
@@ -123,10 +124,12 @@ class _ConvEncoder(nn.Module):
 
 
 class _TimmEncoder(nn.Module):
-    """The first ``n_levels`` feature levels of a timm model (``features_only=True``, random weights, never
-    downloaded); channels and reductions from timm's ``feature_info``."""
+    """The first ``n_levels`` feature levels of a timm model (``features_only=True``), randomly initialised or
+    ``pretrained`` (see :mod:`glasszoo.models._backbones`), its input standardised as ``normalize`` says; channels
+    and reductions from timm's ``feature_info``."""
 
-    def __init__(self, name: str, in_chans: int, n_levels: int) -> None:
+    def __init__(self, name: str, in_chans: int, n_levels: int, pretrained: bool | str = False,
+                 normalize: str = "none") -> None:
         super().__init__()
         if name not in timm.list_models():
             raise ValueError(f"unknown encoder {name!r}: use 'unet' or a timm model name (see timm.list_models())")
@@ -136,8 +139,9 @@ class _TimmEncoder(nn.Module):
         if n_levels > available:
             raise ValueError(f"timm encoder {name!r} has {available} feature levels but depth={n_levels - 1} needs "
                              f"{n_levels}: use depth <= {available - 1}")
-        self.net = timm.create_model(name, features_only=True, pretrained=False, in_chans=in_chans,
-                                     out_indices=tuple(range(n_levels)))
+        self.net = timm_model(name, pretrained, features_only=True, in_chans=in_chans,
+                              out_indices=tuple(range(n_levels)))
+        self.input_prep = attach_input_prep(self.net, in_chans, normalize)
         self.channels = list(self.net.feature_info.channels())
         self.reductions = list(self.net.feature_info.reduction())
 
@@ -145,14 +149,18 @@ class _TimmEncoder(nn.Module):
         return list(self.net(x))
 
 
-def _make_encoder(encoder: str, in_chans: int, depth: int, base_width: int, ceil_mode: bool = False) -> nn.Module:
+def _make_encoder(encoder: str, in_chans: int, depth: int, base_width: int, ceil_mode: bool = False,
+                  pretrained: bool | str = False, normalize: str = "none") -> nn.Module:
     if not isinstance(encoder, str) or not encoder:
         raise ValueError(f"encoder must be 'unet' or a timm model name, got {encoder!r}")
     if encoder == "unet":
+        if pretrained not in (False, None) or normalize != "none":
+            raise ValueError("pretrained and normalize need a timm encoder (encoder: resnet18, ...); the plain "
+                             "'unet' encoder has no pretrained weights")
         if base_width < 1:
             raise ValueError(f"base_width must be >= 1, got {base_width}")
         return _ConvEncoder(in_chans, depth, base_width, ceil_mode)
-    return _TimmEncoder(encoder, in_chans, depth + 1)
+    return _TimmEncoder(encoder, in_chans, depth + 1, pretrained, normalize)
 
 
 def _nearest_multiples(side: int, factor: int) -> list[int]:
@@ -298,6 +306,10 @@ class AttentionUNet(ImageModel):
         seg_weight: weight of the segmentation loss (> 0).
         lesion_pool_grad: let the classification loss reach the segmentation through the pooling weights.
         drop_rate: dropout before the classification layer.
+        pretrained: with a timm ``encoder``: ``False`` (random), ``True`` (timm's weights) or a weights file (see
+            :mod:`glasszoo.models._backbones`).
+        normalize: with a timm ``encoder``: ``"none"`` or ``"imagenet"`` (the standardisation pretrained weights
+            expect, applied in the model).
     """
 
     explanation_kinds = ("heatmap",)
@@ -306,7 +318,7 @@ class AttentionUNet(ImageModel):
 
     def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 64, depth: int = 3,
                  base_width: int = 16, encoder: str = "unet", seg_weight: float = 1.0, lesion_pool_grad: bool = False,
-                 drop_rate: float = 0.0) -> None:
+                 drop_rate: float = 0.0, pretrained: bool | str = False, normalize: str = "none") -> None:
         super().__init__(num_classes, in_chans, img_size)
         if int(depth) != depth or depth < 1:
             raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
@@ -316,7 +328,9 @@ class AttentionUNet(ImageModel):
         self.encoder_name = encoder
         self.seg_weight = float(seg_weight)
         self.lesion_pool_grad = bool(lesion_pool_grad)
-        self.encoder = _make_encoder(encoder, in_chans, self.depth, base_width)
+        self.pretrained = pretrained
+        self.encoder = _make_encoder(encoder, in_chans, self.depth, base_width, pretrained=pretrained,
+                                     normalize=normalize)
         ch, red = self.encoder.channels, self.encoder.reductions
         self.size_factor = int(max(red))
         self._check(self.img_size)
@@ -475,6 +489,10 @@ class AttentionGatedClassifier(ImageModel):
         lesion_pool_grad: let the classification loss reach the segmentation through the pooling weights.
         gate_supervision: weight of the gates' attention supervision against the lesion masks (0: none).
         drop_rate: dropout before the classifiers.
+        pretrained: with a timm ``encoder``: ``False`` (random), ``True`` (timm's weights) or a weights file (see
+            :mod:`glasszoo.models._backbones`).
+        normalize: with a timm ``encoder``: ``"none"`` or ``"imagenet"`` (the standardisation pretrained weights
+            expect, applied in the model).
     """
 
     explanation_kinds = ("heatmap",)
@@ -482,7 +500,8 @@ class AttentionGatedClassifier(ImageModel):
     def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28, depth: int = 3,
                  base_width: int = 16, encoder: str = "unet", aggregation: str = "mean",
                  deep_supervision: float = 1.0, seg_weight: float = 0.0, lesion_pool_grad: bool = False,
-                 gate_supervision: float = 0.0, drop_rate: float = 0.0) -> None:
+                 gate_supervision: float = 0.0, drop_rate: float = 0.0, pretrained: bool | str = False,
+                 normalize: str = "none") -> None:
         super().__init__(num_classes, in_chans, img_size)
         if int(depth) != depth or depth < 2:
             raise ValueError(f"depth must be an integer >= 2 (two gated levels below the gating level), got {depth!r}")
@@ -497,7 +516,9 @@ class AttentionGatedClassifier(ImageModel):
         self.seg_weight = float(seg_weight)
         self.gate_supervision = float(gate_supervision)
         self.lesion_pool_grad = bool(lesion_pool_grad)
-        self.encoder = _make_encoder(encoder, in_chans, self.depth, base_width, ceil_mode=True)
+        self.pretrained = pretrained
+        self.encoder = _make_encoder(encoder, in_chans, self.depth, base_width, ceil_mode=True, pretrained=pretrained,
+                                     normalize=normalize)
         ch = self.encoder.channels
         min_side = 2 ** self.depth if encoder == "unet" else int(max(self.encoder.reductions))
         if min(self.img_size) < min_side:

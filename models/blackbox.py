@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from glasszoo.models._backbones import create_backbone
+from glasszoo.models._backbones import attach_input_prep, create_backbone, effective_size
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel
 
@@ -30,17 +30,25 @@ class BlackBoxCNN(ImageModel):
         drop_rate: dropout before the classifier.
         output_stride: 32 (the backbone as designed), or 16 / 8: the last stage(s) dilated instead of strided, so
             the last feature map, and with it Grad-CAM, has 2x / 4x the resolution (at a higher compute cost).
+        pretrained: ``False`` (random initialisation), ``True`` (timm's own weights; offline they must be in the
+            Hugging Face cache) or the path of a weights file (see :mod:`glasszoo.models._backbones`).
+        normalize: ``"none"`` or ``"imagenet"``: the standardisation pretrained weights expect, applied in the model.
+        input_size: resize inputs to this side inside the model (e.g. 224 for weights trained there); None: as given.
     """
 
     explanation_kinds = ()
 
     def __init__(self, num_classes: int, in_chans: int = 1, img_size: int | tuple[int, int] = 28,
                  backbone: str = "resnet18", stem: str = "auto", drop_rate: float = 0.0,
-                 output_stride: int = 32) -> None:
+                 output_stride: int = 32,
+                 pretrained: bool | str = False, normalize: str = "none", input_size: int | None = None) -> None:
         super().__init__(num_classes, in_chans, img_size)
         self.backbone_name = backbone
-        self.net, self.stem = create_backbone(backbone, num_classes, in_chans, self.img_size, stem, drop_rate,
-                                              output_stride)
+        self.pretrained = pretrained
+        side = effective_size(self.img_size, input_size)  # what the backbone sees
+        self.net, self.stem = create_backbone(backbone, num_classes, in_chans, side, stem, drop_rate, output_stride,
+                                              pretrained)
+        self.input_prep = attach_input_prep(self.net, in_chans, normalize, input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from glasszoo.models._backbones import create_backbone, gradcam_forward
+from glasszoo.models._backbones import attach_input_prep, create_backbone, effective_size, gradcam_forward
 from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
@@ -85,6 +85,10 @@ class ConceptBottleneck(ImageModel):
         output_stride: 32 (the backbone as designed), or 16 / 8: the last stage(s) dilated instead of strided, so
             the concept Grad-CAM (its heatmap) has 2x / 4x the resolution, at a higher compute cost (as the black
             box's ``output_stride``).
+        pretrained: ``False`` (random initialisation), ``True`` (timm's own weights; offline they must be in the
+            Hugging Face cache) or the path of a weights file (see :mod:`glasszoo.models._backbones`).
+        normalize: ``"none"`` or ``"imagenet"``: the standardisation pretrained weights expect, applied in the model.
+        input_size: resize inputs to this side inside the model (e.g. 224 for weights trained there); None: as given.
     """
 
     explanation_kinds = ("concept_evidence", "heatmap")
@@ -94,7 +98,8 @@ class ConceptBottleneck(ImageModel):
                  concept_names: list[str] | None = None, concept_kinds: list[str] | None = None,
                  concept_center: list[float] | None = None, concept_scale: list[float] | None = None,
                  backbone: str = "resnet18", stem: str = "auto", mode: str = "joint", concept_weight: float = 1.0,
-                 label_l1: float = 1e-3, output_stride: int = 32) -> None:
+                 label_l1: float = 1e-3, output_stride: int = 32,
+                 pretrained: bool | str = False, normalize: str = "none", input_size: int | None = None) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if not concept_names:
             raise ValueError("a concept bottleneck model needs at least one concept (concept_names)")
@@ -119,8 +124,10 @@ class ConceptBottleneck(ImageModel):
         self.concept_weight = float(concept_weight)
         self.label_l1 = float(label_l1)
         self.backbone_name = backbone
-        self.net, self.stem = create_backbone(backbone, k, in_chans, self.img_size, stem,
-                                              output_stride=output_stride)
+        self.pretrained = pretrained
+        self.net, self.stem = create_backbone(backbone, k, in_chans, effective_size(self.img_size, input_size), stem,
+                                              output_stride=output_stride, pretrained=pretrained)
+        self.input_prep = attach_input_prep(self.net, in_chans, normalize, input_size)
         self.label_head = nn.Linear(k, num_classes)
         self.register_buffer("binary", torch.tensor([t == "binary" for t in kinds]), persistent=False)
         self.register_buffer("concept_center", torch.tensor(center, dtype=torch.float32))

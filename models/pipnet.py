@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from glasszoo.models._backbones import attach_input_prep, effective_size
 from glasszoo.models._prototypes import (
     eval_frozen,
     fraction_on_lesion,
@@ -25,7 +26,7 @@ from glasszoo.models._prototypes import (
 )
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
-from glasszoo.models.errors import DataError
+from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.models.explanations import GlobalExplanation, Heatmap, PrototypeEvidence, PrototypeMatch
 from glasszoo.models.protopnet import cell_box, feature_backbone
 
@@ -226,6 +227,10 @@ class PIPNet(ImageModel):
         output_stride: 32 (default: the backbone as designed) or 16 / 8: the later stages dilated instead of
             strided (timm), so a deeper stage keeps a finer patch grid (ResNet stage 3 at 48 px: 6x6 at 8 instead of
             3x3); see :func:`glasszoo.models.protopnet.feature_backbone`.
+        pretrained: ``False`` (random initialisation), ``True`` (timm's own weights; offline they must be in the
+            Hugging Face cache) or the path of a weights file (see :mod:`glasszoo.models._backbones`).
+        normalize: ``"none"`` or ``"imagenet"``: the standardisation pretrained weights expect, applied in the model.
+        input_size: resize inputs to this side inside the model (e.g. 224 for weights trained there); None: as given.
     """
 
     explanation_kinds = ("prototype_evidence", "heatmap")
@@ -238,7 +243,8 @@ class PIPNet(ImageModel):
                  scoring_lr_ratio: float = 10.0, presence_threshold: float = 0.1, relevance_threshold: float = 1e-3,
                  jitter: float = 0.2, noise_std: float = 0.03, view_symmetry: bool = True, gallery_k: int = 5,
                  batch_size: int = 256, threshold_scores: bool = True, recalibrate_bn: bool = True,
-                 bn_samples: int = 512, fine_annotation_weight: float = 0.0, output_stride: int = 32) -> None:
+                 bn_samples: int = 512, fine_annotation_weight: float = 0.0, output_stride: int = 32,
+                 pretrained: bool | str = False, normalize: str = "none", input_size: int | None = None) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if fine_annotation_weight < 0:
             raise ValueError(f"fine_annotation_weight must be >= 0, got {fine_annotation_weight}")
@@ -260,8 +266,11 @@ class PIPNet(ImageModel):
         if min(align_weight, tanh_weight, pretrain_align_weight, pretrain_tanh_weight, l1_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         self.backbone_name = backbone
-        self.features, self.stem, channels = feature_backbone(backbone, in_chans, self.img_size, stem, feature_stage,
-                                                              output_stride)
+        self.pretrained = pretrained
+        side = effective_size(self.img_size, input_size)  # what the backbone sees
+        self.features, self.stem, channels = feature_backbone(backbone, in_chans, side, stem, feature_stage,
+                                                              output_stride, pretrained)
+        self.input_prep = attach_input_prep(self.features, in_chans, normalize, input_size)
         self.feature_stage = feature_stage
         n_prototypes = int(n_prototypes) or channels
         self.add_on = nn.Conv2d(channels, n_prototypes, kernel_size=1)
@@ -761,7 +770,7 @@ class PIPNetSchedule(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         need = self.model.total_epochs
         if trainer.max_epochs != need:
-            raise ValueError(
+            raise ConfigError(
                 f"pipnet: training.max_epochs must equal the stage schedule's {need} epochs (pretrain + finetune + "
                 f"joint), got {trainer.max_epochs}; set the model's training: {{max_epochs: {need}}}")
         self._best = -math.inf

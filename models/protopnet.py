@@ -10,13 +10,19 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from glasszoo.models._backbones import adapt_stem, resolve_stem
+from glasszoo.models._backbones import (
+    adapt_stem,
+    attach_input_prep,
+    effective_size,
+    resolve_stem,
+    timm_model,
+    warn_lost_conv1,
+)
 from glasszoo.models._prototypes import (
     eval_frozen,
     fraction_on_lesion,
@@ -29,7 +35,7 @@ from glasszoo.models._prototypes import (
 )
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
-from glasszoo.models.errors import DataError
+from glasszoo.models.errors import ConfigError, DataError
 from glasszoo.models.explanations import GlobalExplanation, Heatmap, PrototypeEvidence, PrototypeMatch
 
 PAPER = 'Chen et al., "This Looks Like That: Deep Learning for Interpretable Image Recognition", NeurIPS 2019'
@@ -44,8 +50,10 @@ _TRAINABLE = {
 
 
 def feature_backbone(name: str, in_chans: int, img_size: tuple[int, int], stem: str = "auto",
-                     feature_stage: int = 3, output_stride: int = 32) -> tuple[nn.Module, str, int]:
-    """A randomly initialised timm feature extractor returning stage ``feature_stage`` only.
+                     feature_stage: int = 3, output_stride: int = 32,
+                     pretrained: bool | str | None = False) -> tuple[nn.Module, str, int]:
+    """A timm feature extractor returning stage ``feature_stage`` only, randomly initialised or ``pretrained``
+    (see :mod:`glasszoo.models._backbones`).
 
     ``output_stride`` 16 or 8 dilates the backbone's later stages instead of striding them (timm), so a stage whose
     reduction would exceed it keeps that resolution (ResNet stage 3 at stride 8 instead of 16: 6x6 instead of 3x3 at
@@ -55,20 +63,19 @@ def feature_backbone(name: str, in_chans: int, img_size: tuple[int, int], stem: 
     :func:`glasszoo.models._backbones.adapt_stem`; backbones without a ResNet stem keep their own) and the number
     of output channels.
     """
-    if name not in timm.list_models():
-        raise ValueError(f"unknown timm backbone {name!r} (see timm.list_models())")
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
     extra = {"output_stride": output_stride} if output_stride != 32 else {}
     try:
-        net = timm.create_model(name, pretrained=False, features_only=True, out_indices=(feature_stage,),
-                                in_chans=in_chans, **extra)
+        net = timm_model(name, pretrained, features_only=True, out_indices=(feature_stage,), in_chans=in_chans,
+                         **extra)
     except IndexError:
         raise ValueError(f"feature_stage={feature_stage} is not a feature stage of {name!r}") from None
     resolved = resolve_stem(stem, img_size)
     has_resnet_stem = isinstance(getattr(net, "conv1", None), nn.Conv2d) and hasattr(net, "maxpool")
     if stem == "auto" and not has_resnet_stem:
         resolved = "standard"
+    warn_lost_conv1(pretrained, resolved)
     net = adapt_stem(net, resolved, in_chans)
     return net, resolved, int(net.feature_info.channels()[-1])
 
@@ -218,6 +225,10 @@ class ProtoPNet(ImageModel):
             into strides that are whole multiples of ``2 * stitch_factor`` pixels. It sharpens the map, not its
             aim: on the quickstart the pointing game fell from 0.69 to 0.62 with 2, because the denser map finds
             the lesion margin where the benign prototypes fire (docs/models/protopnet.md).
+        pretrained: ``False`` (random initialisation), ``True`` (timm's own weights; offline they must be in the
+            Hugging Face cache) or the path of a weights file (see :mod:`glasszoo.models._backbones`).
+        normalize: ``"none"`` or ``"imagenet"``: the standardisation pretrained weights expect, applied in the model.
+        input_size: resize inputs to this side inside the model (e.g. 224 for weights trained there); None: as given.
     """
 
     explanation_kinds = ("prototype_evidence", "heatmap")
@@ -231,7 +242,8 @@ class ProtoPNet(ImageModel):
                  epsilon: float = 1e-4, push_batch_size: int = 256, recalibrate_bn: bool = True,
                  fit_last_layer: bool = True, bn_samples: int = 512, fine_annotation_weight: float = 0.0,
                  topk: int = 1, smoothgrad_samples: int = 8, smoothgrad_noise: float = 0.05,
-                 output_stride: int = 32, stitch_factor: int = 1) -> None:
+                 output_stride: int = 32, stitch_factor: int = 1,
+                 pretrained: bool | str = False, normalize: str = "none", input_size: int | None = None) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if stitch_factor not in (1, 2, 4):
             raise ValueError(f"stitch_factor must be 1, 2 or 4, got {stitch_factor!r}")
@@ -254,8 +266,11 @@ class ProtoPNet(ImageModel):
         if epsilon <= 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
         self.backbone_name = backbone
-        self.features, self.stem, channels = feature_backbone(backbone, in_chans, self.img_size, stem, feature_stage,
-                                                              output_stride)
+        self.pretrained = pretrained
+        side = effective_size(self.img_size, input_size)  # what the backbone sees
+        self.features, self.stem, channels = feature_backbone(backbone, in_chans, side, stem, feature_stage,
+                                                              output_stride, pretrained)
+        self.input_prep = attach_input_prep(self.features, in_chans, normalize, input_size)
         self.feature_stage = feature_stage
         self.add_on = nn.Sequential(nn.Conv2d(channels, prototype_dim, 1), nn.ReLU(),
                                     nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Sigmoid())
@@ -794,7 +809,7 @@ class ProtoPNetSchedule(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         need = self.model.total_epochs
         if trainer.max_epochs != need:
-            raise ValueError(
+            raise ConfigError(
                 f"protopnet: training.max_epochs must equal the stage schedule's {need} epochs "
                 f"(warm-up + joint + last-layer epochs after each of {len(self.model.push_epochs)} push(es)), "
                 f"got {trainer.max_epochs}; set the model's training: {{max_epochs: {need}}}")

@@ -73,7 +73,7 @@ def png_set(tmp_path: Path) -> dict:
 
 def test_png_round_trip(png_set: dict) -> None:
     cs = load_folder(str(png_set["csv"]), img_size=SIZE)
-    assert cs.name == "pets"
+    assert cs.name == png_set["csv"].parent.name  # named after the folder, not after the manifest file
     assert cs.images.shape == (12, 3, SIZE, SIZE) and cs.images.dtype == np.float32
     for i, arr in enumerate(png_set["arrays"]):
         expected = arr.astype(np.float32) / 255
@@ -83,7 +83,8 @@ def test_png_round_trip(png_set: dict) -> None:
     rows = png_set["rows"]
     assert cs.class_names == ["cat", "dog"]
     assert cs.labels.tolist() == [["cat", "dog"].index(r[2]) for r in rows]
-    assert cs.case_ids.tolist() == [r[0] for r in rows]
+    # the image path without the folder every image shares and without the file suffix
+    assert cs.case_ids.tolist() == [r[0].removeprefix("imgs/").removesuffix(".png") for r in rows]
     assert cs.split.tolist() == [r[3] for r in rows]
     assert cs.concept_names == ["score", "size"]
     np.testing.assert_array_equal(cs.concepts, np.array([[r[4], r[5]] for r in rows], dtype=np.float32))
@@ -124,7 +125,7 @@ def test_integer_labels_empty_mask_and_ids(tmp_path: Path) -> None:
     assert cs.masks[0].sum() == 0 and cs.masks[1].sum() == 8
     named = load_folder(str(path), img_size=8, class_names=["a", "b", "c"], positive_class="c")
     assert named.class_names == ["a", "b", "c"] and named.positive_class == 2
-    assert named.case_ids[0] == "0.png"  # an absolute path inside the CSV folder becomes relative
+    assert named.case_ids[0] == "0"  # an absolute path inside the CSV folder becomes relative, without suffix
 
 
 def test_dicom_and_nifti(tmp_path: Path) -> None:
@@ -386,7 +387,7 @@ def test_busi(shared_data: Path) -> None:
     lesion = cs.masks.reshape(780, -1).sum(axis=1)
     assert (lesion[cs.labels == 2] == 0).all() and (lesion[cs.labels != 2] > 0).all()
     assert cs.concepts is None and cs.positive_class == 1
-    assert cs.case_ids[0] == "images/benign/benign (1).png"
+    assert cs.case_ids[0] == "benign/benign (1)"
 
 
 @pytest.mark.shared_data

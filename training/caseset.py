@@ -84,6 +84,7 @@ class CaseSet:
         meta: extra per-case arrays of length N (e.g. the synthetic shortcut marker flag).
         name: a short name for reports.
         positive_class: index of the class treated as positive for sensitivity/specificity (binary tasks).
+        ordinal: the classes are ordered grades (class index = grade): runs add the quadratic-weighted kappa.
         checks: what was checked of the data while loading it (``"duplicates"``: the near-duplicate report of
             :mod:`glasszoo.training.duplicates`); recorded under ``metrics.json``'s ``dataset``.
     """
@@ -100,6 +101,7 @@ class CaseSet:
     name: str = "dataset"
     positive_class: int = 1
     checks: dict = field(default_factory=dict)
+    ordinal: bool = False
 
     def __post_init__(self) -> None:
         self.images = np.asanyarray(self.images)  # keeps a memory map a memory map
@@ -233,6 +235,7 @@ class CaseSet:
         out.name = self.name
         out.positive_class = self.positive_class
         out.checks = dict(self.checks)
+        out.ordinal = self.ordinal
         return out
 
     def summary(self) -> dict:
@@ -252,5 +255,6 @@ class CaseSet:
             "has_masks": self.masks is not None,
             "concept_names": list(self.concept_names),
             "meta_fields": sorted(self.meta),
+            **({"ordinal": True} if self.ordinal else {}),
             **self.checks,
         }

@@ -16,7 +16,7 @@ from glasszoo.training.synthetic import make_synthetic
 
 SOURCES = ("synthetic", "medmnist", "folder")
 CONCEPT_MODES = ("data", "derived")
-GENERIC_KEYS = ("concepts", "concepts_empty_mask", "check_duplicates", "duplicate_threshold")  # every source's
+GENERIC_KEYS = ("concepts", "concepts_empty_mask", "check_duplicates", "duplicate_threshold", "ordinal")
 
 
 def _source_function(source: str):
@@ -50,6 +50,8 @@ def load_caseset(data_cfg: dict[str, Any], seed: int = 0, base_dir: str | Path |
       record the groups, those across splits and those across labels in ``CaseSet.checks["duplicates"]``;
       ``duplicate_threshold`` (default 0.6) is the correlation that makes two images near-duplicates. The folder
       source can also keep each group in one split (``group_duplicates: true``).
+    * ``ordinal`` (default false): the classes are ordered grades in class order (e.g. retinopathy grade 0-4):
+      every model's test scores then add the quadratic-weighted kappa (with its bootstrap CI) beside the macro AUC.
     """
     cfg = dict(data_cfg)
     source = cfg.pop("source", None)
@@ -64,6 +66,9 @@ def load_caseset(data_cfg: dict[str, Any], seed: int = 0, base_dir: str | Path |
     empty_mask = "error" if empty_mask is None else empty_mask
     if empty_mask not in EMPTY_MASK_POLICIES:
         raise ConfigError(f"data.concepts_empty_mask must be one of {EMPTY_MASK_POLICIES}, got {empty_mask!r}")
+    ordinal = cfg.pop("ordinal", False)
+    if not isinstance(ordinal, bool):
+        raise ConfigError(f"data.ordinal must be true or false, got {ordinal!r}")
     check = cfg.pop("check_duplicates", True)
     if not isinstance(check, bool):
         raise ConfigError(f"data.check_duplicates must be true or false, got {check!r}")
@@ -85,6 +90,10 @@ def load_caseset(data_cfg: dict[str, Any], seed: int = 0, base_dir: str | Path |
             if key in params and cfg.get(key) and not Path(str(cfg[key])).expanduser().is_absolute():
                 cfg[key] = str(Path(base_dir) / str(cfg[key]))
     cs = fn(**cfg)
+    if ordinal and cs.num_classes < 3:
+        raise ConfigError(f"data.ordinal: true needs at least 3 ordered grades; '{cs.name}' has {cs.num_classes} "
+                          f"classes {cs.class_names}")
+    cs.ordinal = ordinal
     if check and "duplicates" not in cs.checks:
         groups = near_duplicate_groups(cs.images, threshold)
         cs.checks["duplicates"] = duplicate_report(cs, groups, threshold, grouped=False)

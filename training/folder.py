@@ -217,6 +217,9 @@ def _path_id(cell: str, base: Path) -> str:
         return p.as_posix()
 
 
+_INNER_SUFFIXES = ("nii", "tar", "dcm", "dicom", "ima", "png", "jpg", "jpeg", "tif", "tiff", "mha", "nrrd")
+
+
 def _strip_suffixes(path: str) -> str:
     """``path`` without its file-type suffixes (``.png``, ``.dcm``, ``.nii.gz``; a name like ``case 1.5`` keeps its
     number)."""
@@ -225,7 +228,7 @@ def _strip_suffixes(path: str) -> str:
     if not (stem and 1 <= len(suffix) <= 5 and suffix.isalnum() and any(ch.isalpha() for ch in suffix)):
         return path
     inner, dot2, suffix2 = stem.rpartition(".")
-    if inner and suffix2.lower() in ("nii", "tar"):
+    if inner and suffix2.lower() in _INNER_SUFFIXES:
         stem = inner
     return f"{head}/{stem}" if head else stem
 

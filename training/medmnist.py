@@ -17,6 +17,13 @@ KNOWN_CLASS_NAMES: dict[str, list[str]] = {
     "chestmnist": None,  # multi-label: not supported
 }
 DEFAULT_ROOT = Path(os.environ.get("GLASSZOO_DATA", Path.home() / ".medmnist"))
+SIZES = (28, 64, 128, 224)  # MedMNIST v2 (28) and MedMNIST+ (Doerrich et al., Scientific Reports 2025)
+
+
+def file_name(name: str, size: int) -> str:
+    """The official file of MedMNIST set ``name`` at ``size`` px: ``<name>.npz`` at 28, ``<name>_<size>.npz``
+    (MedMNIST+, the same keys) above."""
+    return f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -30,8 +37,7 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 def _download(name: str, root: Path, size: int | None) -> Path:
     """Fetch ``name`` with the ``medmnist`` package's own downloader into ``root``; clear error when impossible."""
-    fname = f"{name}.npz" if size in (None, 28) else f"{name}_{size}.npz"
-    target = root / fname
+    target = root / file_name(name, size or 28)
     where = (f"Put the official file at {target} (or set data.path to its location; data.root or the GLASSZOO_DATA "
              f"environment variable change the folder).")
     try:
@@ -59,15 +65,18 @@ def _download(name: str, root: Path, size: int | None) -> Path:
 
 def load_medmnist(path: str | None = None, name: str | None = None, root: str | None = None,
                   img_size: int | None = None, class_names: list[str] | None = None, positive_class: int = 1,
-                  download: bool = True, seed: int = 0) -> CaseSet:
+                  download: bool = True, seed: int = 0, size: int | None = None) -> CaseSet:
     """Load a MedMNIST-format ``.npz`` keeping its official splits.
 
     Args:
         path: the ``.npz`` file with keys ``{train,val,test}_{images,labels}``. Optional when ``name`` is given.
-        name: a MedMNIST flag (e.g. ``breastmnist``); with no ``path`` the file ``<root>/<name>.npz`` is used and,
-            when missing, downloaded with the ``medmnist`` package (fails with a clear message offline).
+        name: a MedMNIST flag (e.g. ``breastmnist``); with no ``path`` the file ``<root>/<name>.npz`` (28 px) or
+            ``<root>/<name>_<size>.npz`` (MedMNIST+) is used and, when missing, downloaded with the ``medmnist``
+            package (fails with a clear message offline).
         root: folder for named data sets (default ``$GLASSZOO_DATA`` or ``~/.medmnist``).
         img_size: resize to this side (bilinear, antialiased); ``None`` keeps the file's size.
+        size: which official file a ``name`` reads: 28, 64, 128 or 224 px. Default: ``img_size`` when it is one of
+            these (no resizing then), else 28.
         class_names: names of the classes; default the known MedMNIST names, else ``class_0``, ``class_1``, ...
         positive_class: index of the positive class for sensitivity/specificity.
         download: allow the download when a named set is missing.
@@ -79,14 +88,20 @@ def load_medmnist(path: str | None = None, name: str | None = None, root: str | 
     del seed
     if path is None and name is None:
         raise DataError("the medmnist source needs data.path (an .npz file) or data.name (a MedMNIST flag)")
+    if size is not None and (isinstance(size, bool) or size not in SIZES):
+        raise DataError(f"data.size must be one of {list(SIZES)} (the MedMNIST / MedMNIST+ files), got {size!r}")
     if path is None:
+        size = size or (img_size if img_size in SIZES else 28)
         base = Path(root).expanduser() if root else DEFAULT_ROOT
-        file = base / (f"{name}.npz" if img_size in (None, 28) else f"{name}_{img_size}.npz")
+        file = base / file_name(name, size)
         if not file.exists():
             if not download:
-                raise DataError(f"MedMNIST data set '{name}' not found at {file} (download disabled)")
-            file = _download(name, base, img_size)
+                raise DataError(f"MedMNIST data set '{name}' at {size} px not found at {file} (download disabled)")
+            file = _download(name, base, size)
     else:
+        if size is not None:
+            raise DataError("data.size chooses the file of a named set (data.name); with data.path give the file "
+                            "itself")
         file = Path(path).expanduser()
         if not file.exists():
             raise DataError(f"MedMNIST file not found: {file}")

@@ -457,6 +457,70 @@ def section_training(img_sizes: tuple[int, ...] = (28, 64), n_cases: int = 2000,
                         columns=columns, table=table, data={"sizes": figs}, notes=notes)
 
 
+class EpochTimer(TrainTimer):
+    """:class:`TrainTimer` that also notes the running training and validation seconds at each epoch's start
+    (``marks``), so a warm-up epoch can be left out."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device)
+        self.marks: list[tuple[float, float]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.marks.append((self.train_seconds, self.val_seconds))
+        super().on_train_epoch_start(trainer, pl_module)
+
+
+def section_epochs(img_sizes: tuple[int, ...] = (28, 64, 128), n_cases: int = 1000, batch_size: int = 64,
+                   epochs: int = 2, device: str = "cpu", seed: int = 0) -> BenchSection:
+    """Seconds per training epoch of the ``epochs`` workload's models (``bench_workloads.yaml``) at each image size:
+    one ``train_image_model`` fit of ``epochs`` epochs (the first one warms up and is not counted) on synthetic
+    phantoms with masks, timed by :class:`TrainTimer`; the figures scale linearly with the number of training
+    images, so a user can plan a data set's run (e.g. BUSI's 546 training images) on this machine or a GPU."""
+    models = dict(WORKLOADS["epochs"]["models"])
+    rows, data = [], []
+    for size in img_sizes:
+        cs = make_synthetic(n_cases=n_cases, img_size=size, seed=seed, memmap=False)
+        n_train = len(cs.indices("train"))
+        for model, params in models.items():
+            tcfg = TrainingConfig(max_epochs=epochs, batch_size=batch_size, patience=0,
+                                  augmentation=AugmentConfig(hflip=False, vflip=False, rotate90=False),
+                                  accelerator="gpu" if device == "cuda" else "cpu", devices=1,
+                                  class_weighting="none")
+            torch.manual_seed(seed)
+            net = build_image_model(model, dict(params or {}), cs)
+            timer = EpochTimer(device)
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp, _restored_torch_state(), \
+                    contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                train_image_model(net, cs, tcfg, tmp, seed=seed, name=model, callbacks=[timer])
+            wall = time.perf_counter() - t0
+            first_train, first_val = timer.marks[1] if len(timer.marks) > 1 else (0.0, 0.0)
+            counted = max(1, epochs - 1)
+            train_s = (timer.train_seconds - first_train) / counted
+            val_s = (timer.val_seconds - first_val) / counted
+            per_1000 = 1000.0 * train_s / n_train
+            data.append({"img_size": size, "model": model, "n_train": n_train, "train_seconds_per_epoch": train_s,
+                         "val_seconds_per_epoch": val_s, "train_seconds_per_1000_images": per_1000,
+                         "fit_wall_seconds": wall})
+            rows.append([f"{size} px", model, str(n_train), f"{train_s:.2f}", f"{val_s:.2f}", f"**{per_1000:.2f}**"])
+    by = {(d["model"], d["img_size"]): d["train_seconds_per_1000_images"] for d in data}
+    ratios = [f"{m} x{by[(m, img_sizes[-1])] / by[(m, img_sizes[0])]:.1f}" for m in models
+              if (m, img_sizes[0]) in by and (m, img_sizes[-1]) in by and by[(m, img_sizes[0])] > 0]
+    summary = (f"One training epoch over 1,000 images costs {', '.join(ratios)} as much at {img_sizes[-1]} px as at "
+               f"{img_sizes[0]} px on this machine ({device}).")
+    settings = {"models": ", ".join(f"{m} {p}" for m, p in models.items()),
+                "data": f"synthetic phantoms, {n_cases} cases, in memory", "batch size": batch_size,
+                "epochs per fit": f"{epochs} (the first, warm-up, not counted)", "augmentation": "off",
+                "device": device}
+    notes = ["Training seconds cover the training batches of an epoch (data loading, forward, backward, optimiser "
+             "step, logging); validation is the pass over the validation split. A run of E epochs on N training "
+             "images costs about E x N / 1000 x the last column, plus validation and explanations."]
+    return BenchSection("epochs", "Cost per training epoch by image size", settings, summary=summary,
+                        columns=["image size", "model", "training images", "training s/epoch",
+                                 "validation s/epoch", "training s per 1,000 images"],
+                        table=rows, data={"sizes": data}, notes=notes)
+
+
 # ---------------------------------------------------------------------------------------------- explanations
 INTRINSIC_TARGET = 1.5  # forward-pass equivalents an intrinsic explanation may cost
 
@@ -814,6 +878,7 @@ def register_section(name: str, fn: Callable[..., BenchSection], title: str, in_
 register_section("training", section_training, "Training throughput: pipeline vs bare PyTorch loop")
 register_section("explain", section_explain, "Explanation cost per method")
 register_section("push", bench_push, "Prototype push")
+register_section("epochs", section_epochs, "Cost per training epoch by image size", in_default=False)
 register_section("radiomics", bench_radiomics, "Radiomics extraction")
 register_section("scaling", section_scaling, "Scaling with the data size")
 register_section("quickstart", section_quickstart, "Quickstart end to end")

@@ -9,6 +9,7 @@ records its error, keeps every other model's results and writes the report.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -30,13 +31,13 @@ from glasszoo.evaluation.explain_eval import (
     selected_for_posthoc,
     stored_heatmaps,
 )
-from glasszoo.evaluation.metrics import bootstrap_ci
+from glasszoo.evaluation.metrics import bootstrap_ci, kappa_ci
 from glasszoo.evaluation.plots import plot_comparison, plot_roc
 from glasszoo.evaluation.prototype_parts import PART_BLOCK, prototype_part_scores
 from glasszoo.evaluation.report import write_report
 from glasszoo.evaluation.results import format_table, write_tradeoff
 from glasszoo.evaluation.segmentation import segmentation_summary
-from glasszoo.models import ConfigError, DataError, model_info
+from glasszoo.models import ConfigError, DataError, model_info, resolve_pretrained
 from glasszoo.training.adapters import Adapter, Adapters, Fitted, check_data
 from glasszoo.training.atomic import atomic_write, atomic_write_text
 from glasszoo.training.caseset import CaseSet
@@ -162,8 +163,25 @@ def _misclassified_rows(cs: CaseSet, curves: dict[str, np.ndarray], limit: int) 
     return np.sort(test[order][wrong[order] > 0][:limit])
 
 
+def check_pretrained(cfg: ExperimentConfig) -> None:
+    """Refuse, before anything trains, a ``pretrained`` setting whose weights cannot be had (a missing file, timm's
+    weights offline and not cached): one line naming the model and what to do."""
+    for spec in cfg.models:
+        value = spec.params.get("pretrained", False)
+        if value is False or value is None:
+            continue
+        defaults = {k: p.default for k, p in inspect.signature(model_info(spec.model).cls.__init__).parameters.items()}
+        backbone = spec.params.get("backbone", spec.params.get("encoder", defaults.get("backbone",
+                                                                                     defaults.get("encoder"))))
+        try:
+            resolve_pretrained(value, str(backbone))
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg.source or 'config'}: models[{spec.name}].params.{exc}") from None
+
+
 def check_config_data(cfg: ExperimentConfig, cs: CaseSet) -> None:
     """Refuse, before anything trains, a config with a model that cannot take the data; names every such model."""
+    check_pretrained(cfg)
     problems = []
     for spec in cfg.models:
         try:
@@ -244,6 +262,8 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
         pdf[f"p_{cname}"] = proba[:, k]
     atomic_write(mdir.predictions, lambda fh: pdf.to_csv(fh, index=False))
     task = bootstrap_ci(cs.labels[test], proba, cs.positive_class, ev.bootstrap, ev.ci_level, cfg.seed)
+    if cs.ordinal:  # ordered grades: the agreement clinical papers report, beside the macro AUC
+        task["quadratic_weighted_kappa"] = kappa_ci(cs.labels[test], proba, ev.bootstrap, ev.ci_level, cfg.seed)
 
     t_explain = time.perf_counter()
     explanation: dict[str, Any] = {}
@@ -276,6 +296,9 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
         **extra,
     }
     auc = task["auc"]
+    if "quadratic_weighted_kappa" in task:
+        kap = task["quadratic_weighted_kappa"]
+        log(f"    test quadratic-weighted kappa {kap['value']:.3f} [{kap['ci'][0]:.3f}, {kap['ci'][1]:.3f}]")
     log(f"    test AUC {auc['value']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}], trained in "
         f"{fitted.train_seconds:.1f}s, explained and scored in {explain_seconds:.1f}s")
     return model, proba, block
