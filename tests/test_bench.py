@@ -157,6 +157,18 @@ def test_default_sections_and_registry():
     assert all(bench.SECTIONS[n].in_default for n in ("training", "explain", "push", "radiomics", "scaling",
                                                        "quickstart"))
     assert np.isclose(bench.TRAINING_TARGET, 0.90)
+    assert not bench.SECTIONS["epochs"].in_default  # minutes at 128 px: only with --only epochs
+
+
+def test_epochs_section_times_each_model_at_each_size():
+    sec = bench.section_epochs(img_sizes=(16, 32), n_cases=60, batch_size=16, epochs=2)
+    assert [(r[0], r[1]) for r in sec.table] == [("16 px", "blackbox"), ("16 px", "attention_classifier"),
+                                                 ("32 px", "blackbox"), ("32 px", "attention_classifier")]
+    for d in sec.data["sizes"]:
+        assert d["train_seconds_per_epoch"] > 0 and d["val_seconds_per_epoch"] > 0
+        assert d["train_seconds_per_1000_images"] == pytest.approx(1000 * d["train_seconds_per_epoch"] / d["n_train"])
+        assert d["fit_wall_seconds"] > 2 * d["train_seconds_per_epoch"] * 0.5
+    assert sec.summary.startswith("One training epoch over 1,000 images costs blackbox x")
 
 
 def test_bench_runs_from_an_installed_package(tmp_path, monkeypatch):
@@ -165,8 +177,9 @@ def test_bench_runs_from_an_installed_package(tmp_path, monkeypatch):
     from glasszoo.models import ConfigError, list_models
 
     assert not hasattr(bench, "REPO_ROOT")
-    assert set(bench.WORKLOADS) == {"training", "push", "scaling"}
-    assert all(w["model"] in list_models() for w in bench.WORKLOADS.values())
+    assert set(bench.WORKLOADS) == {"training", "push", "scaling", "epochs"}
+    assert all(m in list_models() for w in bench.WORKLOADS.values()
+               for m in ([w["model"]] if "model" in w else list(w["models"])))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"configs/quickstart.yaml not found; run the bench from the folder that "
                                           r"holds configs/, or pass --config PATH"):

@@ -308,7 +308,7 @@ def test_load_caseset_folder_derived(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_load_caseset_empty_mask_policy(tmp_path: Path) -> None:
     write_png_set(tmp_path, empty=(4,))
     cfg = {"source": "folder", "csv": "set.csv", "img_size": SIZE, "concepts": "derived"}
-    with pytest.raises(DataError, match=r"1 of 6 case\(s\) have an empty lesion mask \(first: 'img4.png'\)"):
+    with pytest.raises(DataError, match=r"1 of 6 case\(s\) have an empty lesion mask \(first: 'img4'\)"):
         load_caseset(cfg, base_dir=tmp_path)
     cs = load_caseset({**cfg, "concepts_empty_mask": "zero"}, base_dir=tmp_path)
     assert not cs.concepts[4].any()

@@ -287,8 +287,14 @@ class FeatureAdapter(Adapter):
         return {"features": dict(self._info)} if self._info else {}
 
     def table_info(self) -> dict:
-        """How this adapter's table was made (kind, size, settings, cache), once it is built."""
-        return dict(self._info)
+        """How this adapter's table was made, in brief (kind, size, masks, seconds, how many cases failed and were
+        imputed), once it is built; the full provenance of the run's shared table is under ``dataset.features``."""
+        out = {k: v for k, v in self._info.items() if not isinstance(v, (dict, list))}
+        if isinstance(self._info.get("failures"), dict):
+            out["n_failed_cases"] = len(self._info["failures"])
+        if isinstance(self._info.get("imputed"), dict):
+            out["n_imputed_cases"] = self._info["imputed"].get("n_cases")
+        return out
 
 
 ADAPTERS: dict[str, type[Adapter]] = {"image": ImageAdapter, "features": FeatureAdapter}

@@ -878,10 +878,10 @@ def register_section(name: str, fn: Callable[..., BenchSection], title: str, in_
 register_section("training", section_training, "Training throughput: pipeline vs bare PyTorch loop")
 register_section("explain", section_explain, "Explanation cost per method")
 register_section("push", bench_push, "Prototype push")
-register_section("epochs", section_epochs, "Cost per training epoch by image size", in_default=False)
 register_section("radiomics", bench_radiomics, "Radiomics extraction")
 register_section("scaling", section_scaling, "Scaling with the data size")
 register_section("quickstart", section_quickstart, "Quickstart end to end")
+register_section("epochs", section_epochs, "Cost per training epoch by image size", in_default=False)
 
 
 def run_section(name: str, **options) -> BenchSection:
