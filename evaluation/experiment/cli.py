@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Markdown report to write or update (default docs/performance.md; '-' to only print)")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("data", help="load the data of a config and print its summary (counts per split and class)")
+    p = sub.add_parser("data", help="load the data of a config and print its summary (counts per split and class) "
+                                      "and its near-duplicate groups (those across splits and across labels)")
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_data)
