@@ -10,7 +10,12 @@ from typing import Any
 from glasszoo.models.errors import ConfigError
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.concepts import DERIVED_CONCEPTS, EMPTY_MASK_POLICIES, derive_concepts
-from glasszoo.training.duplicates import DEFAULT_THRESHOLD, duplicate_report, near_duplicate_groups
+from glasszoo.training.duplicates import (
+    DEFAULT_THRESHOLD,
+    check_threshold,
+    duplicate_report,
+    near_duplicate_groups,
+)
 from glasszoo.training.medmnist import load_medmnist
 from glasszoo.training.synthetic import make_synthetic
 
@@ -73,8 +78,7 @@ def load_caseset(data_cfg: dict[str, Any], seed: int = 0, base_dir: str | Path |
     if not isinstance(check, bool):
         raise ConfigError(f"data.check_duplicates must be true or false, got {check!r}")
     threshold = cfg.pop("duplicate_threshold", DEFAULT_THRESHOLD)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise ConfigError(f"data.duplicate_threshold must be a number in (0, 1], got {threshold!r}")
+    check_threshold(threshold)  # before any image is read
     fn = _source_function(source)
     params = inspect.signature(fn).parameters
     if "duplicate_threshold" in params:

@@ -54,10 +54,17 @@ def fingerprints(images: np.ndarray, side: int = THUMBNAIL) -> np.ndarray:
     return out
 
 
+def check_threshold(threshold: object) -> float:
+    """``threshold`` if it is a correlation a near-duplicate check can use (a number in (0, 1]), else a
+    :class:`ConfigError` naming ``data.duplicate_threshold``."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ConfigError(f"data.duplicate_threshold must be a number in (0, 1], got {threshold!r}")
+    return float(threshold)
+
+
 def duplicate_pairs(images: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> list[tuple[int, int, float]]:
     """Every pair ``(i, j, correlation)`` with ``i < j`` whose fingerprints correlate at least ``threshold``."""
-    if not 0.0 < threshold <= 1.0:
-        raise ConfigError(f"data.duplicate_threshold must lie in (0, 1], got {threshold!r}")
+    check_threshold(threshold)
     f = fingerprints(images)
     pairs = []
     for start in range(0, len(f), _BLOCK):

@@ -7,6 +7,21 @@ import numpy as np
 from glasszoo.models.errors import ConfigError, DataError
 
 
+def _checked(labels: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """``labels`` flattened, once the fractions leave room for three splits and every class has a case for each."""
+    labels = np.asarray(labels).reshape(-1)
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ConfigError(f"data.{name} must lie in (0, 1), got {frac}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}")
+    classes, counts = np.unique(labels, return_counts=True)
+    for c, n in zip(classes, counts):
+        if n < 3:
+            raise DataError(f"class {c!r} has only {n} case(s); a train/val/test split needs at least 3")
+    return labels
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.2,
                      seed: int = 0) -> np.ndarray:
     """A seeded, stratified train/val/test assignment: [N] strings.
@@ -15,18 +30,11 @@ def stratified_split(labels: np.ndarray, val_fraction: float = 0.15, test_fracti
     the next ``round(n * val_fraction)`` to val, the rest to train; so each split keeps the class proportions and the
     same seed always gives the same split. Every class needs at least 3 cases (one per split).
     """
-    labels = np.asarray(labels).reshape(-1)
-    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < frac < 1.0:
-            raise ConfigError(f"data.{name} must lie in (0, 1), got {frac}")
-    if val_fraction + test_fraction >= 1.0:
-        raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}")
+    labels = _checked(labels, val_fraction, test_fraction)
     rng = np.random.default_rng(seed)
     split = np.empty(len(labels), dtype=object)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        if len(idx) < 3:
-            raise DataError(f"class {c!r} has only {len(idx)} case(s); a train/val/test split needs at least 3")
         idx = idx[rng.permutation(len(idx))]
         n_test = min(max(1, round(len(idx) * test_fraction)), len(idx) - 2)
         n_val = min(max(1, round(len(idx) * val_fraction)), len(idx) - n_test - 1)
@@ -46,14 +54,14 @@ def grouped_stratified_split(labels: np.ndarray, groups: np.ndarray, val_fractio
     of the class's cases, then into val likewise, the rest into train; so a split's class proportions are kept up to
     the size of one group. With every group of one case this is the ungrouped split's procedure.
     """
-    labels = np.asarray(labels).reshape(-1)
+    labels = _checked(labels, val_fraction, test_fraction)
     groups = np.asarray(groups).reshape(-1)
     if len(groups) != len(labels):
         raise DataError(f"{len(labels)} labels but {len(groups)} group ids")
-    stratified_split(labels, val_fraction, test_fraction, seed)  # the same checks of the fractions and classes
     rng = np.random.default_rng(seed)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    _, inverse = np.unique(groups, return_inverse=True)
+    # the rows of each group, ascending (a stable sort of the group index, cut at each group's count)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
     majority = np.array([np.bincount(labels[m]).argmax() for m in members])
     split = np.empty(len(labels), dtype=object)
     for c in np.unique(labels):

@@ -142,12 +142,9 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
         model = run.load_model(name)
         adapter = run.adapter(name)
         p_dec = adapter.predict(model, test)
-        spec = run.spec(name)
-        if cfg.features_for(spec).region == "predicted":  # the masks predicted on the correlated copy
-            seg = cfg.features_for(spec).segmenter
-            if seg not in correlated.predicted_masks:
-                correlated.predicted_masks[seg] = run.load_model(seg).predict_masks(corr_cs.images)
-        p_corr = correlated(spec.model, cfg.features_for(spec)).predict(model, test)
+        # a glass-box model on predicted masks reads the masks its segmenter predicts on the correlated copy
+        features = run.features_of(name, correlated, corr_cs.images)
+        p_corr = correlated(run.spec(name).model, features).predict(model, test)
         right_corr = (p_corr.argmax(1) == y).astype(float)
         right_dec = (p_dec.argmax(1) == y).astype(float)
         boot = (ev.bootstrap, ev.ci_level, cfg.seed)

@@ -280,9 +280,9 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
         quality.update({k: v for k, v in parts.items() if k not in quality})
     draw_block_figures(spec.name, explanation, run)
     explain_seconds = time.perf_counter() - t_explain
-    reads = adapter.reads()
-    if adapter.table_info():
-        reads["table_info"] = adapter.table_info()
+    reads, table = adapter.reads(), adapter.table_info()
+    if table:
+        reads["table_info"] = table
     block = {
         "family": info.family,
         "registry_name": spec.model,

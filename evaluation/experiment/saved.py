@@ -22,6 +22,7 @@ from glasszoo.training.adapters import Adapter, Adapters
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.data import load_caseset
 from glasszoo.training.rundir import RunDir
+from glasszoo.training.settings import FeaturesConfig
 
 
 def _preview(values: list[str], n: int = 5) -> str:
@@ -74,11 +75,16 @@ class SavedRun:
         if self._adapters is None:
             self._adapters = Adapters(self.caseset, self.config.features, self.trust_run)
         spec = self.spec(name)
-        features = self.config.features_for(spec)
-        seg = features.segmenter if features.region == "predicted" else None
-        if seg and seg not in self._adapters.predicted_masks:  # the run's own segmenter outlines every case
-            self._adapters.predicted_masks[seg] = self.load_model(seg).predict_masks(self.caseset.images)
-        return self._adapters(spec.model, features)
+        return self._adapters(spec.model, self.features_of(name, self._adapters, self.caseset.images))
+
+    def features_of(self, name: str, adapters: Adapters, images: np.ndarray) -> FeaturesConfig:
+        """The feature settings of model ``name``; with ``region: predicted`` the run's segmentation model first
+        outlines ``images`` (every case of the data ``adapters`` serve) into ``adapters.predicted_masks``."""
+        features = self.config.features_for(self.spec(name))
+        seg = features.segmenter  # set only with region: predicted
+        if seg and seg not in adapters.predicted_masks:
+            adapters.predicted_masks[seg] = self.load_model(seg).predict_masks(images)
+        return features
 
     def load_model(self, name: str):
         """The trained model ``name`` with the weights the run selected (no retraining).
