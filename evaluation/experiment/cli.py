@@ -17,6 +17,7 @@ import numpy as np
 from glasszoo.evaluation.results import format_explanations_markdown, format_markdown, format_table
 from glasszoo.models.errors import ConfigError, DataError, GlasszooError
 from glasszoo.training.atomic import atomic_write_text
+from glasszoo.training.duplicates import format_duplicate_report
 from glasszoo.training.rundir import RunDir, package_version, safe_filename
 
 
@@ -84,7 +85,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from glasszoo.evaluation.experiment.config import load_config  # heavy: the registry
     from glasszoo.training.data import load_caseset  # heavy: SimpleITK
-    from glasszoo.training.duplicates import format_duplicate_report  # heavy: torch (pooling)
 
     cfg = load_config(args.config, args.set)
     cs = load_caseset(cfg.data, seed=cfg.seed)
