@@ -2,9 +2,10 @@
 
 It gathers what ``glasszoo run`` wrote into a run directory (``metrics.json``, ``models/<name>/predictions.csv``,
 ``figures/``, optionally ``audit.json`` and ``seeds.json``) and adds what only a comparison across models shows:
-paired tests of every model against a reference (DeLong for AUC, McNemar for accuracy, Holm-adjusted),
-reliability diagrams and confusion matrices, the Pareto fronts of task AUC against explanation quality, generated
-summary sentences and per-case pages.
+the headline chart of every model's AUC against what a reader must take in to follow one decision
+(:mod:`glasszoo.evaluation.tradeoff`), paired tests of every model against a reference (DeLong for AUC, McNemar for
+accuracy, Holm-adjusted), reliability diagrams and confusion matrices, the Pareto fronts of task AUC against
+explanation quality, generated summary sentences and per-case pages.
 
 Usage: ``python -m glasszoo.evaluation.report RUN_DIR [--reference MODEL]``.
 """
@@ -29,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from glasszoo.evaluation import stats  # noqa: E402
+from glasszoo.evaluation import stats, tradeoff  # noqa: E402
 from glasszoo.evaluation.metrics import METRIC_NAMES  # noqa: E402
 from glasszoo.evaluation.results import SCORE_KEYS, tradeoff_rows  # noqa: E402
 from glasszoo.models.errors import DataError  # noqa: E402
@@ -843,7 +844,9 @@ def _results_section(metrics: dict) -> str:
         source = _e(r.get("explanation_source") or "?")
         expl = DASH if not method else f'{_e(method)} <span class="ci">({source})</span>'
         has_complexity = isinstance(m.get("complexity"), dict) and m["complexity"]
-        rows.append([f'{_e(name)}<span class="sub">{_e(m.get("family", "?"))} · {_e(m.get("input", "?"))}</span>',
+        cheap = " · cheap settings" if (m.get("settings") or {}).get("reduced") else ""
+        rows.append([f'{_e(name)}<span class="sub">{_e(m.get("family", "?"))} · {_e(m.get("input", "?"))}'
+                     f'{_e(cheap)}</span>',
                      *(_block_html(m.get("task", {}).get(k)) for k in METRIC_NAMES),
                      *([_block_html(m.get("task", {}).get("quadratic_weighted_kappa"))] if kappa else []),
                      _e(_human_count(cost.get("params"))),
@@ -862,6 +865,13 @@ def _results_section(metrics: dict) -> str:
                  "case (features.region: mask), an input the image models do not get and a new image does not have: "
                  "their scores are an upper bound for the pipeline. <code>features.region: predicted</code> computes "
                  "the features inside the lesion a segmentation model of the run predicts.</p>")
+    reduced = {n: m["settings"]["reduced"] for n, m in metrics["models"].items()
+               if isinstance(m.get("settings"), dict) and m["settings"].get("reduced")}
+    if reduced:
+        listed = "; ".join(f"{n}: " + ", ".join(f"{k} {v['value']} instead of {v['default']}" for k, v in r.items())
+                           for n, r in reduced.items())
+        note += (f'<p class="warn" id="reduced-settings">&#9888; Cheap settings, chosen for a quick run: {_e(listed)}. '
+                 "These rows understate what the model reaches at its default (full-strength) settings.</p>")
     k = 1 if kappa else 0
     table = _table("results", headers, rows, numeric_from=1, text_cols=(8 + k, 10 + k, 13 + k))
     return _section("results-section", "Results", table + note)
@@ -893,6 +903,49 @@ def _edit_section(metrics: dict) -> str:
             "models are evaluated here on the same test cases. ΔAUC is edited minus original, with DeLong's CI and "
             "test; the pointing-game change is a paired bootstrap over the same explained cases.</p>")
     return _section("edit", "Edit: prototypes switched off", text + _table("edit-table", headers, rows))
+
+
+def _surrogates_section(metrics: dict) -> str:
+    """Global surrogates (``metrics.json``'s ``surrogates``): per imitated model, each readable stand-in's fidelity
+    to it and its accuracy against the labels, with CIs, and its rules in words."""
+    sur = metrics.get("surrogates")
+    if not isinstance(sur, dict) or not sur:
+        return ""
+    if "error" in sur:
+        return _section("surrogates", "Surrogates of the black box",
+                        f'<p class="warning">The surrogates could not be fitted: {_e(sur["error"])}</p>')
+    headers = ["imitated model", "surrogate", "agreement [95% CI]", "fidelity AUC [95% CI]",
+               "AUC against the labels [95% CI]", "imitated model's AUC", "reader takes in"]
+    rows, details = [], []
+    for target, block in sur.items():
+        base = block.get("agreement_base_rate")
+        for name, s in block.get("surrogates", {}).items():
+            label = f"{name} ({s.get('model', '')})"
+            if "error" in s:
+                rows.append([_e(target), _e(label), f'<span class="warning">failed: {_e(s["error"])}</span>',
+                             DASH, DASH, DASH, DASH])
+                continue
+            f, load = s["fidelity"], s.get("reading_load")
+            rows.append([_e(target), _e(label), _ci_html(f["agreement"]["value"], f["agreement"]["ci"]),
+                         _ci_html(f["auc"]["value"], f["auc"]["ci"]),
+                         _ci_html(s["task"]["auc"]["value"], s["task"]["auc"]["ci"]),
+                         _ci_html(block["target_test_auc"]["value"], block["target_test_auc"]["ci"]),
+                         _e(f"{load['count']:.3g} {load['unit']}") if load else DASH])
+            if s.get("rules"):
+                details.append(f"<details><summary>{_e(target)}: {_e(label)} in words</summary>"
+                               f"<pre>{_e(s['rules'])}</pre></details>")
+        if base is not None:
+            details.insert(0, f'<p class="note">{_e(target)}: always predicting its most frequent test class agrees '
+                              f"with it on {_fmt(base)} of the test cases; a surrogate's agreement must beat that. "
+                              f"Features: {_e(block.get('reads', {}).get('text', ''))}.</p>")
+    text = ("<p>Readable models fitted to an image model's <em>predicted</em> classes on the run's feature table "
+            "(training cases; size chosen on the validation cases' predicted classes), then scored on the test "
+            "cases: fidelity is how often they predict what the imitated model predicts (agreement) and the AUC of "
+            "their probabilities against its predictions; beside it their own AUC against the labels. High fidelity "
+            "says a readable rule reproduces the decisions on these features, not that the imitated model uses "
+            "them.</p>")
+    return _section("surrogates", "Surrogates of the black box",
+                    text + _table("surrogates-table", headers, rows) + "".join(details))
 
 
 def _paired_section(tests: list[dict], reference: str, metrics: dict) -> str:
@@ -966,6 +1019,53 @@ def _explanations_section(metrics: dict) -> str:
             "Randomisation: the model-parameter randomisation check (a map that barely changes when the weights are "
             "randomised fails). Scores with 95% bootstrap CIs over the explained cases.</p>")
     return _section("explanation-quality", "Explanation quality", _table("explanations", headers, body, 4) + note)
+
+
+def _sentence(text: str) -> str:
+    """``text`` as a sentence: a capital first letter and a full stop."""
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
+
+
+def _tradeoff_section(metrics: dict) -> str:
+    """The headline figure: every model's test AUC against what a reader must take in to follow one decision
+    (:mod:`glasszoo.evaluation.tradeoff`), the Pareto front, the numbered legend and the units' definitions."""
+    title = "Accuracy against what a reader must take in"
+    points = tradeoff.tradeoff_points(metrics)
+    png, _ = tradeoff.plot_tradeoff(metrics)
+    recorded = any(p["count"] is not None for p in points)
+    parts = [_figure(png, "Test AUC (95% CI) against the reading load of one decision; numbers as in the table",
+                     img_id="tradeoff")]
+    if recorded:
+        front = sorted((p for p in points if p["pareto"]), key=lambda p: p["count"])
+        listed = ", ".join(f"{p['model']} ({tradeoff.load_text(p)}, AUC {_fmt(p['auc'])})" for p in front)
+        parts.append(f'<p id="tradeoff-front">On the Pareto front (no other model has at least its AUC with no more '
+                     f"to read and is better in one of the two): {_e(listed)}.</p>")
+        bands = [p["model"] for p in points if p["count"] is None]
+        if bands:
+            parts.append(f'<p class="note">{_e(", ".join(bands))}: the decision cannot be followed from the '
+                         "explanation (a map shows where the model looked, not how it decided); each is drawn as a "
+                         "band at its AUC confidence interval.</p>")
+    else:
+        parts.append('<p class="note" id="tradeoff-no-load">This run records no reading load (it was written before '
+                     "models reported one), so every model is drawn as a band at its AUC confidence interval.</p>")
+    rows = [[_e(p["number"]), f'{_e(p["model"])}<span class="sub">{_e(p["family"])} · {_e(p["input"])}</span>',
+             _ci_html(p["auc"], p["ci"]), _e(tradeoff.load_text(p, recorded)),
+             '<span class="pass">yes</span>' if p["pareto"] else ("no" if p["count"] is not None else DASH)]
+            for p in points]
+    parts.append(_table("tradeoff-legend", ["#", "model", "test AUC [95% CI]", "reading load", "Pareto front"], rows,
+                        numeric_from=2, text_cols=(3,)))
+    if recorded:
+        definitions: dict[tuple[str, str], list[str]] = {}
+        for p in points:
+            if p["count"] is not None:
+                definitions.setdefault((p["unit"], p["definition"] or DASH), []).append(p["model"])
+        items = "".join(f"<li><strong>{_e(unit)}</strong> ({_e(', '.join(names))}): {_e(_sentence(text))}</li>"
+                        for (unit, text), names in definitions.items())
+        parts.append('<p class="note">The reading load counts what a reader takes in to follow one decision, not how '
+                     "easy each item is to understand; the unit differs between families:</p>"
+                     f'<ul id="reading-load-definitions">{items}</ul>')
+    return _section("tradeoff-section", title, "".join(parts))
 
 
 def _pareto_section(panels: list[dict]) -> str:
@@ -1216,10 +1316,12 @@ def render_report(run_dir: str | Path, reference: str | None = None, max_cases: 
         ("dataset-summary", "Data set", _header(run_dir, metrics)),
         ("summary-section", "Summary", _section("summary-section", "Summary", '<ul id="summary">' + "".join(
             f"<li>{_e(s)}</li>" for s in summary_sentences(metrics, tests)) + "</ul>")),
+        ("tradeoff-section", "Trade-off", _tradeoff_section(metrics)),
         ("failed-models", "Failed models", _failed_section(metrics)),
         ("edit", "Edit", _edit_section(metrics)),
         ("results-section", "Results", _results_section(metrics)),
         ("paired", "Paired tests", _paired_section(tests, reference, metrics)),
+        ("surrogates", "Surrogates", _surrogates_section(metrics)),
         ("roc-calibration", "ROC & calibration", _calibration_section(run_dir, metrics, y, preds)),
         ("explanation-quality", "Explanations", _explanations_section(metrics)),
         ("pareto-section", "Pareto", _pareto_section(panels)),
@@ -1245,7 +1347,8 @@ def write_report(run_dir: str | Path, reference: str | None = None, max_cases: i
     """Write ``run_dir/report.html``: one self-contained HTML file (figures embedded as base64 PNG, inline CSS,
     no script, no external URL) that opens offline.
 
-    Sections: data set, summary sentences, results table, paired tests against ``reference``, ROC / calibration /
+    Sections: data set, summary sentences, the headline trade-off chart (every model's AUC against its reading
+    load, :mod:`glasszoo.evaluation.tradeoff`), results table, paired tests against ``reference``, ROC / calibration /
     confusion matrices, explanation quality, Pareto fronts, across-seed table (``seeds.json``), shortcut audit
     (``audit.json``), model-specific diagnostics, the run's figures and per-case pages. The file is replaced
     atomically, so an existing report survives any failure.

@@ -21,10 +21,14 @@ def tradeoff_rows(metrics: dict) -> list[dict]:
 
     A model without explanations gets one row with empty explanation columns. ``primary`` marks, per model, the row
     of its first heatmap (else its first explanation): the one row per model of a model-level table.
+    ``reading_load`` and ``reading_load_unit``: what a reader takes in to follow one decision (empty when the model
+    reports none).
     """
     rows = []
     for name, m in metrics["models"].items():
-        base = {"model": name, "family": m["family"], "input": m.get("input", "")}
+        load = m.get("reading_load") or {}
+        base = {"model": name, "family": m["family"], "input": m.get("input", ""),
+                "reading_load": load.get("count"), "reading_load_unit": load.get("unit")}
         for key in TASK_KEYS:
             d = m["task"].get(key, {})
             base[key] = d.get("value")
@@ -64,11 +68,37 @@ def write_tradeoff(metrics: dict, path: str | Path) -> pd.DataFrame:
     return df
 
 
+def _load_text(m: dict) -> str:
+    load = m.get("reading_load")
+    return f"{load['count']:.3g} {load['unit']}" if load else "–"
+
+
 def format_markdown(metrics: dict) -> str:
-    """The results table as Markdown (for ``docs/results.md``): every model's test metrics with their CIs."""
-    rows = [[name, *(format_value(m["task"][k]) for k in TASK_KEYS), f"{m['cost']['train_seconds']:.0f}"]
-            for name, m in metrics["models"].items()]
-    return _markdown_table(["model", *TASK_KEYS, "train s"], rows)
+    """The results table as Markdown (for ``docs/results.md``): every model's test metrics with their CIs, its
+    training time and what a reader takes in to follow one of its decisions ("–": it cannot be followed)."""
+    rows = [[name, *(format_value(m["task"][k]) for k in TASK_KEYS), f"{m['cost']['train_seconds']:.0f}",
+             _load_text(m)] for name, m in metrics["models"].items()]
+    return _markdown_table(["model", *TASK_KEYS, "train s", "reader takes in"], rows)
+
+
+def format_surrogates_markdown(metrics: dict) -> str:
+    """The run's global surrogates as Markdown: per imitated model and surrogate the agreement and fidelity AUC
+    with its predictions, the surrogate's AUC against the labels and what a reader takes in (empty: none)."""
+    rows = []
+    for target, block in (metrics.get("surrogates") or {}).items():
+        if not isinstance(block, dict) or "surrogates" not in block:
+            continue
+        for name, s in block["surrogates"].items():
+            if "error" in s:
+                rows.append([target, f"{name} ({s.get('model', '')})", f"failed: {s['error']}", "", "", "", ""])
+                continue
+            f = s["fidelity"]
+            rows.append([target, f"{name} ({s['model']})", format_value(f["agreement"]), format_value(f["auc"]),
+                         format_value(s["task"]["auc"]), format_value(block["target_test_auc"]), _load_text(s)])
+    if not rows:
+        return ""
+    return _markdown_table(["imitated model", "surrogate", "agreement", "fidelity AUC", "AUC against labels",
+                            "imitated model's AUC", "reader takes in"], rows)
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:

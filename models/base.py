@@ -223,6 +223,14 @@ class ImageModel(nn.Module):
         """A global explanation, for models that have one."""
         raise NotImplementedError(f"{type(self).__name__} has no global explanation")
 
+    def reading_load(self, x: np.ndarray | torch.Tensor) -> dict | None:
+        """What a reader must take in to follow one decision of this model, for the trade-off chart: ``{"count":
+        number (the mean over the cases ``x`` when it varies per case), "unit": plural noun (e.g. "prototypes"),
+        "definition": one sentence}``. ``x``: the model's inputs of the test cases. Default: None -- the decision
+        cannot be followed from the model's explanation (a map shows where the model looked, not how it decided);
+        the chart draws such a model as a band at its AUC."""
+        return None
+
     def extra_metrics(self, test: CaseData, train: CaseData) -> dict:
         """Model-specific figures for ``metrics.json`` computed on the ``test`` cases the run passes (``train``
         for what refers to the training split, e.g. where prototypes come from). A returned ``explanation`` block
@@ -268,6 +276,11 @@ class TabularModel:
     def complexity_(self) -> dict:
         """How big the fitted model is (terms, nodes, points; see each model). Default: nothing to report."""
         return {}
+
+    def reading_load(self, X: np.ndarray) -> dict | None:
+        """What a reader must take in to follow one decision (``{"count", "unit", "definition"}``, the count a mean
+        over the rows of ``X`` when it varies per case); see :meth:`ImageModel.reading_load`. Default: None."""
+        return None
 
     def extra_metrics(self, test: Any, train: Any) -> dict:
         """Model-specific blocks for ``metrics.json`` (default: ``complexity`` when the model reports one)."""

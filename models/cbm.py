@@ -338,6 +338,14 @@ class ConceptBottleneck(ImageModel):
             lines.append(f"logit[class {c}] = {b[c]:+.2f} {terms}")
         return GlobalExplanation(form="weights", content=content, text="\n".join(lines))
 
+    def reading_load(self, x: np.ndarray | torch.Tensor) -> dict:
+        """The concepts the label head weighs for the case's predicted class (|weight| >= 1e-3; mean over ``x``)."""
+        pred = self.predict_proba(x).argmax(1)
+        per_class = (self.label_head.weight.detach().abs() >= 1e-3).sum(dim=1).cpu().numpy()
+        count = float(per_class[pred].mean()) if len(pred) else float(per_class.max())
+        return {"count": count, "unit": "concepts",
+                "definition": "predicted concepts the label head weighs for the case's predicted class"}
+
     def extra_metrics(self, test: Any, train: Any) -> dict:
         """Concept accuracy on the ``test`` cases and the intervention curves, under ``explanation.concepts``."""
         if not len(test.labels) or test.concepts is None:

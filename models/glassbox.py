@@ -295,6 +295,11 @@ class SparseLogReg(_GlassBox):
         return {"n_nonzero": len(self.nonzero_features()), "n_features": int(self.n_features_in_),
                 "n_params": self.n_params_, "C": self.C_}
 
+    def reading_load(self, X) -> dict:
+        check_is_fitted(self)
+        return {"count": len(self.nonzero_features()), "unit": "terms",
+                "definition": "non-zero weights: each a feature's standardised value times its weight, summed"}
+
     def explain_global(self) -> GlobalExplanation:
         """``form="weights"``. ``content``: ``classes``, ``C``, ``selection``, ``intercept`` (per score row) and
         ``weights``: one entry per non-zero feature with ``weight`` (per training standard deviation), ``weight_raw``
@@ -446,6 +451,13 @@ class ShallowTree(_GlassBox):
         return {"depth": self.depth_, "n_leaves": n_leaves, "n_splits": int(self.tree_.tree_.node_count - n_leaves),
                 "n_features_used": len(used), "n_params": self.n_params_}
 
+    def reading_load(self, X) -> dict:
+        """The mean number of conditions on the root-to-leaf paths of the rows of ``X``."""
+        X = self._check_X(X)
+        conditions = np.asarray(self.tree_.decision_path(X).sum(axis=1)).ravel() - 1
+        return {"count": float(conditions.mean()) if len(X) else float(self.depth_), "unit": "conditions",
+                "definition": "conditions on the case's path from the root to its leaf (mean over the cases)"}
+
     def explain_global(self) -> GlobalExplanation:
         """``form="rules"``: ``text`` is ``sklearn.tree.export_text``; ``content`` has ``n_leaves``, ``depth``,
         ``classes``, ``rules`` (per leaf: conditions, class probabilities, training cases), ``depth_path`` and the
@@ -464,7 +476,8 @@ class ShallowTree(_GlassBox):
 
 
 # ------------------------------------------------------------------------------------------------ EBM
-@register_model("ebm", family="additive", test_kwargs={"outer_bags": 1, "max_rounds": 200, "interactions": 1},
+@register_model("ebm", family="additive", test_kwargs={"outer_bags": 1, "max_rounds": 200, "interactions": 1,
+                                                    "max_bins": 64, "max_interaction_bins": 16, "n_jobs": 1},
                 paper="Lou et al. 2013, Accurate intelligible models with pairwise interactions (GA2M); "
                       "Nori et al. 2019, InterpretML")
 class EBM(_GlassBox):
@@ -474,15 +487,23 @@ class EBM(_GlassBox):
     "InterpretML: a unified framework for machine learning interpretability", arXiv:1909.09223). Wraps
     ``interpret.glassbox.ExplainableBoostingClassifier``.
 
-    Small, fast defaults (interpret's defaults in brackets): ``interactions=3`` pairs (``"3x"``: three times the
-    number of features), ``outer_bags=4`` (14), ``max_bins=256`` (1024), ``max_interaction_bins=32`` (64),
-    ``max_rounds=2000`` (50000), ``early_stopping_rounds=50`` (100), ``n_jobs=1`` (-2), a fixed ``random_state``.
-    Every feature is continuous. Works for 2 and more classes (interpret fits a multinomial EBM; pairs included).
+    Defaults are interpret's own (``interactions="3x"``: up to three times as many pairs as features, chosen by
+    FAST; ``outer_bags=14``, ``max_bins=1024``, ``max_interaction_bins=64``, ``max_rounds=50000``,
+    ``early_stopping_rounds=100``, ``learning_rate=0.015``, ``min_samples_leaf=4``, ``validation_size=0.15``), except
+    ``n_jobs=-1`` (every core) and a fixed ``random_state``. Smaller settings (fewer bags, bins, rounds and pairs) fit
+    faster and score lower; a fitted model whose settings are below these defaults says so in ``metrics.json``
+    (``settings.reduced``), and the report marks its row. Every feature is continuous. Works for 2 and more classes
+    (interpret fits a multinomial EBM; pairs included).
 
-    Validation: with ``X_val``/``y_val`` and ``use_val=True`` the validation cases are the early-stopping set of
-    every outer bag (interpret's ``bags``: the training cases are each left out of a bag with probability
-    ``validation_size`` for bagging diversity, and never used for stopping); otherwise interpret draws
-    ``validation_size`` of the training data per bag.
+    Validation (``validation``):
+
+    * ``"train"`` (default): the validation cases join the training cases, and every outer bag stops early on its own
+      random ``validation_size`` share of them (interpret's own procedure, as its documentation fits it). On
+      BreastMNIST this was the best use of the 78 validation cases (docs/models/glassbox.md).
+    * ``"early_stopping"``: the validation cases are the early-stopping set of every outer bag (interpret's ``bags``;
+      the training cases are each left out of a bag with probability ``validation_size`` for bagging diversity and
+      never used for stopping). All bags then stop on the same few cases.
+    * ``"ignore"``: the validation cases are not used; interpret draws its stopping sets from the training cases.
 
     Explanation: the per-case term scores (``eval_terms``) of the explained class's logit, one column per term
     (features, and interactions named ``"a & b"``), plus the intercept -- ``sum + intercept`` is the log-odds of class
@@ -495,10 +516,15 @@ class EBM(_GlassBox):
 
     stored_types = ("interpret.glassbox._ebm._ebm.ExplainableBoostingClassifier",)
 
-    def __init__(self, interactions: int | float | str = 3, outer_bags: int = 4, max_bins: int = 256,
-                 max_interaction_bins: int = 32, learning_rate: float = 0.015, max_rounds: int = 2000,
-                 early_stopping_rounds: int = 50, validation_size: float = 0.15, min_samples_leaf: int = 4,
-                 use_val: bool = True, n_jobs: int = 1, random_state: int | None = 0) -> None:
+    VALIDATION = ("train", "early_stopping", "ignore")
+    # the settings that trade accuracy for time, and their full-strength values (interpret's defaults)
+    FULL_STRENGTH = {"interactions": "3x", "outer_bags": 14, "max_bins": 1024, "max_interaction_bins": 64,
+                     "max_rounds": 50000, "early_stopping_rounds": 100}
+
+    def __init__(self, interactions: int | float | str = "3x", outer_bags: int = 14, max_bins: int = 1024,
+                 max_interaction_bins: int = 64, learning_rate: float = 0.015, max_rounds: int = 50000,
+                 early_stopping_rounds: int = 100, validation_size: float = 0.15, min_samples_leaf: int = 4,
+                 validation: str = "train", n_jobs: int = -1, random_state: int | None = 0) -> None:
         self.interactions = interactions
         self.outer_bags = outer_bags
         self.max_bins = max_bins
@@ -508,13 +534,15 @@ class EBM(_GlassBox):
         self.early_stopping_rounds = early_stopping_rounds
         self.validation_size = validation_size
         self.min_samples_leaf = min_samples_leaf
-        self.use_val = use_val
+        self.validation = validation
         self.n_jobs = n_jobs
         self.random_state = random_state
 
     def fit(self, X, y, X_val=None, y_val=None, feature_names=None, feature_descriptions=None):
         from interpret.glassbox import ExplainableBoostingClassifier  # heavy: interpret (plotly, dash)
 
+        if self.validation not in self.VALIDATION:
+            raise ValueError(f"validation must be one of {list(self.VALIDATION)}, got {self.validation!r}")
         X, y, Xv, yv = self._prepare(X, y, X_val, y_val, feature_names, feature_descriptions)
         ebm = ExplainableBoostingClassifier(
             feature_names=list(self.feature_names_), feature_types=["continuous"] * X.shape[1],
@@ -525,7 +553,7 @@ class EBM(_GlassBox):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*cannot currently visualize pairs.*")
             warnings.filterwarnings("ignore", message=".*Missing values detected.*")
-            if Xv is not None and self.use_val:
+            if Xv is not None and self.validation == "early_stopping":
                 rng = np.random.default_rng(self.random_state if isinstance(self.random_state, int) else 0)
                 n_bags = max(1, int(self.outer_bags))
                 keep = rng.random((n_bags, len(X))) >= self.validation_size
@@ -533,6 +561,9 @@ class EBM(_GlassBox):
                 bags = np.concatenate([keep.astype(np.int8), -np.ones((n_bags, len(Xv)), np.int8)], axis=1)
                 ebm.fit(np.vstack([X, Xv]), np.concatenate([y, yv]), bags=bags.T)
                 self.selection_ = "validation (early stopping)"
+            elif Xv is not None and self.validation == "train":
+                ebm.fit(np.vstack([X, Xv]), np.concatenate([y, yv]))
+                self.selection_ = "training + validation cases, each bag's own stopping split"
             else:
                 ebm.fit(X, y)
                 self.selection_ = "internal validation split (early stopping)"
@@ -574,6 +605,32 @@ class EBM(_GlassBox):
         n_pairs = sum(len(tf) > 1 for tf in self.term_features_)
         return {"n_terms": len(self.term_features_), "n_main_terms": len(self.term_features_) - n_pairs,
                 "n_interactions": n_pairs, "n_params": self.n_params_}
+
+    def reduced_settings(self) -> dict:
+        """The accuracy-for-time settings below their full-strength defaults (:attr:`FULL_STRENGTH`):
+        ``{name: {"value", "default"}}``; empty at full strength."""
+        out = {}
+        for name, default in self.FULL_STRENGTH.items():
+            value = getattr(self, name)
+            if name == "interactions":
+                below = value != default and not (isinstance(value, str) and value.endswith("x")
+                                                   and float(value[:-1]) >= float(default[:-1]))
+            else:
+                below = value < default
+            if below:
+                out[name] = {"value": value, "default": default}
+        return out
+
+    def extra_metrics(self, test, train) -> dict:
+        """``complexity`` and, when some setting is below full strength, ``settings.reduced`` (see
+        :meth:`reduced_settings`)."""
+        reduced = self.reduced_settings()
+        return {"complexity": self.complexity_(), **({"settings": {"reduced": reduced}} if reduced else {})}
+
+    def reading_load(self, X) -> dict:
+        check_is_fitted(self)
+        return {"count": len(self.term_features_), "unit": "terms",
+                "definition": "shape-function terms (single features and pairs), each looked up and added"}
 
     def shape_functions(self) -> list[dict]:
         """One dict per term, by decreasing importance: ``name``, ``features``, ``type`` (main / interaction),
@@ -945,6 +1002,11 @@ class PointScore(_GlassBox):
         return {"n_items": len(self.items_), "points": [it.points for it in self.items_],
                 "total_points": int(sum(abs(it.points) for it in self.items_)),
                 "n_features_used": len({it.feature for it in self.items_}), "n_params": self.n_params_}
+
+    def reading_load(self, X) -> dict:
+        check_is_fitted(self)
+        return {"count": len(self.items_), "unit": "items",
+                "definition": "score items, each checked and its points added; the total read off the risk table"}
 
     def explain_global(self) -> GlobalExplanation:
         """``form="score_table"``: ``content`` has ``items`` (item, feature, direction, threshold, points,

@@ -709,6 +709,15 @@ class PIPNet(ImageModel):
                    "prototypes": gallery}
         return GlobalExplanation(form="prototype_gallery", content=content)
 
+    def reading_load(self, x: np.ndarray | torch.Tensor) -> dict:
+        """The paper's local explanation size: relevant prototypes present in the case (mean over the cases ``x``)."""
+        relevant = self.relevant_prototypes().cpu()
+        presence = self.presence_scores(x).cpu()
+        present = presence[:, relevant] >= max(self.presence_threshold, 1e-12)
+        return {"count": float(present.sum(dim=1).float().mean()) if len(present) else 0.0, "unit": "prototypes",
+                "definition": "relevant prototypes present in the case, each adding its weight to a class "
+                              "(PIP-Net's local explanation size)"}
+
     def extra_metrics(self, test: Any, train: Any) -> dict:
         """Prototype-quality figures under ``explanation.prototype_quality``: counts (prototypes, relevant ones),
         how many relevant prototypes have their top training patch on a lesion of their ``train`` case, the class

@@ -771,6 +771,15 @@ class ProtoPNet(ImageModel):
         v = activation_precision(act, torch.as_tensor(np.asarray(masks)), own, top)
         return float(v.mean()) if len(v) else float("nan")
 
+    def reading_load(self, x: np.ndarray | torch.Tensor) -> dict:
+        """The prototypes a reader compares with the case: those with a last-layer weight of at least 1e-3 in
+        magnitude on the case's predicted class (mean over the cases ``x``)."""
+        pred = self.predict_proba(x).argmax(1)
+        per_class = (self.last_layer.weight.detach().abs() >= 1e-3).sum(dim=1).cpu().numpy()
+        count = float(per_class[pred].mean()) if len(pred) else float(per_class.max())
+        return {"count": count, "unit": "prototypes",
+                "definition": "prototypes compared with the case (non-zero last-layer weight on its predicted class)"}
+
     def extra_metrics(self, test: Any, train: Any) -> dict:
         """Prototype-quality figures under ``explanation.prototype_quality``: counts, push throughput, how many
         sources lie on a lesion of their ``train`` case, class purity of each prototype's 5 nearest ``train``

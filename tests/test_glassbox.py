@@ -276,3 +276,42 @@ def test_feature_descriptions_come_from_the_caller_only(data):
     assert "GLCM contrast:" in g.text
     m.set_feature_descriptions({"original_glcm_Contrast": "my words"})
     assert "my words" in m.explain_global().text
+
+
+def test_reading_loads_count_what_the_explanation_shows(data):
+    Xtr, ytr, Xva, yva, names = data
+    lr = fitted(SparseLogReg, data, n_Cs=8)
+    assert lr.reading_load(Xva)["count"] == np.count_nonzero(np.any(lr.coef_ != 0, axis=0))
+    tree = fitted(ShallowTree, data, max_depth=3)
+    paths = [sum(1 for c in r["conditions"]) for r in tree.rules()]  # conditions per leaf
+    leaf = tree.tree_.apply(Xva)
+    leaves = [i for i in range(tree.tree_.tree_.node_count)
+              if tree.tree_.tree_.children_left[i] == tree.tree_.tree_.children_right[i]]
+    per_leaf = dict(zip(leaves, paths))  # rules() walks the leaves left to right, as their ids increase
+    assert tree.reading_load(Xva)["count"] == pytest.approx(np.mean([per_leaf[i] for i in leaf]))
+    score = PointScore.from_table([{"feature": 0, "threshold": 0.0, "direction": ">", "points": 2},
+                                   {"feature": 3, "threshold": 1.0, "direction": "<=", "points": 1}],
+                                  intercept=-1.0, scale=0.5, feature_names=names)
+    assert score.reading_load(Xva) == {"count": 2, "unit": "items", "definition": score.reading_load(Xva)["definition"]}
+
+
+def test_ebm_validation_modes_use_the_validation_cases_as_documented(data):
+    Xtr, ytr, Xva, yva, names = data
+    kw = {"outer_bags": 1, "max_rounds": 100, "interactions": 0, "max_bins": 32, "n_jobs": 1}
+    folded = EBM(validation="train", **kw).fit(Xtr, ytr, Xva, yva, feature_names=names)
+    ignored = EBM(validation="ignore", **kw).fit(Xtr, ytr, Xva, yva, feature_names=names)
+    alone = EBM(validation="train", **kw).fit(Xtr, ytr, feature_names=names)  # no validation cases given
+    # "ignore" fits exactly what a fit without validation cases fits; "train" sees more cases, so another model
+    np.testing.assert_allclose(ignored.predict_proba(Xva), alone.predict_proba(Xva))
+    assert not np.allclose(folded.predict_proba(Xva), ignored.predict_proba(Xva))
+    assert folded.ebm_.bins_ is not None and "training + validation" in folded.selection_
+    with pytest.raises(ValueError, match="validation must be one of"):
+        EBM(validation="val").fit(Xtr, ytr, Xva, yva)
+
+
+def test_ebm_reports_settings_below_full_strength():
+    assert EBM().reduced_settings() == {}
+    assert EBM(interactions="5x").reduced_settings() == {}
+    cheap = EBM(outer_bags=4, max_rounds=2000, interactions=3).reduced_settings()
+    assert cheap == {"outer_bags": {"value": 4, "default": 14}, "max_rounds": {"value": 2000, "default": 50000},
+                     "interactions": {"value": 3, "default": "3x"}}

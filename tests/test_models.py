@@ -211,3 +211,43 @@ def test_list_models_filters():
     assert "blackbox" not in list_models(input_kind="features")
     assert {"sparse_logreg", "decision_tree", "ebm", "point_score"} <= set(TABULAR_MODELS)
     assert set(IMAGE_MODELS).isdisjoint(TABULAR_MODELS) and sorted(IMAGE_MODELS + TABULAR_MODELS) == ALL_MODELS
+
+
+# models whose decision a reader can follow from their explanation, and the unit of what they take in (the trade-off
+# chart's x axis); every other image model is drawn as a band (no reading load)
+FOLLOWABLE = {"protopnet": "prototypes", "pipnet": "prototypes", "cbm": "concepts"}
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_reading_load_of_image_models(name):
+    model = _make(name, 1, 32, 2).eval()
+    load = model.reading_load(np.random.default_rng(0).random((4, 1, 32, 32), dtype=np.float32))
+    if name not in FOLLOWABLE:
+        assert load is None
+        return
+    assert set(load) == {"count", "unit", "definition"} and load["unit"] == FOLLOWABLE[name]
+    assert 0 <= load["count"] and load["definition"]
+
+
+def test_protopnet_reading_load_counts_the_predicted_class_connections():
+    model = _make("protopnet", 1, 32, 2).eval()
+    with torch.no_grad():
+        w = model.last_layer.weight
+        w.zero_()
+        w[0, :3] = 1.0  # class 0 weighs 3 prototypes
+        w[1, :] = 0.5   # class 1 weighs all of them
+        w[1, 0] = 1e-4  # ... but one only negligibly
+    x = np.random.default_rng(0).random((5, 1, 32, 32), dtype=np.float32)
+    pred = model.predict_proba(x).argmax(1)
+    expected = np.where(pred == 0, 3, w.shape[1] - 1).mean()
+    assert model.reading_load(x)["count"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", TABULAR_MODELS)
+def test_reading_load_of_tabular_models(name):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 6))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    model = create_model(name, **model_info(name).test_kwargs).fit(X[:80], y[:80], X[80:], y[80:])
+    load = model.reading_load(X[80:])
+    assert set(load) == {"count", "unit", "definition"} and load["count"] > 0 and load["definition"]

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from glasszoo.evaluation.results import format_explanations_markdown, format_markdown, format_table
+from glasszoo.evaluation.results import (
+    format_explanations_markdown,
+    format_markdown,
+    format_surrogates_markdown,
+    format_table,
+)
 from glasszoo.models.errors import ConfigError, DataError, GlasszooError
 from glasszoo.training.atomic import atomic_write_text
 from glasszoo.training.duplicates import format_duplicate_report
@@ -96,6 +101,32 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_features_study(args: argparse.Namespace) -> int:
+    from glasszoo.evaluation.experiment.config import load_config  # heavy: the registry
+    from glasszoo.evaluation.experiment.features_study import (  # heavy: pyradiomics and the models
+        format_study_markdown,
+        run_features_study,
+    )
+
+    cfg = load_config(args.config, args.set)
+    def listed(value: str | None) -> list[str]:
+        return [x.strip() for x in (value or "").split(",") if x.strip()]
+
+    kwargs = {k: v for k, v in (("bin_rules", listed(args.bins)), ("image_types", listed(args.image_types)),
+                                ("scorers", listed(args.models))) if v}
+    if args.sigma:
+        try:
+            kwargs["sigma"] = [float(x) for x in listed(args.sigma)]
+        except ValueError:
+            raise ConfigError(f"--sigma: comma-separated numbers, got {args.sigma!r}") from None
+    study = run_features_study(cfg, **kwargs)
+    text = format_study_markdown(study)
+    print(text)
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(study, indent=2) + "\n")
+    return 0
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     path = RunDir(args.run_dir).metrics
     if not path.exists():
@@ -105,6 +136,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     print(format_markdown(metrics) if args.markdown else format_table(metrics))
+    if args.markdown and format_surrogates_markdown(metrics):
+        print()
+        print(format_surrogates_markdown(metrics))
     if args.explanations:
         print()
         print(format_explanations_markdown(metrics))
@@ -427,6 +461,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/performance.md",
                    help="the Markdown report to write or update (default docs/performance.md; '-' to only print)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("features-study", help="score radiomics settings (bin rule x image types) for a config's "
+                                              "glass-box models on the validation split only",
+                       description="Extract the config's radiomic table for every bin rule and set of image types, "
+                                   "fit each scorer model on the training split (its own internal selection) and "
+                                   "print its validation AUC with a 95%% CI. The test split is never read.")
+    p.add_argument("config")
+    p.add_argument("--bins", help="comma-separated bin rules (default binWidth=8,binWidth=16,binCount=16,binCount=32,"
+                                  "binCount=64)")
+    p.add_argument("--image-types", help="comma-separated sets of image types joined by '+' (default Original,"
+                                         "Original+LoG,Original+Wavelet,Original+LoG+Wavelet)")
+    p.add_argument("--sigma", help="LoG sigmas in pixels, comma-separated (default 1,2)")
+    p.add_argument("--models", help="comma-separated scorers: model names of the config or registry names "
+                                    "(default sparse_logreg,ebm)")
+    p.add_argument("--json", help="also write the study as JSON to this file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_features_study)
 
     p = sub.add_parser("data", help="load the data of a config and print its summary (counts per split and class) "
                                       "and its near-duplicate groups (those across splits and across labels)")

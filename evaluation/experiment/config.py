@@ -96,6 +96,29 @@ class PrototypePartsConfig:
     region: float = 0.0
 
 
+def _default_surrogates() -> dict:
+    from glasszoo.evaluation.surrogates import DEFAULT_SURROGATES  # heavy: the model registry (torch)
+
+    return {k: {"model": v["model"], "params": dict(v["params"])} for k, v in DEFAULT_SURROGATES.items()}
+
+
+@dataclass
+class SurrogatesConfig:
+    """Global surrogates (``glasszoo.evaluation.surrogates``): readable models fitted to an image model's predicted
+    classes on the run's feature table, scored by their fidelity to it and their accuracy, on the test split.
+
+    Attributes:
+        enabled: fit them (only in runs that read a feature table, i.e. with at least one tabular model).
+        of: the image models imitated: model names, families (``"black-box"``) or ``"all"``.
+        models: surrogate name -> ``{model: registry name of a tabular model, params: {...}}`` (default: a depth-3
+            tree, a 5-feature sparse logistic regression and an EBM).
+    """
+
+    enabled: bool = True
+    of: list[str] = field(default_factory=lambda: ["black-box"])
+    models: dict = field(default_factory=_default_surrogates)
+
+
 @dataclass
 class EvaluationConfig:
     """How models are evaluated on the test split."""
@@ -110,6 +133,7 @@ class EvaluationConfig:
     posthoc: PosthocConfig = field(default_factory=PosthocConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     prototype_parts: PrototypePartsConfig = field(default_factory=PrototypePartsConfig)
+    surrogates: SurrogatesConfig = field(default_factory=SurrogatesConfig)
 
 
 @dataclass
@@ -399,6 +423,31 @@ def _validate_evaluation(cfg: ExperimentConfig, prefix: str) -> None:
     if not 0.0 < q.sensitivity_radius <= 1.0:
         raise ConfigError(f"{prefix}evaluation.quality.sensitivity_radius: must lie in (0, 1], "
                           f"got {q.sensitivity_radius}")
+    sg = cfg.evaluation.surrogates
+    for i, sel in enumerate(sg.of):
+        if sel != "all" and sel not in names and sel not in families:
+            raise ConfigError(f"{prefix}evaluation.surrogates.of[{i}]: {sel!r} is neither a model of this config "
+                              f"({sorted(names)}), a model family ({sorted(families)}) nor 'all'")
+    if not isinstance(sg.models, dict):
+        raise ConfigError(f"{prefix}evaluation.surrogates.models: expected a mapping of name -> {{model, params}}, "
+                          f"got {sg.models!r}")
+    for name, spec in sg.models.items():
+        where = f"{prefix}evaluation.surrogates.models.{name}"
+        if not isinstance(spec, dict) or "model" not in spec or set(spec) - {"model", "params"}:
+            raise ConfigError(f"{where}: expected {{model: NAME, params: {{...}}}}, got {spec!r}")
+        try:
+            kind = model_info(spec["model"]).input_kind
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.model: {exc}") from None
+        if kind != "features":
+            raise ConfigError(f"{where}.model: '{spec['model']}' is an image model; a surrogate is a tabular model "
+                              f"of the feature table (e.g. decision_tree, sparse_logreg, ebm)")
+        if not isinstance(spec.get("params", {}), dict):
+            raise ConfigError(f"{where}.params: expected a mapping, got {spec['params']!r}")
+        try:
+            check_kwargs(spec["model"], spec.get("params", {}))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.params: {exc}") from None
     pp = cfg.evaluation.prototype_parts
     if not 0.0 < pp.threshold <= 1.0 or pp.noise < 0 or not 0.0 <= pp.region <= 1.0:
         raise ConfigError(f"{prefix}evaluation.prototype_parts: threshold must lie in (0, 1], noise be >= 0 and "

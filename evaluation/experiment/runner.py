@@ -37,11 +37,13 @@ from glasszoo.evaluation.prototype_parts import PART_BLOCK, prototype_part_score
 from glasszoo.evaluation.report import write_report
 from glasszoo.evaluation.results import format_table, write_tradeoff
 from glasszoo.evaluation.segmentation import segmentation_summary
+from glasszoo.evaluation.surrogates import surrogate_block
 from glasszoo.models import ConfigError, DataError, model_info, resolve_pretrained
 from glasszoo.training.adapters import Adapter, Adapters, Fitted, check_data
 from glasszoo.training.atomic import atomic_write, atomic_write_text
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.data import load_caseset
+from glasszoo.training.features import feature_descriptions
 from glasszoo.training.rundir import RunDir, package_version
 
 
@@ -219,6 +221,17 @@ def _model_metrics(model: Any, cs: CaseSet, cfg: ExperimentConfig) -> dict:
     return blocks
 
 
+def _reading_load(model: Any, adapter: Adapter, test: np.ndarray) -> dict | None:
+    """The model's ``reading_load`` on the test inputs (what a reader takes in to follow one decision), checked."""
+    load = model.reading_load(adapter.inputs(test))
+    if load is None:
+        return None
+    missing = {"count", "unit", "definition"} - set(load)
+    if missing:
+        raise TypeError(f"{type(model).__name__}.reading_load returned {load!r}, missing {sorted(missing)}")
+    return {"count": float(load["count"]), "unit": str(load["unit"]), "definition": str(load["definition"])}
+
+
 def _part_scores(model: Any, adapter: Adapter, cs: CaseSet, cfg: ExperimentConfig) -> dict:
     """Consistency and stability of the model's prototypes on a seeded sample of ``evaluation.prototype_parts.cases``
     test cases (``glasszoo.evaluation.prototype_parts``); empty for a model without prototypes."""
@@ -274,6 +287,7 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
             selected_for_posthoc(ev.posthoc.models, spec.name, info.family), heatmaps, log)
     extra = _model_metrics(model, cs, cfg)
     explanation.update(extra.pop("explanation", {}))
+    load = _reading_load(model, adapter, test)
     parts = _part_scores(model, adapter, cs, cfg)
     if parts:  # beside the model's own prototype-quality figures, which win on a shared key
         quality = explanation.setdefault(PART_BLOCK, {})
@@ -293,6 +307,7 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
         "cost": {"train_seconds": fitted.train_seconds, "params": adapter.n_params(model),
                  "inference_ms_per_image": infer_ms},
         **({"training": fitted.training} if fitted.training is not None else {}),
+        **({"reading_load": load} if load else {}),
         **extra,
     }
     auc = task["auc"]
@@ -302,6 +317,35 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
     log(f"    test AUC {auc['value']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}], trained in "
         f"{fitted.train_seconds:.1f}s, explained and scored in {explain_seconds:.1f}s")
     return model, proba, block
+
+
+def _surrogates(cfg: ExperimentConfig, cs: CaseSet, adapters: Adapters,
+                finished: dict[str, tuple[ModelSpec, Any, Adapter]]) -> dict:
+    """``metrics.json``'s ``surrogates``: per image model selected by ``evaluation.surrogates.of``, readable models
+    fitted to its predictions on the run's feature table (``glasszoo.evaluation.surrogates``). Empty when the run
+    reads no feature table (no tabular model) or has no such image model."""
+    sg, ev = cfg.evaluation.surrogates, cfg.evaluation
+    tabular = [sp for sp in cfg.models if model_info(sp.model).input_kind == "features"]
+    targets = [name for name, (spec, model, adapter) in finished.items()
+               if adapter.torch_model and selected_for_posthoc(sg.of, name, model_info(spec.model).family)]
+    if not sg.enabled or not sg.models or not tabular or not targets:
+        return {}
+    features = adapters.for_info(model_info(tabular[0].model), cfg.features)  # the run's shared table
+    X, names = features.table
+    descriptions = feature_descriptions(names)
+    rows = np.arange(cs.n_cases)
+    out = {}
+    for name in targets:
+        _, model, adapter = finished[name]
+        t = time.perf_counter()
+        log(f"surrogates of {name} on the feature table ({X.shape[1]} features; {features.reads()['text']})")
+        block = surrogate_block(adapter.predict(model, rows), X, cs.labels, cs.indices("train"), cs.indices("val"),
+                                cs.indices("test"), names, descriptions, sg.models, cs.positive_class, ev.bootstrap,
+                                ev.ci_level, cfg.seed, log=log)
+        block["reads"] = features.reads()
+        block["seconds"] = time.perf_counter() - t
+        out[name] = block
+    return out
 
 
 def _failure(spec: ModelSpec, exc: Exception, stage: str | None = None) -> dict:
@@ -422,6 +466,14 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         except Exception as exc:  # the readers of these masks then fail, each naming the missing masks
             log(f"    could not predict the lesion masks of every case: {type(exc).__name__}: {exc}")
 
+    try:
+        surrogates = _surrogates(cfg, cs, adapters, finished)
+    except Exception as exc:  # the surrogates must not cost the run's results
+        surrogates = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"surrogates FAILED: {type(exc).__name__}: {exc}")
+    if surrogates:
+        metrics["surrogates"] = surrogates
+        save_metrics()
     t_figures = time.perf_counter()
     write_tradeoff(metrics, run.tradeoff)
     plot_roc(cs.labels[test], curves, cs.class_names, cs.positive_class, run.roc_figure)
