@@ -23,7 +23,7 @@ from glasszoo.models.explanations import (  # noqa: F401
     PrototypeMatch,
 )
 
-FAMILY_MODULES = ("attention_unet", "blackbox", "cbm", "glassbox", "pipnet", "protopnet")
+FAMILY_MODULES = ("attention_unet", "blackbox", "cbm", "glassbox", "pipnet", "protopnet", "riskscore", "rules")
 """The modules whose classes register themselves: a new family is one file here plus its name in this tuple."""
 
 _LAZY = {
@@ -34,6 +34,7 @@ _LAZY = {
     "AttentionGate": "attention_unet", "AttentionGatedClassifier": "attention_unet", "AttentionUNet": "attention_unet",
     "BlackBoxCNN": "blackbox", "ConceptBottleneck": "cbm", "PIPNet": "pipnet", "ProtoPNet": "protopnet",
     "EBM": "glassbox", "PointScore": "glassbox", "ShallowTree": "glassbox", "SparseLogReg": "glassbox",
+    "FIGS": "rules", "RuleFit": "rules", "FasterRisk": "riskscore",
 }
 
 
