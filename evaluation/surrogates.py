@@ -31,9 +31,12 @@ from glasszoo.models.errors import DataError
 DEFAULT_SURROGATES: dict[str, dict] = {
     "tree": {"model": "decision_tree", "params": {"max_depth": 3}},
     "sparse_linear": {"model": "sparse_logreg", "params": {"max_features": 5}},
-    "ebm": {"model": "ebm", "params": {}},
+    "ebm": {"model": "ebm", "params": {"outer_bags": 4, "interactions": 3, "max_rounds": 2000, "max_bins": 256,
+                                       "max_interaction_bins": 32, "early_stopping_rounds": 50}},
 }
-"""The default surrogates: a depth-3 tree, a 5-feature sparse logistic regression and an EBM."""
+"""The default surrogates: a depth-3 tree, a 5-feature sparse logistic regression and a small EBM (4 bags, 3 pairs,
+2,000 rounds: at interpret's full defaults an EBM on a few hundred features takes minutes, twice over in a run that
+also trains one, and what is asked of a surrogate is its fidelity)."""
 
 
 def _ci(block: dict) -> dict:

@@ -72,6 +72,10 @@ def test_real_folder_configs_train(shared_data, tmp_path, config):
                       [*QUICK, "data.img_size=32", "training.max_epochs=1", f"output_dir={tmp_path}",
                        f"data.csv={shared_data / config / (config + '.csv')}",
                        "evaluation.posthoc.methods=[gradcam, integrated_gradients]"])
+    for spec in cfg.models:  # the EBM at interpret's full defaults takes minutes: this test checks the config runs
+        if spec.model == "ebm":
+            spec.params.update(outer_bags=1, interactions=0, max_rounds=200, n_jobs=1)
+    cfg.evaluation.surrogates.models = {"tree": {"model": "decision_tree", "params": {"max_depth": 2}}}
     run_dir = run_experiment(cfg)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dataset"]["n_cases"] == {"ph2": 200, "busi": 780}[config]
