@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from glasszoo.evaluation.surrogates import DEFAULT_SURROGATES
 from glasszoo.models import ConfigError, check_kwargs, list_models, model_info
 from glasszoo.training.settings import FeaturesConfig, TrainingConfig
 
@@ -97,8 +98,6 @@ class PrototypePartsConfig:
 
 
 def _default_surrogates() -> dict:
-    from glasszoo.evaluation.surrogates import DEFAULT_SURROGATES  # heavy: the model registry (torch)
-
     return {k: {"model": v["model"], "params": dict(v["params"])} for k, v in DEFAULT_SURROGATES.items()}
 
 
