@@ -153,7 +153,13 @@ def test_tabular_fit_predict_explain_complexity(name):
     assert {"f1", "f4"} & set(top.split()), f"the largest contribution ({top}) must come from f1 or f4"
     complexity = model.complexity_()
     assert isinstance(complexity, dict) and complexity
-    assert model.extra_metrics(None, None) == {"complexity": complexity}
+    blocks = model.extra_metrics(None, None)
+    assert blocks.pop("complexity") == complexity
+    # the only other block a tabular model adds: the settings it was fitted with below full strength (the EBM with
+    # its small test settings), each against its default
+    assert set(blocks) <= {"settings"}
+    for setting in blocks.get("settings", {}).get("reduced", {}).values():
+        assert set(setting) == {"value", "default"} and setting["value"] != setting["default"]
 
 
 @pytest.mark.parametrize("name", TABULAR_MODELS)
