@@ -63,6 +63,54 @@ def selection_score(y_idx: np.ndarray, proba: np.ndarray) -> float:
     return float(roc_auc_score(y_idx, pr, multi_class="ovr", average="macro", labels=present))
 
 
+def distinct_binary_columns(columns: list[np.ndarray]) -> list[int]:
+    """The indices of the 0/1 (or bool) columns [N] that are neither constant nor a copy of an earlier kept column,
+    in order: the candidate items and rules the glass-box models search over."""
+    kept, seen = [], set()
+    for i, col in enumerate(columns):
+        col = np.asarray(col, dtype=bool)
+        if col.all() or not col.any():
+            continue
+        key = np.packbits(col).tobytes()
+        if key not in seen:
+            seen.add(key)
+            kept.append(i)
+    return kept
+
+
+def linear_proba(Z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """Class probabilities [N, K] of a fitted (multinomial) logistic model: one weight row means two classes (the
+    row scores class 1), K rows a softmax over K classes."""
+    logits = Z @ coef.T + intercept
+    if coef.shape[0] == 1:
+        p1 = expit(logits[:, 0])
+        return np.column_stack([1 - p1, p1])
+    return softmax(logits, axis=1)
+
+
+def l1_logistic_path(Z: np.ndarray, y: np.ndarray, Cs: np.ndarray, *, max_iter: int, tol: float, random_state,
+                     class_weight=None, stop_above: int | None = None,
+                     stop=None) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """L1 logistic regressions along ``Cs`` in increasing order, warm-started (saga, pure L1: ``l1_ratio=1``;
+    multinomial for > 2 classes): ``(coef, intercept, iterations)`` per C. The path ends after the first fit with
+    more than ``stop_above`` non-zero features, or when ``stop(fitted classifier, iterations)`` holds."""
+    clf = LogisticRegression(C=float(Cs[0]), l1_ratio=1.0, solver="saga", warm_start=True, max_iter=max_iter,
+                             tol=tol, class_weight=class_weight, random_state=random_state)
+    out = []
+    for C in Cs:
+        clf.set_params(C=float(C))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(Z, y)
+        n_iter = int(np.max(clf.n_iter_))
+        out.append((clf.coef_.copy(), clf.intercept_.copy(), n_iter))
+        if stop_above is not None and int(np.any(clf.coef_ != 0, axis=0).sum()) > stop_above:
+            break
+        if stop is not None and stop(clf, n_iter):
+            break
+    return out
+
+
 class _GlassBox(ClassifierMixin, BaseEstimator, TabularModel):
     """Shared input checking, label encoding, validation handling and explanation plumbing."""
 
@@ -192,28 +240,10 @@ class SparseLogReg(_GlassBox):
               stop_above: int | None = None) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """The fits along ``Cs`` (warm-started); with ``stop_above``, the path ends at the first fit with more
         non-zero features than that."""
+        return l1_logistic_path(Z, y, Cs, max_iter=self.max_iter, tol=self.tol, random_state=self.random_state,
+                                class_weight=self.class_weight, stop_above=stop_above)
 
-        clf = LogisticRegression(C=float(Cs[0]), l1_ratio=1.0, solver="saga", warm_start=True,
-                                 max_iter=self.max_iter, tol=self.tol, class_weight=self.class_weight,
-                                 random_state=self.random_state)
-        out = []
-        for C in Cs:
-            clf.set_params(C=float(C))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(Z, y)
-            out.append((clf.coef_.copy(), clf.intercept_.copy(), int(np.max(clf.n_iter_))))
-            if stop_above is not None and int(np.any(clf.coef_ != 0, axis=0).sum()) > stop_above:
-                break
-        return out
-
-    @staticmethod
-    def _proba(Z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-        logits = Z @ coef.T + intercept
-        if coef.shape[0] == 1:
-            p1 = expit(logits[:, 0])
-            return np.column_stack([1 - p1, p1])
-        return softmax(logits, axis=1)
+    _proba = staticmethod(linear_proba)
 
     def fit(self, X, y, X_val=None, y_val=None, feature_names=None, feature_descriptions=None):
 
@@ -782,9 +812,96 @@ def _fit_logistic(Z: np.ndarray, y: np.ndarray, lam: float, max_iter: int = 100,
     return beta[1:], float(beta[0]), dev
 
 
+class _ItemScore(_GlassBox):
+    """What the integer scores share (:class:`PointScore`, ``FasterRisk``): binary items (:class:`ScoreItem`) worth
+    integer points, one positive class, a risk per total. A subclass sets ``items_`` and ``risk_table_`` when it fits
+    (:meth:`_risk_table` builds the latter) and says in ``reading_definition`` what a reader does with its card."""
+
+    stored_types = ("glasszoo.models.glassbox.ScoreItem",)
+
+    requires = ("binary",)
+
+    reading_definition = "score items, each checked and its points added; the total read off the risk table"
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def _check_binary(self, y_idx: np.ndarray, name: str) -> None:
+        """Raise scikit-learn's wording of a multiclass refusal when the fitted labels hold more than 2 classes."""
+        if len(self.classes_) != 2:
+            y_type = type_of_target(self.classes_[y_idx], input_name="y")
+            raise ValueError(f"Only binary classification is supported. The type of the target is {y_type} "
+                             f"({len(self.classes_)} classes: {self.classes_.tolist()}); {name} scores one "
+                             "positive class.")
+
+    def _item_name(self, it: ScoreItem) -> str:
+        return f"{self.feature_names_[it.feature]} {it.direction} {it.threshold:.4g}"
+
+    @staticmethod
+    def _risk_table(totals, risk, totals_train, y_train) -> list[dict]:
+        """One row per total of ``totals``: the modelled ``risk(total)`` and, when the training totals are given,
+        the training cases with that total, their positives and the observed frequency."""
+        table = []
+        for total in totals:
+            row = {"total": int(total), "risk": float(risk(total)),
+                   "n_train": None, "n_train_positive": None, "observed_risk": None}
+            if totals_train is not None:
+                sel = totals_train == total
+                n, pos = int(sel.sum()), int(y_train[sel].sum())
+                row.update(n_train=n, n_train_positive=pos, observed_risk=(pos / n) if n else None)
+            table.append(row)
+        return table
+
+    def _risk_table_lines(self) -> list[str]:
+        """The risk table as text lines: total, modelled risk, observed training frequency."""
+        lines = ["Total | Risk    | Observed (training)"]
+        for row in self.risk_table_:
+            obs = "" if row["n_train"] is None else (
+                f"{row['n_train_positive']}/{row['n_train']}" + (f" = {100 * row['observed_risk']:.1f}%"
+                                                                 if row["n_train"] else ""))
+            lines.append(f"{row['total']:>5} | {100 * row['risk']:6.1f}% | {obs}")
+        return lines
+
+    @staticmethod
+    def _totals(items: list[ScoreItem], X: np.ndarray) -> np.ndarray:
+        total = np.zeros(len(X))
+        for it in items:
+            total += it.points * it.indicator(X)
+        return total
+
+    def total_points(self, X) -> np.ndarray:
+        """Total points [N] (integers) of each case."""
+        X = self._check_X(X)
+        return self._totals(self.items_, X).astype(np.int64)
+
+    def _attribution(self, X, target=None, case_ids=None) -> FeatureAttribution:
+        """Points per item per case, for the explained class (see the class doc)."""
+        proba = self.predict_proba(X)
+        X = self._check_X(X)
+        t = self._targets(proba, target)
+        ind = np.column_stack([it.indicator(X) for it in self.items_]) if self.items_ else np.zeros((len(X), 0))
+        pts = np.asarray([it.points for it in self.items_], dtype=np.float64)
+        sign = np.where(t == 1, 1.0, -1.0)
+        return FeatureAttribution([it.name for it in self.items_], ind, ind * pts[None, :] * sign[:, None], t, 0.0,
+                                  case_ids)
+
+    def complexity_(self) -> dict:
+        check_is_fitted(self)
+        return {"n_items": len(self.items_), "points": [it.points for it in self.items_],
+                "total_points": int(sum(abs(it.points) for it in self.items_)),
+                "n_features_used": len({it.feature for it in self.items_}), "n_params": self.n_params_}
+
+    def reading_load(self, X) -> dict:
+        """The items on the card: a reader checks each of them for the case (the same count for every case)."""
+        check_is_fitted(self)
+        return {"count": len(self.items_), "unit": "items", "definition": self.reading_definition}
+
+
 @register_model("point_score", family="score", test_kwargs={"max_terms": 3},
                 paper="Ustun & Rudin 2016, Supersparse linear integer models (simpler greedy + rounding heuristic)")
-class PointScore(_GlassBox):
+class PointScore(_ItemScore):
     """An integer point score like the clinical ones (e.g. CHA2DS2-VASc): a few binary items ("feature > threshold"),
     each worth 1..``max_points`` points; the total maps to a risk. A simple greedy-and-round heuristic in the spirit of
     Ustun & Rudin 2016, "Supersparse linear integer models for optimized medical scoring systems", Machine Learning
@@ -817,10 +934,6 @@ class PointScore(_GlassBox):
     Complexity: items and points; ``n_params_`` = 2 per item (threshold, points) + 2 (intercept, scale).
     """
 
-    stored_types = ("glasszoo.models.glassbox.ScoreItem",)
-
-    requires = ("binary",)
-
     def __init__(self, max_terms: int = 5, max_points: int = 3, quantiles: tuple[float, ...] = (0.25, 0.5, 0.75),
                  C: float = 1.0, min_deviance_drop: float = 2.0) -> None:
         self.max_terms = max_terms
@@ -828,11 +941,6 @@ class PointScore(_GlassBox):
         self.quantiles = quantiles
         self.C = C
         self.min_deviance_drop = min_deviance_drop
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -854,41 +962,22 @@ class PointScore(_GlassBox):
         model.selection_ = "hand-made table"
         return model
 
-    def _item_name(self, it: ScoreItem) -> str:
-        return f"{self.feature_names_[it.feature]} {it.direction} {it.threshold:.4g}"
-
     def _set_score(self, items: list[ScoreItem], intercept: float, scale: float, totals_train, y_train) -> None:
         self.items_ = items
         self.intercept_, self.scale_ = float(intercept), float(scale)
         self.max_total_ = int(sum(max(0, it.points) for it in items))
         self.min_total_ = int(sum(min(0, it.points) for it in items))
-        table = []
-        for total in range(self.min_total_, self.max_total_ + 1):
-            row = {"total": total, "risk": float(expit(self.intercept_ + self.scale_ * total)),
-                   "n_train": None, "n_train_positive": None, "observed_risk": None}
-            if totals_train is not None:
-                sel = totals_train == total
-                n, pos = int(sel.sum()), int(y_train[sel].sum())
-                row.update(n_train=n, n_train_positive=pos, observed_risk=(pos / n) if n else None)
-            table.append(row)
-        self.risk_table_ = table
+        self.risk_table_ = self._risk_table(range(self.min_total_, self.max_total_ + 1),
+                                            lambda total: expit(self.intercept_ + self.scale_ * total),
+                                            totals_train, y_train)
         self.n_params_ = int(2 * len(items) + 2)
 
     # ---------------------------------------------------------------- fit
     def _candidates(self, X: np.ndarray) -> list[tuple[int, float, np.ndarray]]:
-        out, seen = [], set()
         qs = np.asarray(self.quantiles, dtype=np.float64)
-        for j in range(X.shape[1]):
-            for t in np.unique(np.quantile(X[:, j], qs)):
-                col = (X[:, j] > t).astype(np.float64)
-                if col.min() == col.max():
-                    continue
-                key = col.tobytes()
-                if key in seen:
-                    continue
-                seen.add(key)
-                out.append((j, float(t), col))
-        return out
+        every = [(j, float(t), (X[:, j] > t).astype(np.float64))
+                 for j in range(X.shape[1]) for t in np.unique(np.quantile(X[:, j], qs))]
+        return [every[i] for i in distinct_binary_columns([c for _, _, c in every])]
 
     def _rounded(self, X: np.ndarray, y: np.ndarray, chosen: list[tuple[int, float, np.ndarray]],
                  lam: float) -> tuple[list[ScoreItem], float, float, float]:
@@ -919,11 +1008,7 @@ class PointScore(_GlassBox):
 
     def fit(self, X, y, X_val=None, y_val=None, feature_names=None, feature_descriptions=None):
         X, y_idx, Xv, yv = self._prepare(X, y, X_val, y_val, feature_names, feature_descriptions)
-        if len(self.classes_) != 2:
-            y_type = type_of_target(self.classes_[y_idx], input_name="y")
-            raise ValueError(f"Only binary classification is supported. The type of the target is {y_type} "
-                             f"({len(self.classes_)} classes: {self.classes_.tolist()}); point_score scores one "
-                             "positive class.")
+        self._check_binary(y_idx, "point_score")
         yf = y_idx.astype(np.float64)
         lam = 1.0 / float(self.C)
         cands = self._candidates(X)
@@ -968,45 +1053,11 @@ class PointScore(_GlassBox):
         return self
 
     # ---------------------------------------------------------------- predictions
-    @staticmethod
-    def _totals(items: list[ScoreItem], X: np.ndarray) -> np.ndarray:
-        total = np.zeros(len(X))
-        for it in items:
-            total += it.points * it.indicator(X)
-        return total
-
-    def total_points(self, X) -> np.ndarray:
-        """Total points [N] (integers) of each case."""
-        X = self._check_X(X)
-        return self._totals(self.items_, X).astype(np.int64)
-
     def predict_proba(self, X) -> np.ndarray:
         totals = self.total_points(X)
         risk = {row["total"]: row["risk"] for row in self.risk_table_}
         r = np.asarray([risk[int(t)] for t in totals], dtype=np.float64)
         return np.column_stack([1 - r, r])
-
-    def _attribution(self, X, target=None, case_ids=None) -> FeatureAttribution:
-        """Points per item per case, for the explained class (see the class doc)."""
-        proba = self.predict_proba(X)
-        X = self._check_X(X)
-        t = self._targets(proba, target)
-        ind = np.column_stack([it.indicator(X) for it in self.items_]) if self.items_ else np.zeros((len(X), 0))
-        pts = np.asarray([it.points for it in self.items_], dtype=np.float64)
-        sign = np.where(t == 1, 1.0, -1.0)
-        return FeatureAttribution([it.name for it in self.items_], ind, ind * pts[None, :] * sign[:, None], t, 0.0,
-                                  case_ids)
-
-    def complexity_(self) -> dict:
-        check_is_fitted(self)
-        return {"n_items": len(self.items_), "points": [it.points for it in self.items_],
-                "total_points": int(sum(abs(it.points) for it in self.items_)),
-                "n_features_used": len({it.feature for it in self.items_}), "n_params": self.n_params_}
-
-    def reading_load(self, X) -> dict:
-        check_is_fitted(self)
-        return {"count": len(self.items_), "unit": "items",
-                "definition": "score items, each checked and its points added; the total read off the risk table"}
 
     def explain_global(self) -> GlobalExplanation:
         """``form="score_table"``: ``content`` has ``items`` (item, feature, direction, threshold, points,
@@ -1021,17 +1072,12 @@ class PointScore(_GlassBox):
                  f"{'Item'.ljust(width)} | Points", f"{'-' * width}-+-------"]
         lines += [f"{it.name.ljust(width)} | {it.points:+d}" for it in self.items_]
         lines += ["", f"risk = logistic({self.intercept_:.4f} + {self.scale_:.4f} x total points)",
-                  "Total | Risk    | Observed (training)"]
-        for row in self.risk_table_:
-            obs = "" if row["n_train"] is None else (
-                f"{row['n_train_positive']}/{row['n_train']}" + (f" = {100 * row['observed_risk']:.1f}%"
-                                                                 if row["n_train"] else ""))
-            lines.append(f"{row['total']:>5} | {100 * row['risk']:6.1f}% | {obs}")
+                  *self._risk_table_lines()]
         content = {"items": items, "intercept": self.intercept_, "scale": self.scale_, "positive_class": pos,
                    "classes": [str(c) for c in self.classes_], "risk_table": self.risk_table_,
                    "selection_path": getattr(self, "selection_path_", [])}
         return GlobalExplanation(form="score_table", content=content, text="\n".join(lines))
 
 
-__all__ = ["EBM", "PointScore", "ScoreItem", "ShallowTree", "SparseLogReg", "plot_shape_functions",
-           "selection_score"]
+__all__ = ["EBM", "PointScore", "ScoreItem", "ShallowTree", "SparseLogReg", "distinct_binary_columns",
+           "l1_logistic_path", "linear_proba", "plot_shape_functions", "selection_score"]

@@ -13,12 +13,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.special import expit
-from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
 from glasszoo.models._registry import register_model
-from glasszoo.models.explanations import FeatureAttribution, GlobalExplanation
-from glasszoo.models.glassbox import ScoreItem, _GlassBox, selection_score
+from glasszoo.models.explanations import GlobalExplanation
+from glasszoo.models.glassbox import ScoreItem, _ItemScore, distinct_binary_columns, selection_score
 
 SURROGATE_STEPS = 3
 """Quadratic-surrogate steps on a new item's coefficient (the others fixed) before the candidates are ranked."""
@@ -340,7 +339,7 @@ def star_ray_round(problem: _Problem, sol: _Solution, max_coef: int,
                 test_kwargs={"max_items": 3, "beam_size": 3, "pool_size": 4, "n_multipliers": 4, "max_sweeps": 5},
                 paper="Liu, Zhong, Li, Rudin & Seltzer 2022, FasterRisk: fast and accurate interpretable risk scores "
                       "(NeurIPS 2022, arXiv:2210.05846)")
-class FasterRisk(_GlassBox):
+class FasterRisk(_ItemScore):
     """An integer risk score found by FasterRisk (Liu, Zhong, Li, Rudin & Seltzer 2022, "FasterRisk: fast and
     accurate interpretable risk scores", NeurIPS 2022, arXiv:2210.05846): at most ``max_items`` binary items
     ``feature > threshold``, each worth an integer number of points in ``[-max_coef, max_coef]`` (negative points
@@ -385,9 +384,8 @@ class FasterRisk(_GlassBox):
     Complexity: items and points; ``n_params_`` = 2 per item (threshold, points) + 2 (intercept, multiplier).
     """
 
-    stored_types = ("glasszoo.models.glassbox.ScoreItem",)
-
-    requires = ("binary",)
+    reading_definition = ("the score card's items: a reader checks each item (feature > threshold) for the case, adds "
+                          "the points of those that hold and reads the risk of the total off the card's risk table")
 
     def __init__(self, max_items: int = 5, max_coef: int = 5,
                  quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9), beam_size: int = 10,
@@ -401,11 +399,6 @@ class FasterRisk(_GlassBox):
         self.gap_tolerance = gap_tolerance
         self.n_multipliers = n_multipliers
         self.max_sweeps = max_sweeps
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -428,9 +421,6 @@ class FasterRisk(_GlassBox):
         model.selection_path_, model.pool_, model.n_candidates_ = [], [], 0
         return model
 
-    def _item_name(self, it: ScoreItem) -> str:
-        return f"{self.feature_names_[it.feature]} {it.direction} {it.threshold:.4g}"
-
     def _set_score(self, items: list[ScoreItem], intercept: float, multiplier: float, totals_train,
                    y_train) -> None:
         if not multiplier > 0:
@@ -440,16 +430,9 @@ class FasterRisk(_GlassBox):
         reachable = {0}
         for it in items:
             reachable |= {s + int(it.points) for s in reachable}
-        table = []
-        for total in sorted(reachable):
-            row = {"total": int(total), "risk": float(expit((total + self.intercept_) / self.multiplier_)),
-                   "n_train": None, "n_train_positive": None, "observed_risk": None}
-            if totals_train is not None:
-                sel = totals_train == total
-                n, pos = int(sel.sum()), int(y_train[sel].sum())
-                row.update(n_train=n, n_train_positive=pos, observed_risk=(pos / n) if n else None)
-            table.append(row)
-        self.risk_table_ = table
+        self.risk_table_ = self._risk_table(sorted(reachable),
+                                            lambda total: expit((total + self.intercept_) / self.multiplier_),
+                                            totals_train, y_train)
         self.n_params_ = int(2 * len(items) + 2)
 
     # ---------------------------------------------------------------- fit
@@ -468,29 +451,16 @@ class FasterRisk(_GlassBox):
     def _candidates(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The binary items: ``(Z [n, p] 0/1, feature [p], threshold [p])``."""
         qs = np.asarray(self.quantiles, dtype=np.float64).reshape(-1)
-        cols, feats, thrs, seen = [], [], [], set()
-        for j in range(X.shape[1]):
-            for t in sorted({float(f"{q:.4g}") for q in np.quantile(X[:, j], qs)}):
-                col = X[:, j] > t
-                if col.all() or not col.any():
-                    continue
-                key = np.packbits(col).tobytes()
-                if key in seen:
-                    continue
-                seen.add(key)
-                cols.append(col)
-                feats.append(j)
-                thrs.append(t)
-        Z = np.column_stack(cols).astype(np.float64) if cols else np.zeros((len(X), 0))
-        return Z, np.asarray(feats, dtype=np.int64), np.asarray(thrs, dtype=np.float64)
+        every = [(j, t, X[:, j] > t) for j in range(X.shape[1])
+                 for t in sorted({float(f"{q:.4g}") for q in np.quantile(X[:, j], qs)})]
+        keep = distinct_binary_columns([c for _, _, c in every])
+        Z = np.column_stack([every[i][2] for i in keep]).astype(np.float64) if keep else np.zeros((len(X), 0))
+        return (Z, np.asarray([every[i][0] for i in keep], dtype=np.int64),
+                np.asarray([every[i][1] for i in keep], dtype=np.float64))
 
     def fit(self, X, y, X_val=None, y_val=None, feature_names=None, feature_descriptions=None):
         X, y_idx, Xv, yv = self._prepare(X, y, X_val, y_val, feature_names, feature_descriptions)
-        if len(self.classes_) != 2:
-            y_type = type_of_target(self.classes_[y_idx], input_name="y")
-            raise ValueError(f"Only binary classification is supported. The type of the target is {y_type} "
-                             f"({len(self.classes_)} classes: {self.classes_.tolist()}); fasterrisk scores one "
-                             "positive class.")
+        self._check_binary(y_idx, "fasterrisk")
         self._check_params()
         yf = y_idx.astype(np.float64)
         Z, feats, thrs = self._candidates(X)
@@ -543,47 +513,9 @@ class FasterRisk(_GlassBox):
         return self
 
     # ---------------------------------------------------------------- predictions
-    @staticmethod
-    def _totals(items: list[ScoreItem], X: np.ndarray) -> np.ndarray:
-        total = np.zeros(len(X))
-        for it in items:
-            total += it.points * it.indicator(X)
-        return total
-
-    def total_points(self, X) -> np.ndarray:
-        """Total points [N] (integers) of each case."""
-        X = self._check_X(X)
-        return self._totals(self.items_, X).astype(np.int64)
-
     def predict_proba(self, X) -> np.ndarray:
         r = expit((self.total_points(X) + self.intercept_) / self.multiplier_)
         return np.column_stack([1 - r, r])
-
-    def _attribution(self, X, target=None, case_ids=None) -> FeatureAttribution:
-        """Points per item per case, for the explained class (see the class doc)."""
-        proba = self.predict_proba(X)
-        X = self._check_X(X)
-        t = self._targets(proba, target)
-        ind = np.column_stack([it.indicator(X) for it in self.items_]) if self.items_ else np.zeros((len(X), 0))
-        pts = np.asarray([it.points for it in self.items_], dtype=np.float64)
-        sign = np.where(t == 1, 1.0, -1.0)
-        return FeatureAttribution([it.name for it in self.items_], ind, ind * pts[None, :] * sign[:, None], t, 0.0,
-                                  case_ids)
-
-    def complexity_(self) -> dict:
-        check_is_fitted(self)
-        return {"n_items": len(self.items_), "points": [it.points for it in self.items_],
-                "total_points": int(sum(abs(it.points) for it in self.items_)),
-                "n_features_used": len({it.feature for it in self.items_}), "n_params": self.n_params_}
-
-    def reading_load(self, X) -> dict:
-        """The items on the card: to follow a decision a reader checks each of them for the case (the same for every
-        case)."""
-        check_is_fitted(self)
-        return {"count": len(self.items_), "unit": "items",
-                "definition": "the score card's items: a reader checks each item (feature > threshold) for the "
-                              "case, adds the points of those that hold and reads the risk of the total off the "
-                              "card's risk table"}
 
     def explain_global(self) -> GlobalExplanation:
         """``form="score_table"``: ``content`` has ``items`` (item, feature, feature_name, direction, threshold,
@@ -604,12 +536,7 @@ class FasterRisk(_GlassBox):
         lines += ["", "total = the sum of the points of the items that hold",
                   f"risk = 1 / (1 + exp(-(total + b0) / m)) with b0 = {self.intercept_:.10g} and "
                   f"m = {self.multiplier_:.10g}",
-                  "Total | Risk    | Observed (training)"]
-        for row in self.risk_table_:
-            obs = "" if row["n_train"] is None else (
-                f"{row['n_train_positive']}/{row['n_train']}" + (f" = {100 * row['observed_risk']:.1f}%"
-                                                                 if row["n_train"] else ""))
-            lines.append(f"{row['total']:>5} | {100 * row['risk']:6.1f}% | {obs}")
+                  *self._risk_table_lines()]
         content = {"items": items, "intercept": self.intercept_, "multiplier": self.multiplier_,
                    "positive_class": pos, "classes": [str(c) for c in self.classes_], "risk_table": self.risk_table_,
                    "selection_path": getattr(self, "selection_path_", []), "pool": getattr(self, "pool_", [])}

@@ -13,19 +13,15 @@ feature values exactly as written (``x <= t`` or ``x > t``), so a printed rule c
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy.special import expit, softmax
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.svm import l1_min_c
 from sklearn.tree import DecisionTreeRegressor
 from sklearn.utils.validation import check_is_fitted
 
 from glasszoo.models._registry import register_model
 from glasszoo.models.explanations import FeatureAttribution, GlobalExplanation
-from glasszoo.models.glassbox import _GlassBox, selection_score
+from glasszoo.models.glassbox import _GlassBox, distinct_binary_columns, l1_logistic_path, linear_proba, selection_score
 
 Condition = tuple[int, str, float]
 """``(feature index, ">" or "<=", threshold)``."""
@@ -554,19 +550,10 @@ class RuleFit(_GlassBox):
     def _dedupe(rules: list[list[Condition]], X: np.ndarray) -> tuple[list[list[Condition]], np.ndarray]:
         """Rules with a support of their own (neither empty nor everything), shortest first: (rules, R bool [N, k])."""
         order = sorted(range(len(rules)), key=lambda i: (len(rules[i]), i))
-        kept, cols, seen = [], [], set()
-        for i in order:
-            col = _holds(X, rules[i])
-            if col.all() or not col.any():
-                continue
-            key = np.packbits(col).tobytes()
-            if key in seen:
-                continue
-            seen.add(key)
-            kept.append(rules[i])
-            cols.append(col)
-        R = np.column_stack(cols) if cols else np.zeros((len(X), 0), dtype=bool)
-        return kept, R
+        cols = [_holds(X, rules[i]) for i in order]
+        keep = distinct_binary_columns(cols)
+        R = np.column_stack([cols[i] for i in keep]) if keep else np.zeros((len(X), 0), dtype=bool)
+        return [rules[order[i]] for i in keep], R
 
     def _linear_stats(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per feature: (index, low and high winsorising bounds, mean and sd of the winsorised value), non-constant
@@ -594,29 +581,16 @@ class RuleFit(_GlassBox):
         k = len(self.classes_)
         log_prior = np.log(np.clip(np.bincount(y, minlength=k) / len(y), 1e-12, None))
         null = np.array([log_prior[1] - log_prior[0]]) if k == 2 else log_prior - log_prior.mean()
-        out = [(np.zeros((1 if k == 2 else k, Z.shape[1])), null, 0)]
-        clf = LogisticRegression(C=float(Cs[0]), l1_ratio=1.0, solver="saga", warm_start=True,
-                                 max_iter=self.max_iter, tol=self.tol, random_state=self.random_state)
-        for C in Cs:
-            clf.set_params(C=float(C))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(Z, y)
-            n_iter = int(np.max(clf.n_iter_))
-            out.append((clf.coef_.copy(), clf.intercept_.copy(), n_iter))
-            if stop_above is not None and int(np.any(clf.coef_ != 0, axis=0).sum()) > stop_above:
-                break
-            if n_iter >= self.max_iter and np.array_equal(np.argmax(self._proba(Z, clf.coef_, clf.intercept_), 1), y):
-                break
-        return out
+        null_fit = (np.zeros((1 if k == 2 else k, Z.shape[1])), null, 0)
 
-    @staticmethod
-    def _proba(Z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-        logits = Z @ coef.T + intercept
-        if coef.shape[0] == 1:
-            p1 = expit(logits[:, 0])
-            return np.column_stack([1 - p1, p1])
-        return softmax(logits, axis=1)
+        def separated(clf, n_iter: int) -> bool:
+            return n_iter >= self.max_iter and np.array_equal(np.argmax(linear_proba(Z, clf.coef_, clf.intercept_), 1),
+                                                              y)
+
+        return [null_fit, *l1_logistic_path(Z, y, Cs, max_iter=self.max_iter, tol=self.tol,
+                                            random_state=self.random_state, stop_above=stop_above, stop=separated)]
+
+    _proba = staticmethod(linear_proba)
 
     def fit(self, X, y, X_val=None, y_val=None, feature_names=None, feature_descriptions=None):
         X, y, Xv, yv = self._prepare(X, y, X_val, y_val, feature_names, feature_descriptions)
