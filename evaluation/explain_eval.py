@@ -114,6 +114,10 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
     faith = Q.faithfulness_correlation(model, xs, ms, target, n_subsets=qcfg.faithfulness_subsets,
                                        baseline=qcfg.baseline, seed=seed)
     out["faithfulness_correlation"] = _ci(faith, n_boot, level, seed)
+    if getattr(qcfg, "road", False):
+        morf, lerf = Q.road(model, xs, ms, target, fractions=qcfg.road_fractions, noise=qcfg.road_noise, seed=seed)
+        out["road_morf"] = _ci(morf, n_boot, level, seed)
+        out["road_lerf"] = _ci(lerf, n_boot, level, seed)
     out["quality_cases"] = int(n)
     if explain_fn is None:
         return out
@@ -134,9 +138,48 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
         "passed": bool(np.mean(check["passed"]) >= 0.5),
         "n_cases": int(r),
     }
+    out["randomisation_complexity_rise"] = _ci(check["complexity_rise"], n_boot, level, seed)
+    samples = getattr(qcfg, "smooth_randomisation_samples", 0)
+    if samples:
+        smooth = Q.randomisation_check(model, Q.smoothed_explain_fn(explain_fn, samples,
+                                                                    qcfg.smooth_randomisation_noise, seed),
+                                       xr, tr, stages=1, seed=seed)
+        out["randomisation_smooth_similarity"] = _ci(np.asarray(smooth["similarity"], dtype=np.float64), n_boot,
+                                                     level, seed)
+        out["randomisation_smooth"] = {"passed_fraction": float(np.mean(smooth["passed"])),
+                                       "passed": bool(np.mean(smooth["passed"]) >= 0.5), "samples": int(samples),
+                                       "noise": float(qcfg.smooth_randomisation_noise), "n_cases": int(r)}
     sens = Q.max_sensitivity(lambda xx, tt: explain_fn(model, xx, tt), xr, tr, radius=qcfg.sensitivity_radius,
                              n_samples=qcfg.sensitivity_samples, seed=seed)
     out["max_sensitivity"] = _ci(sens, n_boot, level, seed)
+    return out
+
+
+OCCLUSION = "occlusion"
+"""The perturbation method every other map of a model is rank-correlated with (``occlusion_rank_correlation``)."""
+
+
+def occlusion_agreement(maps_of: dict[str, np.ndarray], boot: tuple[int, float, int]) -> dict[str, dict]:
+    """Each heatmap's per-case Spearman rank correlation with the occlusion map of the same case (the perturbation
+    "gold standard" of the saliency literature), summarised by its mean and bootstrap CI over the cases both maps
+    cover (each method explains the first cases of the shared explained sample, so the first ``min(n, n_occlusion)``
+    cases are common).
+
+    Args:
+        maps_of: heatmap key -> maps [n, H, W] of one model; must hold :data:`OCCLUSION`.
+        boot: (n_boot, level, seed) of the CIs.
+
+    Returns:
+        key -> ``{"occlusion_rank_correlation": {"value", "ci", "n_cases"}}`` for every key but occlusion's.
+    """
+    occ = maps_of[OCCLUSION]
+    out = {}
+    for key, maps in maps_of.items():
+        if key == OCCLUSION:
+            continue
+        k = min(len(maps), len(occ))
+        block = _ci(Q.spearman_per_case(maps[:k], occ[:k]), *boot)
+        out[key] = {"occlusion_rank_correlation": {**block, "n_cases": int(k)}}
     return out
 
 
@@ -225,6 +268,7 @@ def explain_and_score(model: Any, name: str, exps_fn: Callable[[], list], x: np.
     mdir = run.model(name)
     out: dict[str, Any] = {}
     randomised: dict[str, list[np.ndarray]] = {}  # post-hoc method -> maps of the trained and randomised models
+    maps_of: dict[str, np.ndarray] = {}  # heatmap key -> its maps, for the agreement with occlusion
 
     def finish(key: str, hm: Heatmap, block: dict, explain_fn: ExplainFn | None, source: str) -> None:
         n = len(hm)
@@ -234,6 +278,7 @@ def explain_and_score(model: Any, name: str, exps_fn: Callable[[], list], x: np.
         if keep.get("randomisation_maps") and key in RANDOMISATION_FIGURE_METHODS and source == "post-hoc":
             randomised[key] = keep["randomisation_maps"]
         save_heatmap(hm, mdir.heatmap(key))
+        maps_of[key] = hm.maps
         k = min(ev.figure_cases, n)
         if k:
             plot_heatmaps(cs, rows[:k], hm.maps[:k], run.method_figure(name, key), title=f"{name}: {key}",
@@ -270,6 +315,9 @@ def explain_and_score(model: Any, name: str, exps_fn: Callable[[], list], x: np.
             if params:
                 block["params"] = dict(params)
             finish(method, hm, block, posthoc_explain_fn(method, params, seed), "post-hoc")
+    if OCCLUSION in maps_of:
+        for key, block in occlusion_agreement(maps_of, boot).items():
+            out[key].update(block)
     if randomised:
         stages = next(iter(out[k]["randomisation"]["stages"] for k in out if "randomisation" in out[k]))
         labels = ["trained"] + [f"{s:.0%} of parameters\nrandomised" for s in stages]

@@ -20,6 +20,11 @@ Methods and their documented defaults (also in :data:`POSTHOC_METHODS`; referenc
 * ``integrated_gradients`` -- Integrated Gradients (Sundararajan et al., "Axiomatic Attribution for Deep
   Networks", ICML 2017): baseline 0 (a black image), ``n_steps=32`` Gauss-Legendre steps, internal batches of
   ``4 * batch_size`` images (``internal_batch_size=None``); signed, summed over the channels.
+* ``deeplift`` -- DeepLIFT (Shrikumar, Greenside & Kundaje, "Learning Important Features Through Propagating
+  Activation Differences", ICML 2017): captum ``DeepLift`` with the Rescale rule, baseline 0 (a black image),
+  multiplied by (input - baseline), signed, summed over the channels. One forward and one backward call on the
+  images and their baselines together (2 + 2 passes per image). Its maps sum to the logit difference between the
+  image and the baseline (summation-to-delta).
 * ``smoothgrad`` -- SmoothGrad (Smilkov et al., "SmoothGrad: removing noise by adding noise", arXiv:1706.03825,
   2017): captum ``NoiseTunnel(Saliency)``, ``nt_samples=16`` noisy copies with Gaussian noise of standard deviation
   ``stdevs=0.15`` (15 % of the [0, 1] intensity range, inside the 10-20 % the paper recommends), |gradient|
@@ -33,6 +38,12 @@ Methods and their documented defaults (also in :data:`POSTHOC_METHODS`; referenc
   2017): captum ``KernelShap`` on a ``grid`` x ``grid`` mask of square superpixels (``grid=6`` -> 36 segments),
   ``n_samples=64`` coalitions (captum's first two are all-on and all-off), baseline 0,
   ``perturbations_per_eval=None`` -> ``batch_size`` coalitions per forward call.
+* ``shapley_sampling`` -- Shapley value sampling (Castro, Gomez & Tejada, "Polynomial calculation of the Shapley
+  value based on sampling", Computers & Operations Research 2009; Strumbelj & Kononenko, JMLR 2010) over the same
+  ``grid`` x ``grid`` superpixels: captum ``ShapleyValueSampling``, ``n_samples=8`` random orderings, each adding the
+  superpixels one at a time to the baseline-0 image, so each ordering costs one forward pass per superpixel (plus
+  one for the baseline); a superpixel's value is its mean marginal change of the logit. Exact on a model additive in
+  the superpixels, whatever the orderings.
 * ``lime`` -- LIME (Ribeiro et al., "Why Should I Trust You?", KDD 2016): captum ``Lime`` on the same superpixels,
   ``n_samples=64``, baseline 0, captum's exponential kernel on the cosine distance (``kernel_width=1.0``) and its
   default Lasso surrogate (captum ``SkLearnLasso``, ``lasso_alpha=0.01``; ``lasso_alpha=0`` -> unregularised
@@ -58,6 +69,7 @@ training mode, and leaves the parameters' ``.grad`` and ``requires_grad`` as the
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,6 +80,7 @@ import torch
 import torch.nn.functional as F
 from captum._utils.models.linear_model import SkLearnLasso, SkLearnLinearRegression
 from captum.attr import (
+    DeepLift,
     IntegratedGradients,
     KernelShap,
     LayerGradCam,
@@ -76,6 +89,7 @@ from captum.attr import (
     NoiseTunnel,
     Occlusion,
     Saliency,
+    ShapleyValueSampling,
 )
 from captum.attr._core.lime import get_exp_kernel_similarity_function
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -103,8 +117,8 @@ __all__ = [
     "grid_mask",
 ]
 
-DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "hirescam", "saliency", "integrated_gradients", "smoothgrad",
-                                    "occlusion", "kernel_shap", "lime", "lrp")
+DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "hirescam", "saliency", "integrated_gradients", "deeplift",
+                                    "smoothgrad", "occlusion", "kernel_shap", "shapley_sampling", "lime", "lrp")
 """Every post-hoc method, in the order the pipeline runs and reports them."""
 
 POSTHOC_METHODS: dict[str, dict] = {
@@ -114,12 +128,16 @@ POSTHOC_METHODS: dict[str, dict] = {
     "saliency": {},
     # baseline: constant image (0 = black); internal_batch_size: images per forward, None -> 4 * batch_size.
     "integrated_gradients": {"n_steps": 32, "method": "gausslegendre", "baseline": 0.0, "internal_batch_size": None},
+    # baseline: constant image the differences are taken from (0 = black).
+    "deeplift": {"baseline": 0.0},
     # stdevs: noise standard deviation in intensity units (inputs in [0, 1]).
     "smoothgrad": {"nt_samples": 16, "stdevs": 0.15, "nt_samples_batch_size": 4},
     # window None -> max(2, min(H, W) // 6); stride None -> max(1, window // 2).
     "occlusion": {"window": None, "stride": None, "baseline": 0.0, "perturbations_per_eval": 32},
     # grid: superpixels per side; perturbations_per_eval None -> batch_size; lasso_alpha 0 -> weighted least squares.
     "kernel_shap": {"grid": 6, "n_samples": 64, "baseline": 0.0, "perturbations_per_eval": None},
+    # n_samples: random orderings of the superpixels (each one forward pass per superpixel).
+    "shapley_sampling": {"grid": 6, "n_samples": 8, "baseline": 0.0, "perturbations_per_eval": None},
     "lime": {"grid": 6, "n_samples": 64, "baseline": 0.0, "perturbations_per_eval": None, "kernel_width": 1.0,
              "lasso_alpha": 0.01},
     "lrp": {"composite": "epsilon_plus_flat", "epsilon": 1e-6},
@@ -131,9 +149,11 @@ POSTHOC_REFERENCES: dict[str, str] = {
     "hirescam": "Draelos & Carin, arXiv:2011.08891, 2020",
     "saliency": "Simonyan et al., ICLR workshop 2014",
     "integrated_gradients": "Sundararajan et al., ICML 2017",
+    "deeplift": "Shrikumar et al., ICML 2017",
     "smoothgrad": "Smilkov et al., arXiv:1706.03825, 2017",
     "occlusion": "Zeiler & Fergus, ECCV 2014",
     "kernel_shap": "Lundberg & Lee, NeurIPS 2017",
+    "shapley_sampling": "Castro et al., Comput. Oper. Res. 2009; Strumbelj & Kononenko, JMLR 2010",
     "lime": "Ribeiro et al., KDD 2016",
     "lrp": "Bach et al., PLoS ONE 2015; Montavon et al., LNCS 11700, 2019 (composite rules)",
 }
@@ -309,6 +329,14 @@ def _integrated_gradients(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cf
     return attr.sum(dim=1)
 
 
+def _deeplift(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg: dict, chunk: _Chunk) -> torch.Tensor:
+    with warnings.catch_warnings():  # captum announces its temporary hooks on the activations every call
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
+        attr = DeepLift(model, multiply_by_inputs=True).attribute(
+            x.requires_grad_(), baselines=torch.full_like(x, float(cfg["baseline"])), target=t)
+    return attr.sum(dim=1)
+
+
 def _smoothgrad(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg: dict, chunk: _Chunk) -> torch.Tensor:
     nt = NoiseTunnel(Saliency(model))
     attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=int(cfg["nt_samples"]),
@@ -337,6 +365,12 @@ def _superpixel_attribution(explainer_cls: Callable, model: nn.Module, x: torch.
     maps = []
     for i in range(len(x)):  # captum's KernelShap / Lime fit one surrogate per example
         torch.manual_seed(chunk.seed + chunk.start + i)
+        if explainer_cls is ShapleyValueSampling:  # returns the superpixel values painted at input shape
+            painted = explainer.attribute(x[i:i + 1], baselines=float(cfg["baseline"]), target=int(t[i]),
+                                          feature_mask=mask[None, None], n_samples=n_samples,
+                                          perturbations_per_eval=per_eval)
+            maps.append(torch.as_tensor(painted, dtype=torch.float32, device=x.device)[0].mean(dim=0))
+            continue
         coefs = explainer.attribute(x[i:i + 1], baselines=float(cfg["baseline"]), target=int(t[i]),
                                     feature_mask=mask[None, None], n_samples=n_samples,
                                     perturbations_per_eval=per_eval, return_input_shape=False)
@@ -349,6 +383,10 @@ def _superpixel_attribution(explainer_cls: Callable, model: nn.Module, x: torch.
 
 def _kernel_shap(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg: dict, chunk: _Chunk) -> torch.Tensor:
     return _superpixel_attribution(KernelShap, model, x, t, cfg, chunk)
+
+
+def _shapley_sampling(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg: dict, chunk: _Chunk) -> torch.Tensor:
+    return _superpixel_attribution(ShapleyValueSampling, model, x, t, cfg, chunk)
 
 
 def _lime(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg: dict, chunk: _Chunk) -> torch.Tensor:
@@ -515,9 +553,11 @@ _EXPLAINERS: dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor, dict, _C
     "hirescam": _hirescam,
     "saliency": _saliency,
     "integrated_gradients": _integrated_gradients,
+    "deeplift": _deeplift,
     "smoothgrad": _smoothgrad,
     "occlusion": _occlusion,
     "kernel_shap": _kernel_shap,
+    "shapley_sampling": _shapley_sampling,
     "lime": _lime,
     "lrp": _lrp,
 }
@@ -537,8 +577,8 @@ def explain_posthoc(model: nn.Module, x: np.ndarray | torch.Tensor, method: str,
         target: [N] class indices (or one int for all cases); None -> the model's predicted class.
         params: overrides of the method's defaults (keys of ``POSTHOC_METHODS[method]``).
         seed: seeds the torch and numpy generators the method uses; same seed (and batch_size) -> identical maps.
-            KernelSHAP and LIME reseed with ``seed + case index`` for each case, so their maps do not depend on
-            ``batch_size``; SmoothGrad's noise is drawn chunk by chunk from one seeded stream.
+            KernelSHAP, Shapley sampling and LIME reseed with ``seed + case index`` for each case, so their maps do not
+            depend on ``batch_size``; SmoothGrad's noise is drawn chunk by chunk from one seeded stream.
         batch_size: cases per chunk; see the module docstring for how many images each forward call sees.
         case_ids: [N] case ids stored in the Heatmap.
 
@@ -591,11 +631,14 @@ def expected_passes(method: str, params: dict | None = None, image_shape: tuple[
 
     * gradcam, hirescam, saliency, lrp: 1 forward + 1 backward;
     * integrated_gradients: ``n_steps`` forward + ``n_steps`` backward;
+    * deeplift: 2 forward + 2 backward (the image and its baseline go through in one call);
     * smoothgrad: ``nt_samples`` forward + ``nt_samples`` backward;
     * occlusion: 1 (unoccluded) + number of windows forward, where the windows are
       prod over H, W of ``ceil((side - window) / stride) + 1``; no backward;
     * kernel_shap, lime: ``n_samples`` forward (captum's KernelSHAP counts its all-on and all-off coalitions among
       them, and evaluates no extra baseline); no backward;
+    * shapley_sampling: 1 (the baseline) + ``n_samples`` x superpixels forward (g x g superpixels,
+      g = min(grid, H, W)); no backward;
 
     plus 1 forward when ``predicted_target`` (``target=None``: the prediction that picks the explained class).
 
@@ -613,11 +656,16 @@ def expected_passes(method: str, params: dict | None = None, image_shape: tuple[
         fwd, bwd = 1, 1
     elif method == "integrated_gradients":
         fwd = bwd = int(cfg["n_steps"])
+    elif method == "deeplift":
+        fwd, bwd = 2, 2
     elif method == "smoothgrad":
         fwd = bwd = int(cfg["nt_samples"])
     elif method == "occlusion":
         w, s = _occlusion_geometry(tuple(image_shape), cfg["window"], cfg["stride"])
         fwd, bwd = 1 + _occlusion_windows(tuple(image_shape), w, s), 0
+    elif method == "shapley_sampling":
+        g = max(1, min(int(cfg["grid"]), int(image_shape[-2]), int(image_shape[-1])))
+        fwd, bwd = 1 + int(cfg["n_samples"]) * g * g, 0
     else:  # kernel_shap, lime
         fwd, bwd = int(cfg["n_samples"]), 0
     return {"forward": fwd + int(bool(predicted_target)), "backward": bwd}

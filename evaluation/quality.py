@@ -13,9 +13,13 @@ Metrics:
 * :func:`deletion_insertion` -- causal deletion / insertion AUCs (Petsiuk et al., BMVC 2018, RISE).
 * :func:`faithfulness_correlation` -- correlation of removed relevance with the probability drop (Bhatt et al.,
   IJCAI 2020).
+* :func:`road` -- RemOve And Debias (Rong et al., ICML 2022): pixels removed most / least relevant first and filled
+  by noisy linear imputation (:func:`noisy_linear_impute`), so the perturbed images stay close to the data.
 * :func:`max_sensitivity` -- worst-case change of the map under small input noise (Yeh et al., NeurIPS 2019).
 * :func:`randomisation_check` -- cascading model-parameter randomisation (Adebayo et al., NeurIPS 2018), scored by
-  :func:`spearman_per_case` and :func:`ssim`.
+  :func:`spearman_per_case` and :func:`ssim`; with the efficient variant's complexity rise (eMPRT, Hedstrom et al.
+  2024, :func:`discrete_entropy`) read off the same maps, and the smooth variant (sMPRT,
+  :func:`smoothed_explain_fn`: the maps averaged over noisy copies of the input before they are compared).
 
 The perturbation metrics work on square **patches** of side ``patch`` (default ``max(1, min(H, W) // 12)``, about a
 12 x 12 grid; the last row / column of patches is smaller when the side is not a multiple of ``patch``). A patch's
@@ -30,7 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import splu
 from scipy.stats import rankdata
 from torch import nn
 
@@ -509,6 +514,163 @@ def faithfulness_correlation(model: nn.Module, x: np.ndarray, maps: np.ndarray, 
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# ROAD: remove and debias
+# --------------------------------------------------------------------------------------------------------------------
+
+ROAD_NEIGHBOURS: tuple[tuple[int, int, float], ...] = (
+    (-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6),
+    (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12))
+"""(row offset, column offset, weight) of the 8 neighbours in ROAD's linear imputation (Rong et al. 2022): 1/6 for
+the four direct neighbours, 1/12 for the four diagonal ones (they sum to 1)."""
+
+ROAD_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Shares of the pixels removed, as in the paper's curves (10 % to 90 %)."""
+
+ROAD_NOISE = 0.01
+"""Standard deviation of the Gaussian noise added to each imputed pixel (the paper's value; images in [0, 1])."""
+
+
+def noisy_linear_impute(image: np.ndarray, removed: np.ndarray, noise: float = ROAD_NOISE,
+                        rng: np.random.Generator | None = None) -> np.ndarray:
+    """Fill the ``removed`` pixels of one image by ROAD's noisy linear imputation (Rong et al., ICML 2022).
+
+    Each removed pixel is the weighted mean of its neighbours inside the image (weights :data:`ROAD_NEIGHBOURS`,
+    renormalised at the border), where removed neighbours are themselves unknowns: one sparse linear system per
+    image, solved for all channels at once, ``sum_j w_ij (v_i - v_j) = 0`` for every removed pixel i. Gaussian
+    noise of standard deviation ``noise`` is then added to the imputed values (not clipped). Kept pixels are
+    unchanged.
+
+    Args:
+        image: [C, H, W].
+        removed: bool [H, W]; at least one pixel must be kept.
+        noise: standard deviation of the added noise (0 = the plain linear imputation).
+        rng: source of the noise (default: a generator seeded with 0).
+
+    Returns:
+        float32 [C, H, W], a new array.
+
+    Raises:
+        DataError: on shape mismatches or when every pixel is removed (the system is then singular).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    rem = np.asarray(removed, dtype=bool)
+    if img.ndim != 3 or rem.shape != img.shape[1:]:
+        raise DataError(f"image must be [C, H, W] and removed [H, W]; got {img.shape} and {rem.shape}")
+    out = img.copy()
+    n_removed = int(rem.sum())
+    if n_removed == 0:
+        return out.astype(np.float32)
+    if n_removed == rem.size:
+        raise DataError("ROAD cannot impute an image whose every pixel is removed")
+    c, h, w = img.shape
+    var = np.full(h * w, -1, dtype=np.int64)
+    flat_rem = np.flatnonzero(rem.ravel())
+    var[flat_rem] = np.arange(n_removed)
+    rows_r, cols_r = np.divmod(flat_rem, w)
+    flat_img = img.reshape(c, -1)
+    diag = np.zeros(n_removed)
+    rhs = np.zeros((n_removed, c))
+    a_rows, a_cols, a_vals = [], [], []
+    for dr, dc, weight in ROAD_NEIGHBOURS:
+        rr, cc = rows_r + dr, cols_r + dc
+        inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        i = np.flatnonzero(inside)
+        j = rr[inside] * w + cc[inside]
+        diag[i] += weight
+        unknown = var[j] >= 0
+        a_rows.append(i[unknown])
+        a_cols.append(var[j[unknown]])
+        a_vals.append(np.full(int(unknown.sum()), -weight))
+        np.add.at(rhs, i[~unknown], weight * flat_img[:, j[~unknown]].T)
+    a_rows.append(np.arange(n_removed))
+    a_cols.append(np.arange(n_removed))
+    a_vals.append(diag)
+    system = sparse.csc_matrix((np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))),
+                               shape=(n_removed, n_removed))
+    values = splu(system).solve(rhs)  # [n_removed, C]
+    if noise > 0:
+        values = values + (rng or np.random.default_rng(0)).normal(0.0, float(noise), size=values.shape)
+    out.reshape(c, -1)[:, flat_rem] = values.T
+    return out.astype(np.float32)
+
+
+def road_passes(fractions: tuple[float, ...] | list[float] = ROAD_FRACTIONS) -> int:
+    """Forward passes per explained image of :func:`road`: one per fraction and order."""
+    return 2 * len(fractions)
+
+
+def road_curves(model: nn.Module, x: np.ndarray, maps: np.ndarray, target: np.ndarray | int,
+                fractions: tuple[float, ...] | list[float] = ROAD_FRACTIONS, noise: float = ROAD_NOISE,
+                seed: int = 0, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The MoRF and LeRF curves behind :func:`road` (same arguments).
+
+    Returns:
+        ``(morf, lerf)``, each float [N, len(fractions)]: the target probability after each share of the pixels
+        was removed and imputed, most (MoRF) or least (LeRF) relevant first.
+    """
+    xs, m, tgt = _check_model_inputs(x, maps, target)
+    fr = [float(f) for f in fractions]
+    if not fr or any(not 0.0 < f < 1.0 for f in fr):
+        raise DataError(f"ROAD fractions must lie in (0, 1), got {list(fractions)!r}")
+    if noise < 0:
+        raise DataError(f"ROAD noise must be >= 0, got {noise!r}")
+    n, _, h, w = xs.shape
+    rng = np.random.default_rng(seed)
+    order = np.argsort(-m.reshape(n, -1), axis=1, kind="stable")  # most relevant first, ties by pixel index
+    perturbed = np.empty((2, n, len(fr), *xs.shape[1:]), dtype=np.float32)
+    for k in range(n):
+        for f_i, f in enumerate(fr):
+            count = min(max(1, int(round(f * h * w))), h * w - 1)
+            for o_i, chosen in enumerate((order[k, :count], order[k, ::-1][:count])):
+                removed = np.zeros(h * w, dtype=bool)
+                removed[chosen] = True
+                perturbed[o_i, k, f_i] = noisy_linear_impute(xs[k], removed.reshape(h, w), noise, rng)
+    device = _device(model)
+    flat = torch.as_tensor(perturbed.reshape(-1, *xs.shape[1:]), device=device)
+    item_target = np.tile(np.repeat(tgt, len(fr)), 2)
+    scores = _target_scores(model, len(flat), lambda idx: flat[idx], item_target, batch_size)
+    scores = scores.reshape(2, n, len(fr))
+    return scores[0], scores[1]
+
+
+def road(model: nn.Module, x: np.ndarray, maps: np.ndarray, target: np.ndarray | int,
+         fractions: tuple[float, ...] | list[float] = ROAD_FRACTIONS, noise: float = ROAD_NOISE, seed: int = 0,
+         batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """ROAD, RemOve And Debias (Rong, Leemann, Borisov, Kasneci & Kasneci, "A Consistent and Efficient Evaluation
+    Strategy for Attribution Methods", ICML 2022).
+
+    Deletion fills removed pixels with a constant, so the model sees images unlike any it was trained on and a
+    drop of its output may come from the shape of the hole rather than from the lost information (the class
+    information leaks through the removal mask). ROAD removes a share of the **pixels** (not patches) -- the most
+    relevant first (MoRF) or the least relevant first (LeRF) -- and fills them by :func:`noisy_linear_impute`, which
+    leaves little of the mask to see. For each share in ``fractions`` the target's softmax probability is read; a
+    case's score is its mean over the shares. A faithful map gives a **low MoRF** score (removing what it marks
+    destroys the evidence) and a **high LeRF** score (removing what it calls irrelevant keeps it). Ties in the map
+    are broken by pixel index (row-major), so a map that is constant over large regions is scored in raster order
+    there. Cost: :func:`road_passes` forward passes per image plus one sparse solve per share and order.
+
+    Args:
+        model: torch model, ``forward(x)`` -> logits.
+        x: images [N, C, H, W] in [0, 1].
+        maps: relevance maps [N, H, W] (larger = more relevant).
+        target: explained class, an int or int array [N].
+        fractions: shares of the pixels removed, each in (0, 1) (default 0.1, ..., 0.9).
+        noise: standard deviation of the imputation noise.
+        seed: seed of the imputation noise.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(morf, lerf)``, each float [N].
+
+    Raises:
+        DataError: on malformed inputs or arguments.
+    """
+    morf, lerf = road_curves(model, x, maps, target, fractions=fractions, noise=noise, seed=seed,
+                             batch_size=batch_size)
+    return morf.mean(axis=1), lerf.mean(axis=1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Max-sensitivity
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -736,7 +898,57 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
     flat_similarity = np.where(flat_ref & flat_last, 1.0, 0.0)  # both flat: unchanged; one flat: changed
     out["similarity"] = np.where(np.isnan(final_rho), flat_similarity, final_rho)
     out["passed"] = np.asarray(out["similarity"] < threshold, dtype=bool)
+    before = discrete_entropy(reference)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["complexity_rise"] = np.where(before > 0, discrete_entropy(maps) / np.where(before > 0, before, 1.0),
+                                          np.nan)
     return out
+
+
+ENTROPY_BINS = 100
+"""Histogram bins of :func:`discrete_entropy` (as in Hedstrom et al.'s eMPRT)."""
+
+
+def discrete_entropy(maps: np.ndarray, bins: int = ENTROPY_BINS) -> np.ndarray:
+    """Shannon entropy (nats) of the histogram of each absolute map scaled to [0, 1] by its maximum, over ``bins``
+    equal bins: 0 for a map with one value, ``log(bins)`` at most. The complexity measure of eMPRT (Hedstrom et al.,
+    "Sanity Checks Revisited: An Exploration to Repair the Model Parameter Randomisation Test", TMLR 2024): a map
+    of a randomised model should look like noise, so its entropy should rise.
+
+    Returns:
+        float [N].
+    """
+    m = np.abs(_check_maps_only(maps)).reshape(len(maps), -1).astype(np.float64)
+    peak = m.max(axis=1, keepdims=True) if m.shape[1] else np.zeros((len(m), 1))
+    unit = np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
+    out = np.empty(len(m))
+    for i, row in enumerate(unit):
+        counts, _ = np.histogram(row, bins=bins, range=(0.0, 1.0))
+        p = counts[counts > 0] / max(counts.sum(), 1)
+        out[i] = float(-(p * np.log(p)).sum())
+    return out
+
+
+def smoothed_explain_fn(explain_fn: Callable[[nn.Module, np.ndarray, np.ndarray], np.ndarray], samples: int,
+                        noise: float, seed: int = 0) -> Callable[[nn.Module, np.ndarray, np.ndarray], np.ndarray]:
+    """``explain_fn`` averaged over ``samples`` copies of the input with Gaussian noise of standard deviation
+    ``noise`` (clipped to [0, 1]): the denoising of sMPRT (Hedstrom et al. 2023/2024), which keeps the
+    randomisation test from rewarding maps that are merely noisy (a noisy map differs from any other map,
+    randomised model or not). The noise is drawn from ``seed`` on every call, so the trained and the randomised
+    model see the very same noisy copies.
+    """
+    _check_positive_int(samples, "samples")
+
+    def fn(model: nn.Module, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        total = None
+        for _ in range(samples):
+            noisy = np.clip(x + rng.normal(0.0, float(noise), size=x.shape), 0.0, 1.0).astype(np.float32)
+            maps = np.asarray(explain_fn(model, noisy, target), dtype=np.float64)
+            total = maps if total is None else total + maps
+        return (total / samples).astype(np.float32)
+
+    return fn
 
 
 def _is_flat(maps: np.ndarray) -> np.ndarray:

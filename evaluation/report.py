@@ -41,11 +41,16 @@ METRIC_LABELS = {"auc": "AUC", "accuracy": "accuracy", "balanced_accuracy": "bal
                  "sensitivity": "sensitivity", "specificity": "specificity"}
 SCORE_LABELS = {"pointing_game": "pointing game", "mass_in_mask": "relevance mass in mask",
                 "rank_accuracy": "relevance rank accuracy", "deletion_auc": "deletion AUC",
-                "insertion_auc": "insertion AUC", "faithfulness_correlation": "faithfulness correlation",
+                "insertion_auc": "insertion AUC", "road_morf": "ROAD MoRF", "road_lerf": "ROAD LeRF",
+                "faithfulness_correlation": "faithfulness correlation",
                 "max_sensitivity": "max-sensitivity", "sparseness": "sparseness",
-                "randomisation_similarity": "randomisation similarity"}
+                "randomisation_similarity": "randomisation similarity",
+                "randomisation_smooth_similarity": "smooth randomisation similarity (sMPRT)",
+                "randomisation_complexity_rise": "complexity rise under randomisation (eMPRT)",
+                "occlusion_rank_correlation": "rank correlation with occlusion"}
 # scores for which a smaller value means a better explanation
-LOWER_IS_BETTER = frozenset({"deletion_auc", "max_sensitivity", "randomisation_similarity"})
+LOWER_IS_BETTER = frozenset({"deletion_auc", "road_morf", "max_sensitivity", "randomisation_similarity",
+                             "randomisation_smooth_similarity"})
 # the x axes of the Pareto panels (task AUC is always the y axis), in panel order
 PARETO_SCORES = ("insertion_auc", "deletion_auc", "faithfulness_correlation", "pointing_game", "mass_in_mask")
 ALPHA = 0.05
@@ -507,7 +512,7 @@ def summary_sentences(metrics: dict, tests: list[dict]) -> list[str]:
         value = format_ci(pick[score], [pick.get(f"{score}_lo"), pick.get(f"{score}_hi")])
         return f"{pick['model']} / {pick['explanation']} ({value})"
 
-    faith = [(s, best(s)) for s in ("insertion_auc", "deletion_auc", "faithfulness_correlation")]
+    faith = [(s, best(s)) for s in ("insertion_auc", "deletion_auc", "road_morf", "faithfulness_correlation")]
     faith = [(s, b) for s, b in faith if b]
     if faith:
         parts = [f"by {SCORE_LABELS[s]}{' (lower is better)' if s in LOWER_IS_BETTER else ''} is {b}"

@@ -12,7 +12,9 @@ TASK_KEYS = tuple(METRIC_NAMES)
 
 
 SCORE_KEYS = ("pointing_game", "mass_in_mask", "rank_accuracy", "deletion_auc", "insertion_auc",
-              "faithfulness_correlation", "max_sensitivity", "sparseness", "randomisation_similarity")
+              "faithfulness_correlation", "max_sensitivity", "sparseness", "randomisation_similarity",
+              "road_morf", "road_lerf", "randomisation_smooth_similarity", "randomisation_complexity_rise",
+              "occlusion_rank_correlation")
 
 
 def tradeoff_rows(metrics: dict) -> list[dict]:
@@ -110,9 +112,12 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 _EXPLANATION_COLUMNS = (("pointing_game", "pointing game"), ("mass_in_mask", "mass in mask"),
                         ("rank_accuracy", "rank acc."), ("deletion_auc", "deletion AUC ↓"),
-                        ("insertion_auc", "insertion AUC ↑"), ("faithfulness_correlation", "faithfulness corr."),
+                        ("insertion_auc", "insertion AUC ↑"), ("road_morf", "ROAD MoRF ↓"),
+                        ("road_lerf", "ROAD LeRF ↑"), ("faithfulness_correlation", "faithfulness corr."),
                         ("randomisation_similarity", "randomisation similarity (pass)"),
-                        ("max_sensitivity", "max-sens. ↓"))
+                        ("randomisation_smooth_similarity", "sMPRT similarity ↓"),
+                        ("randomisation_complexity_rise", "eMPRT rise ↑"),
+                        ("max_sensitivity", "max-sens. ↓"), ("occlusion_rank_correlation", "ρ with occlusion"))
 
 
 def format_explanations_markdown(metrics: dict) -> str:
@@ -130,8 +135,10 @@ def format_explanations_markdown(metrics: dict) -> str:
             cells = [name, method, block.get("source", ""), str(block.get("n_cases", ""))]
             for key, _ in _EXPLANATION_COLUMNS:
                 cell = format_value(block[key], digits=2) if block.get(key) else ""
-                if key == "randomisation_similarity" and cell and "randomisation" in block:
-                    cell += f" ({100 * block['randomisation']['passed_fraction']:.0f}%)"
+                passes = {"randomisation_similarity": "randomisation",
+                          "randomisation_smooth_similarity": "randomisation_smooth"}.get(key)
+                if passes and cell and passes in block:
+                    cell += f" ({100 * block[passes]['passed_fraction']:.0f}%)"
                 cells.append(cell)
             ms = block.get("ms_per_image")
             cells.append("" if ms is None else f"{ms:.1f}")

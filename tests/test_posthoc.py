@@ -9,8 +9,10 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 from torch import nn
 
+from glasszoo.evaluation.explain_eval import occlusion_agreement
 from glasszoo.evaluation.posthoc import (
     DEFAULT_METHODS,
     POSTHOC_METHODS,
@@ -55,9 +57,11 @@ def _tiny_cnn(seed: int = 0, c: int = 1, classes: int = 3) -> nn.Sequential:
 SMALL = {
     "gradcam": {}, "hirescam": {}, "saliency": {},
     "integrated_gradients": {"n_steps": 8},
+    "deeplift": {},
     "smoothgrad": {"nt_samples": 6, "nt_samples_batch_size": 4},
     "occlusion": {"window": 4, "stride": 2, "perturbations_per_eval": 3},
     "kernel_shap": {"grid": 3, "n_samples": 20},
+    "shapley_sampling": {"grid": 3, "n_samples": 2},
     "lime": {"grid": 3, "n_samples": 20},
     "lrp": {},
 }
@@ -81,6 +85,39 @@ def test_integrated_gradients_equals_w_times_x_and_is_complete():
     with torch.no_grad():
         gap = (model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]).numpy()
     np.testing.assert_allclose(h.maps.sum(axis=(1, 2)), gap, rtol=1e-4, atol=1e-4)  # completeness
+
+
+def test_deeplift_on_a_linear_model_is_gradient_times_input_minus_baseline():
+    model, x = _additive(c=2)
+    h = explain_posthoc(model, x, "deeplift", target=np.ones(3, int), params={"baseline": 0.25})
+    # d logit_1 / dx = w everywhere, so DeepLIFT's multiplier is w and the map is sum_c w * (x - 0.25)
+    expected = (model.w.detach() * (x - 0.25)).sum(dim=1).numpy()
+    np.testing.assert_allclose(h.maps, expected, rtol=1e-4, atol=1e-5)
+    neg = explain_posthoc(model, x, "deeplift", target=np.zeros(3, int), params={"baseline": 0.25})
+    np.testing.assert_allclose(neg.maps, -expected, rtol=1e-4, atol=1e-5)  # logit_0 = -s
+
+
+def test_deeplift_sums_to_the_logit_difference_on_a_relu_network():
+    model = _tiny_cnn(seed=4).eval()
+    x = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(5))
+    h = explain_posthoc(model, x, "deeplift")
+    with torch.no_grad():
+        t = torch.as_tensor(h.target)
+        delta = (model(x) - model(torch.zeros_like(x)))[torch.arange(4), t].numpy()
+    # summation-to-delta (Shrikumar et al. 2017, eq. 1) holds for the Rescale rule through ReLUs and pooling
+    np.testing.assert_allclose(h.maps.sum(axis=(1, 2)), delta, rtol=1e-4, atol=1e-5)
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xr)[torch.arange(4), t].sum(), xr)
+    assert not np.allclose(h.maps, (grad * x).sum(dim=1).numpy(), atol=1e-4)  # not the plain gradient x input
+
+
+def test_deeplift_on_the_blackbox_sums_to_the_logit_difference():
+    model = BlackBoxCNN(2, 1, 16, backbone="resnet10t", stem="standard").eval()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    h = explain_posthoc(model, x, "deeplift")
+    with torch.no_grad():
+        delta = (model(x) - model(torch.zeros_like(x)))[torch.arange(2), torch.as_tensor(h.target)].numpy()
+    np.testing.assert_allclose(h.maps.sum(axis=(1, 2)), delta, rtol=1e-3, atol=1e-5)
 
 
 def _cell_sums(values: np.ndarray, cell: int) -> np.ndarray:
@@ -122,6 +159,34 @@ def test_superpixel_methods_recover_additive_contributions(method, params):
     h = explain_posthoc(model, x, method, target=np.ones(3, int), params=params)
     expected = _cell_sums((model.w.detach() * x).sum(dim=1).numpy(), 4)  # 12 px / 3 cells
     np.testing.assert_allclose(h.maps, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("n_samples", [1, 3])
+def test_shapley_sampling_recovers_each_superpixel_contribution_of_an_additive_model(n_samples):
+    model, x = _additive(c=2)
+    h = explain_posthoc(model, x, "shapley_sampling", target=np.ones(3, int),
+                        params={"grid": 3, "n_samples": n_samples, "baseline": 0.0})
+    # additive model: every ordering gives each superpixel its own sum of w * x, painted over its 4 x 4 cell
+    expected = _cell_sums((model.w.detach() * x).sum(dim=1).numpy(), 4)
+    np.testing.assert_allclose(h.maps, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_shapley_sampling_is_efficient_and_ignores_dummy_superpixels():
+    class Product(nn.Module):  # logit_1 = (mean of the top-left quadrant) * (mean of the bottom-right quadrant)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            v = x[:, 0, :6, :6].mean(dim=(1, 2)) * x[:, 0, 6:, 6:].mean(dim=(1, 2))
+            return torch.stack([-v, v], dim=1)
+
+    x = torch.ones(1, 1, 12, 12)
+    x[..., :6, :6] = 0.5
+    h = explain_posthoc(Product(), x, "shapley_sampling", target=1,
+                        params={"grid": 2, "n_samples": 40, "baseline": 0.0})
+    cells = h.maps[0, ::6, ::6]  # [[top-left, top-right], [bottom-left, bottom-right]]
+    # every ordering hands out exactly f(x) - f(0) = 0.5 (efficiency) and nothing to the two quadrants the model
+    # never reads (dummy players); the product's value is shared, 0.25 each in expectation over the orderings
+    assert cells[0, 0] + cells[1, 1] == pytest.approx(0.5, abs=1e-6)
+    assert cells[0, 1] == 0 and cells[1, 0] == 0
+    assert 0.1 < cells[0, 0] < 0.4
 
 
 def test_lime_default_lasso_keeps_the_additive_ranking():
@@ -298,7 +363,7 @@ def test_lrp_rejects_unsupported_models():
 
 # ----------------------------------------------------------------------------------------- determinism, state, API
 
-@pytest.mark.parametrize("method", ["smoothgrad", "kernel_shap", "lime"])
+@pytest.mark.parametrize("method", ["smoothgrad", "kernel_shap", "shapley_sampling", "lime"])
 def test_same_seed_same_maps_different_seed_different(method):
     model = _tiny_cnn(seed=5)
     x = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(3))
@@ -372,8 +437,8 @@ def test_unknown_method_and_param_errors():
 
 
 def test_methods_table():
-    assert DEFAULT_METHODS == ("gradcam", "hirescam", "saliency", "integrated_gradients", "smoothgrad", "occlusion",
-                               "kernel_shap", "lime", "lrp")
+    assert DEFAULT_METHODS == ("gradcam", "hirescam", "saliency", "integrated_gradients", "deeplift", "smoothgrad",
+                               "occlusion", "kernel_shap", "shapley_sampling", "lime", "lrp")
     assert set(POSTHOC_METHODS) == set(DEFAULT_METHODS)
     assert POSTHOC_METHODS["integrated_gradients"]["n_steps"] == 32
     assert POSTHOC_METHODS["smoothgrad"] == {"nt_samples": 16, "stdevs": 0.15, "nt_samples_batch_size": 4}
@@ -392,6 +457,11 @@ def test_expected_passes_formulas():
     assert expected_passes("kernel_shap", {"n_samples": 20}) == {"forward": 21, "backward": 0}
     assert expected_passes("smoothgrad") == {"forward": 17, "backward": 16}
     assert expected_passes("lrp") == {"forward": 2, "backward": 1}
+    assert expected_passes("deeplift") == {"forward": 3, "backward": 2}
+    # 6 x 6 superpixels, 8 orderings: 1 baseline + 8 * 36 forward passes, + the prediction
+    assert expected_passes("shapley_sampling") == {"forward": 1 + 8 * 36 + 1, "backward": 0}
+    assert expected_passes("shapley_sampling", {"grid": 9}, image_shape=(1, 6, 6),
+                           predicted_target=False) == {"forward": 1 + 8 * 36, "backward": 0}
 
 
 def test_pass_counter_ig_and_kernel_shap_exact_counts():
@@ -421,7 +491,26 @@ def test_pass_counter_matches_expected_passes(method, given_target):
     exp = expected_passes(method, SMALL[method], (1, 12, 12), predicted_target=not given_target)
     assert pc.per_image(3) == {"forward": float(exp["forward"]), "backward": float(exp["backward"])}
     # counts are bounded by the configured sample counts
-    bound = {"integrated_gradients": 8, "smoothgrad": 6, "kernel_shap": 20, "lime": 20,
-             "occlusion": 1 + 5 * 5}.get(method, 1)
+    bound = {"integrated_gradients": 8, "smoothgrad": 6, "kernel_shap": 20, "lime": 20, "deeplift": 2,
+             "shapley_sampling": 1 + 2 * 9, "occlusion": 1 + 5 * 5}.get(method, 1)
     assert pc.forward_images <= 3 * (bound + 1)
     assert pc.backward_images <= 3 * bound
+
+
+# ---------------------------------------------------------------------------------------- agreement with occlusion
+
+def test_occlusion_agreement_is_the_per_case_rank_correlation_on_the_shared_cases():
+    rng = np.random.default_rng(0)
+    occ = rng.random((4, 6, 6))
+    same_order = 3 * occ[:2] + 1  # a monotone transform of occlusion's map: rho = 1 on its 2 cases
+    reversed_map = -occ  # rho = -1 on all 4
+    out = occlusion_agreement({"occlusion": occ, "a": same_order, "b": reversed_map}, (200, 0.95, 0))
+    assert set(out) == {"a", "b"}
+    a, b = out["a"]["occlusion_rank_correlation"], out["b"]["occlusion_rank_correlation"]
+    assert a["value"] == pytest.approx(1.0) and a["n_cases"] == 2
+    assert b["value"] == pytest.approx(-1.0) and b["n_cases"] == 4
+    # an unrelated map: the mean of the per-case Spearman correlations computed by hand with scipy
+    other = rng.random((4, 6, 6))
+    got = occlusion_agreement({"occlusion": occ, "c": other}, (200, 0.95, 0))["c"]["occlusion_rank_correlation"]
+    by_hand = np.mean([spearmanr(o.ravel(), c.ravel())[0] for o, c in zip(occ, other)])
+    assert got["value"] == pytest.approx(by_hand) and got["ci"][0] <= got["value"] <= got["ci"][1]

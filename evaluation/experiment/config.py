@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from glasszoo.evaluation.quality import ROAD_FRACTIONS, ROAD_NOISE
 from glasszoo.evaluation.surrogates import DEFAULT_SURROGATES
 from glasszoo.models import ConfigError, check_kwargs, list_models, model_info
 from glasszoo.training.settings import FeaturesConfig, TrainingConfig
@@ -47,7 +48,8 @@ class PosthocConfig:
     models: list[str] = field(default_factory=lambda: ["black-box"])
     methods: list[str] = field(default_factory=_default_posthoc_methods)
     params: dict = field(default_factory=dict)
-    max_cases: dict = field(default_factory=lambda: {"occlusion": 32, "kernel_shap": 16, "lime": 16})
+    max_cases: dict = field(default_factory=lambda: {"occlusion": 32, "kernel_shap": 16, "shapley_sampling": 16,
+                                                         "lime": 16})
 
 
 @dataclass
@@ -65,6 +67,13 @@ class QualityConfig:
             cases the method explained, at least 2).
         sensitivity_samples: noisy copies per case for the max-sensitivity.
         sensitivity_radius: half-width of the uniform input noise of the max-sensitivity (images in [0, 1]).
+        road: compute ROAD (remove and debias, Rong et al. 2022) beside deletion / insertion.
+        road_fractions: shares of the pixels ROAD removes (each in (0, 1); two forward passes per share and image).
+        road_noise: standard deviation of the noise of ROAD's linear imputation (the paper's 0.01).
+        smooth_randomisation_samples: noisy copies per case of the smooth randomisation test (sMPRT, Hedstrom et
+            al.), which compares the maps of the trained and the fully randomised model each averaged over them
+            (0 = off; the paper's 50 cost 50 explanations per case and model).
+        smooth_randomisation_noise: standard deviation of sMPRT's input noise (images in [0, 1]).
     """
 
     enabled: bool = True
@@ -76,6 +85,11 @@ class QualityConfig:
     randomisation_cases: int = 8
     sensitivity_samples: int = 3
     sensitivity_radius: float = 0.02
+    road: bool = True
+    road_fractions: list[float] = field(default_factory=lambda: list(ROAD_FRACTIONS))
+    road_noise: float = ROAD_NOISE
+    smooth_randomisation_samples: int = 8
+    smooth_randomisation_noise: float = 0.05
 
 
 @dataclass
@@ -422,6 +436,18 @@ def _validate_evaluation(cfg: ExperimentConfig, prefix: str) -> None:
     if not 0.0 < q.sensitivity_radius <= 1.0:
         raise ConfigError(f"{prefix}evaluation.quality.sensitivity_radius: must lie in (0, 1], "
                           f"got {q.sensitivity_radius}")
+    bad = [f for f in q.road_fractions if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1]
+    if not q.road_fractions or bad:
+        raise ConfigError(f"{prefix}evaluation.quality.road_fractions: expected shares of the pixels in (0, 1), "
+                          f"got {q.road_fractions!r}")
+    for key in ("road_noise", "smooth_randomisation_noise"):
+        v = getattr(q, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"{prefix}evaluation.quality.{key}: must be a number >= 0, got {v!r}")
+    v = q.smooth_randomisation_samples
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigError(f"{prefix}evaluation.quality.smooth_randomisation_samples: must be an integer >= 0 "
+                          f"(0 = off), got {v!r}")
     sg = cfg.evaluation.surrogates
     for i, sel in enumerate(sg.of):
         if sel != "all" and sel not in names and sel not in families:
