@@ -14,6 +14,9 @@ the explanation's type (:data:`RENDERERS`; models return data, this module draws
   ground truth, and each gate's attention map;
 * a tabular model: the features that moved the score most, with their values;
 * every other image model: its heatmap(s) over the image (a black box: its post-hoc Grad-CAM).
+
+A glass-box model's or a concept bottleneck's counterfactual (:func:`case_counterfactual`: the smallest change of its
+features or concepts that flips the decision) joins the returned explanations, for the case page and the terminal.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from glasszoo.evaluation.posthoc import explain_posthoc
 from glasszoo.evaluation.seg_figures import plot_segmentation_case
 from glasszoo.models.explanations import (
     ConceptEvidence,
+    Counterfactual,
     FeatureAttribution,
     Heatmap,
     PrototypeEvidence,
@@ -317,6 +321,20 @@ def case_explanations(model: Any, case: Case, top_k: int = 3) -> list:
     return exps
 
 
+def case_counterfactual(model: Any, case: Case, class_names: list[str]) -> Counterfactual | None:
+    """The case's counterfactual (the smallest change that flips the decision) when the model searches one: a
+    glass-box model in its feature table, a concept bottleneck in its concepts (``model.counterfactual``); None
+    for the others, and for a model fitted without the training ranges the search needs."""
+    search = getattr(model, "counterfactual", None)
+    if not callable(search):
+        return None
+    ids = None if case.case_id is None else np.array([case.case_id], dtype=object)
+    try:
+        return search(case.x, class_names=list(class_names), case_ids=ids)
+    except NotImplementedError:
+        return None
+
+
 def _draw_prototypes(model: Any, case: Case, exps: list, proba: np.ndarray, class_names: list[str], path: Path,
                      source_image: Callable[[str], np.ndarray | None], scores: dict[str, float]) -> None:
     evidence = next(e for e in exps if isinstance(e, PrototypeEvidence))
@@ -388,6 +406,9 @@ def explain_case(model: Any, case: Case, class_names: list[str], path: str | Pat
     :func:`pointing_game_scores`) lets a renderer choose between drawings (a prototype's).
     """
     exps = case_explanations(model, case, top_k)
+    cf = case_counterfactual(model, case, class_names)
+    if cf is not None:
+        exps.append(cf)
     proba = model.predict_proba(case.x)[0]
     for kind, draw in RENDERERS:
         if any(isinstance(e, kind) for e in exps):

@@ -1156,6 +1156,23 @@ def select_cases(run_dir: str | Path, ids: Sequence[str], preds: dict[str, pd.Da
     return (mis + ok)[:max(max_cases, 0)]
 
 
+def _counterfactual_list(rd: RunDir, models: list[str], case: str) -> str:
+    """The case's counterfactuals, one line per model that searched one (its saved text)."""
+    items = []
+    for name in models:
+        path = rd.case_counterfactual(name, case)
+        if path.is_file():
+            data = _read_json(path)
+            space = {"features": "in its features", "concepts": "in its concepts"}.get(data.get("space"), "")
+            items.append(f"<li><strong>{_e(name)}</strong> ({_e(space)}): {_e(data.get('text', ''))}</li>")
+    if not items:
+        return ""
+    return ('<div class="counterfactuals"><h4>What would change the decision</h4><p class="note">The smallest change '
+            "found that flips each model's decision (features within their training range, in training standard "
+            "deviations; concepts flipped as a reader's intervention); docs/explanations.md.</p><ul>"
+            + "".join(items) + "</ul></div>")
+
+
 def _cases_section(run_dir: Path, metrics: dict, ids: np.ndarray, preds: dict[str, pd.DataFrame],
                    max_cases: int, max_misclassified: int) -> str:
     chosen = select_cases(run_dir, list(ids), preds, max_cases, max_misclassified)
@@ -1184,12 +1201,13 @@ def _cases_section(run_dir: Path, metrics: dict, ids: np.ndarray, preds: dict[st
                          '<span class="pass">yes</span>' if ok else '<span class="fail">no</span>'])
         figs = [_file_figure(d / f"{safe}.png", d.name) for d in model_dirs]
         figs.append(_file_figure(rd.case_heatmaps(case), "every heatmap of this case"))
+        counter = _counterfactual_list(rd, [d.name for d in model_dirs], case)
         flag = " (misclassified)" if any_wrong else ""
         sections.append(
             f'<section class="case" id="case-{_e(safe)}"><h3>Case {_e(case)}{_e(flag)}</h3>'
             f"<p>true class: <strong>{_e(classes[label] if 0 <= label < len(classes) else label)}</strong></p>"
             + _table(None, ["model", "predicted class", "probability", "correct?"], rows, numeric_from=2)
-            + f'<div class="row">{"".join(f for f in figs if f)}</div></section>')
+            + f'<div class="row">{"".join(f for f in figs if f)}</div>{counter}</section>')
         toc.append(f'<a href="#case-{_e(safe)}">{_e(case)}</a>{_e(flag)}')
     intro = (f'<p class="note">{len(chosen)} test cases with per-case figures; cases misclassified by any model first '
              f"(at most {max_misclassified}).</p><p>" + " · ".join(toc) + "</p>")

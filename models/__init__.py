@@ -16,6 +16,7 @@ from glasszoo.models.errors import ConfigError, DataError, GlasszooError  # noqa
 from glasszoo.models.explanations import (  # noqa: F401
     EXPLANATION_KINDS,
     ConceptEvidence,
+    Counterfactual,
     FeatureAttribution,
     GlobalExplanation,
     Heatmap,

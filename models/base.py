@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from glasszoo.models.counterfactuals import feature_counterfactual
+from glasszoo.models.explanations import Counterfactual
+
 
 def as_tensor(x: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """A float32 tensor on ``device`` from a numpy array or tensor."""
@@ -272,6 +275,29 @@ class TabularModel:
 
     def explain_global(self):
         raise NotImplementedError(f"{type(self).__name__} has no global explanation")
+
+    def counterfactual(self, X: np.ndarray, target: np.ndarray | int | None = None, max_changes: int = 3,
+                       class_names: list[str] | None = None, case_ids: np.ndarray | None = None) -> Counterfactual:
+        """Per row of ``X``, the smallest change of its features, each within its training range, that flips the
+        decision to ``target`` (default: the runner-up class), measured in training standard deviations
+        (:func:`glasszoo.models.counterfactuals.feature_counterfactual`; at most ``max_changes`` features).
+
+        Needs ``feature_lo_``, ``feature_hi_`` and ``feature_sd_`` (the training minimum, maximum and standard
+        deviation of each feature), which the zoo's glass-box models record when they are fitted.
+        """
+        ranges = [getattr(self, a, None) for a in ("feature_lo_", "feature_hi_", "feature_sd_")]
+        if any(r is None for r in ranges):
+            raise NotImplementedError(f"{type(self).__name__} records no training ranges of its features (refit it "
+                                      f"with this version to search counterfactuals)")
+        X = np.asarray(X, dtype=np.float64)
+        names = list(getattr(self, "feature_names_", [f"x{j}" for j in range(X.shape[1])]))
+        descriptions = getattr(self, "feature_descriptions_", {})
+        targets = np.broadcast_to(np.asarray(-1 if target is None else target), (len(X),))
+        cases = [feature_counterfactual(self.predict_proba, row, *ranges, names,
+                                        target=None if int(t) < 0 else int(t), max_changes=max_changes,
+                                        descriptions=descriptions) for row, t in zip(X, targets)]
+        return Counterfactual(space="features", cases=cases, cost_unit="training standard deviations",
+                              class_names=class_names, case_ids=case_ids)
 
     def complexity_(self) -> dict:
         """How big the fitted model is (terms, nodes, points; see each model). Default: nothing to report."""

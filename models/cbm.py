@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -15,8 +15,9 @@ from glasszoo.models._backbones import attach_input_prep, create_backbone, effec
 from glasszoo.models._linear import fit_sparse_linear
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import ImageModel, as_tensor, batched_no_grad
+from glasszoo.models.counterfactuals import concept_counterfactual
 from glasszoo.models.errors import DataError
-from glasszoo.models.explanations import ConceptEvidence, GlobalExplanation, Heatmap
+from glasszoo.models.explanations import ConceptEvidence, Counterfactual, GlobalExplanation, Heatmap
 from glasszoo.models.scoring import auc_score
 
 PAPER = 'Koh et al., "Concept Bottleneck Models", ICML 2020'
@@ -231,6 +232,37 @@ class ConceptBottleneck(ImageModel):
             given[0, k], fix[k] = float(v), True
         logits = self.intervene(act, np.repeat(given, len(act), axis=0), fix)
         return torch.softmax(torch.as_tensor(logits), 1).numpy()
+
+    CONTINUOUS_RANGE: ClassVar[tuple[float, float]] = (-2.0, 2.0)
+    """The standardised values a counterfactual may set a continuous concept to (two training sds either side of
+    its training mean)."""
+
+    def counterfactual(self, x: np.ndarray | torch.Tensor, target: np.ndarray | int | None = None,
+                       max_changes: int = 3, class_names: list[str] | None = None,
+                       case_ids: np.ndarray | None = None) -> Counterfactual:
+        """Per image, the fewest concepts that must flip (binary: present <-> absent; continuous: to the end of
+        :data:`CONTINUOUS_RANGE` that favours the target) for the label head to decide ``target`` (default: the
+        runner-up class), at most ``max_changes`` concepts
+        (:func:`glasszoo.models.counterfactuals.concept_counterfactual`). The moves are test-time interventions
+        (:meth:`intervene`) a reader could make; the values in the text are in data units."""
+        act = self.predict_concepts(x)
+        binary = self.binary.cpu().numpy().tolist()
+
+        @torch.no_grad()
+        def logits(rows: np.ndarray) -> np.ndarray:
+            return self.label_head(torch.as_tensor(rows, dtype=torch.float32, device=self.device)).cpu().numpy()
+
+        def units(k: int, v: float) -> float:
+            one = torch.zeros(1, self.n_concepts, device=self.device)
+            one[0, k] = float(v)
+            return float(self.to_data_units(one)[0, k])
+
+        targets = np.broadcast_to(np.asarray(-1 if target is None else target), (len(act),))
+        cases = [concept_counterfactual(logits, a, self.concept_names, binary, self.CONTINUOUS_RANGE,
+                                        target=None if int(t) < 0 else int(t), max_changes=max_changes,
+                                        to_data_units=units) for a, t in zip(act, targets)]
+        return Counterfactual(space="concepts", cases=cases, cost_unit="concepts moved", class_names=class_names,
+                              case_ids=case_ids)
 
     def correct_worst(self, activations: np.ndarray, true_concepts: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Test-time intervention on each case's most wrong concept: (its name per case, the class probabilities

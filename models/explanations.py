@@ -208,6 +208,60 @@ class GlobalExplanation(_Explanation):
     text: str = ""
 
 
+@dataclass
+class Counterfactual(_Explanation):
+    """Per case, the smallest change of the model's inputs found that flips its decision, in a named space.
+
+    Attributes:
+        space: what was changed: ``"features"`` (a tabular model's feature table, each feature kept within its
+            training range) or ``"concepts"`` (a concept bottleneck's concepts).
+        cases: one dict per case: ``from_class`` and ``to_class`` (indices), ``found`` (the decision flipped),
+            ``changes`` (a list of ``{"name", "before", "after", "delta", "scaled_delta"}`` plus ``"description"``
+            where known; ``scaled_delta`` is the change in the unit of ``cost_unit``), ``cost`` (the sum of the
+            absolute scaled changes), ``proba_before`` and ``proba_after`` (class probabilities).
+        cost_unit: the unit of ``scaled_delta`` and ``cost`` (e.g. "training standard deviations", "flips").
+        class_names: the class names, for the text.
+    """
+
+    kind: ClassVar[str] = "counterfactual"
+    _array_fields: ClassVar[tuple[str, ...]] = ("case_ids",)
+
+    space: str
+    cases: list
+    cost_unit: str = ""
+    class_names: list | None = None
+    case_ids: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def text(self, i: int = 0) -> str:
+        """Case ``i``'s counterfactual in words, e.g. "predicted malignant; would be benign if: A were 1.2 instead
+        of 3.4 (-1.1 sd)"."""
+        c = self.cases[i]
+        names = self.class_names or []
+
+        def cls(k: int) -> str:
+            return str(names[k]) if 0 <= k < len(names) else f"class {k}"
+
+        if not c["changes"] and not c["found"]:
+            return f"predicted {cls(c['from_class'])}; no change within the search space flips it to " \
+                   f"{cls(c['to_class'])}"
+        parts = []
+        for ch in c["changes"]:
+            what = f"{ch['name']} were {ch['after']:.4g} instead of {ch['before']:.4g}"
+            if self.space == "features":
+                what += f" ({ch['scaled_delta']:+.2f} sd)"
+            if ch.get("description"):
+                what += f" [{ch['description']}]"
+            parts.append(what)
+        verb = "would be" if c["found"] else "would still not be"
+        p_after = c["proba_after"][c["to_class"]]
+        return (f"predicted {cls(c['from_class'])}; {verb} {cls(c['to_class'])} (p = {p_after:.2f}) if "
+                + "; ".join(parts))
+
+
 EXPLANATION_KINDS: dict[str, type] = {
-    cls.kind: cls for cls in (Heatmap, PrototypeEvidence, ConceptEvidence, FeatureAttribution, GlobalExplanation)
+    cls.kind: cls for cls in (Heatmap, PrototypeEvidence, ConceptEvidence, FeatureAttribution, GlobalExplanation,
+                              Counterfactual)
 }

@@ -133,6 +133,9 @@ class _GlassBox(ClassifierMixin, BaseEstimator, TabularModel):
             raise ValueError(f"{type(self).__name__}: {len(feature_names)} feature_names for {X.shape[1]} columns")
         self.feature_names_ = feature_names
         self.feature_descriptions_ = dict(feature_descriptions or {})
+        # each feature's training range and spread: the space counterfactuals search (TabularModel.counterfactual)
+        self.feature_lo_, self.feature_hi_ = X.min(axis=0), X.max(axis=0)
+        self.feature_sd_ = X.std(axis=0)
         Xv = yv = None
         if X_val is not None and y_val is not None and len(y_val):
             Xv = check_array(X_val, dtype=np.float64)

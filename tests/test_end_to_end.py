@@ -53,6 +53,24 @@ def test_quickstart_config_runs_scaled_down(tmp_path):
     for method in DEFAULT_METHODS:
         assert bb[method]["source"] == "post-hoc" and bb[method]["passes_per_image"]["forward"] >= 1
         assert "deletion_auc" in bb[method] and "randomisation" in bb[method], method
+        # ROAD, the efficient and smooth randomisation tests, and (all but occlusion) the agreement with occlusion
+        for key in ("road_morf", "road_lerf", "randomisation_complexity_rise", "randomisation_smooth_similarity"):
+            assert key in bb[method], (method, key)
+        assert ("occlusion_rank_correlation" in bb[method]) == (method != "occlusion"), method
+        rho = bb[method].get("occlusion_rank_correlation", {"value": 0.0})["value"]
+        assert math.isnan(rho) or -1.0 <= rho <= 1.0
+    assert bb["occlusion"]["passes_per_image"] and bb["shapley_sampling"]["passes_per_image"]["backward"] == 0
+    # every glass-box model and the concept bottleneck saved a counterfactual beside each of its case figures
+    searched = [n for n, b in m["models"].items() if b["input"] == "features" or b["family"] == "concept"]
+    assert "cbm" in searched and "ebm" in searched
+    for name in searched:
+        figs = sorted((run_dir / "figures" / "cases" / name).glob("*.png"))
+        assert figs, name
+        for fig in figs:
+            data = json.loads(fig.with_suffix(".counterfactual.json").read_text())
+            assert data["kind"] == "counterfactual" and data["text"].startswith("predicted "), name
+            assert data["space"] == ("concepts" if name == "cbm" else "features")
+    assert "What would change the decision" in (run_dir / "report.html").read_text()
     assert (run_dir / "figures" / "comparison.png").exists()
     # the report of the run opens in a real browser: no errors, the results table and the Pareto figure are there
     from browser import open_report

@@ -159,6 +159,10 @@ class RunDir:
     def case_figure(self, model: str, case_id: str) -> Path:
         return self.case_dir(model) / f"{safe_filename(case_id)}.png"
 
+    def case_counterfactual(self, model: str, case_id: str) -> Path:
+        """The model's counterfactual of a case (``Counterfactual.to_dict()`` plus its ``text``), beside its figure."""
+        return self.case_dir(model) / f"{safe_filename(case_id)}.counterfactual.json"
+
     HEATMAP_CASES = "heatmaps"  # the folder under cases/ with every heatmap of a case side by side
 
     def case_heatmaps(self, case_id: str) -> Path:

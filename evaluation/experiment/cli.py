@@ -147,7 +147,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _describe(exps: list, class_names: list[str]) -> str:
     """A few lines of text for the terminal: the prediction's evidence, in words."""
-    from glasszoo.models import ConceptEvidence, FeatureAttribution, Heatmap, PrototypeEvidence  # heavy: torch
+    from glasszoo.models import (  # heavy: torch
+        ConceptEvidence,
+        Counterfactual,
+        FeatureAttribution,
+        Heatmap,
+        PrototypeEvidence,
+    )
 
     lines = []
     for e in exps:
@@ -168,6 +174,8 @@ def _describe(exps: list, class_names: list[str]) -> str:
                 lines.append(f"  feature {e.feature_names[j]}{shown}: {float(e.contribution[0, j]):+.2f}")
         elif isinstance(e, Heatmap):
             lines.append(f"  heatmap '{e.method}' for class {class_names[int(e.target[0])]}")
+        elif isinstance(e, Counterfactual):
+            lines.append(f"  counterfactual ({e.space}): {e.text(0)}")
     return "\n".join(lines)
 
 

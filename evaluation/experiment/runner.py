@@ -38,7 +38,7 @@ from glasszoo.evaluation.report import write_report
 from glasszoo.evaluation.results import format_table, write_tradeoff
 from glasszoo.evaluation.segmentation import segmentation_summary
 from glasszoo.evaluation.surrogates import surrogate_block
-from glasszoo.models import ConfigError, DataError, model_info, resolve_pretrained
+from glasszoo.models import ConfigError, Counterfactual, DataError, model_info, resolve_pretrained
 from glasszoo.training.adapters import Adapter, Adapters, Fitted, check_data
 from glasszoo.training.atomic import atomic_write, atomic_write_text
 from glasszoo.training.caseset import CaseSet
@@ -112,8 +112,11 @@ def write_case_figures(model: Any, adapter: Adapter, rows: np.ndarray, run: RunD
     source_image = training_image_lookup(cs)
     scores = pointing_game_scores(explanation or {})
     for r in rows:
-        explain_case(model, case_of(cs, adapter, int(r)), cs.class_names, run.case_figure(name, cs.case_ids[r]),
-                     source_image, scores=scores)
+        fig = run.case_figure(name, cs.case_ids[r])
+        exps = explain_case(model, case_of(cs, adapter, int(r)), cs.class_names, fig, source_image, scores=scores)
+        for cf in (e for e in exps if isinstance(e, Counterfactual)):  # the case page prints it under the figure
+            atomic_write_text(run.case_counterfactual(name, cs.case_ids[r]),
+                              json.dumps({**cf.to_dict(), "text": cf.text(0)}, indent=1, allow_nan=True))
 
 
 def write_case_heatmaps(cs: CaseSet, rows: np.ndarray, explain_rows: np.ndarray,
