@@ -277,6 +277,32 @@ def bootstrap_ci(
     return out
 
 
+def bootstrap_samples(y_true: np.ndarray, proba: np.ndarray, positive_class: int = 1, n_boot: int = 1000,
+                      seed: int | np.random.Generator = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The six :func:`task_metrics` on all cases and on each of ``n_boot`` stratified bootstrap resamples (the
+    resamples of :func:`bootstrap_ci`), for statistics of several groups of cases (e.g. a difference between
+    subgroups, ``glasszoo.evaluation.subgroups``).
+
+    Returns:
+        ``(point, samples)``: ``{metric: value}`` and ``{metric: float [n_boot]}`` (nan where a resample leaves a
+        metric undefined).
+    """
+    if n_boot < 1:
+        raise DataError(f"n_boot must be >= 1, got {n_boot}")
+    y, proba = _check_inputs(y_true, proba, positive_class)
+    compute = _WeightedMetrics(y, proba, positive_class)
+    point = {name: float(v[0]) for name, v in compute(np.ones((1, y.size))).items()}
+    rng = _as_rng(seed)
+    parts = [compute(_resample_weights(stratified_bootstrap_indices(y, size, rng), y.size))
+             for size in _chunks(n_boot, y.size)]
+    return point, {name: np.concatenate([p[name] for p in parts]) for name in METRIC_NAMES}
+
+
+def percentile_ci(samples: np.ndarray, level: float) -> list[float]:
+    """Percentile interval of the non-NaN ``samples`` at ``level``; ``[nan, nan]`` when none are left."""
+    return _percentile_ci(np.asarray(samples, dtype=np.float64), level)
+
+
 def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     """Cohen's kappa with quadratic weights for ordered classes 0..K-1 (Cohen, Psychol. Bull. 1968): one minus the
     ratio of the observed to the chance-expected sum of squared grade distances ``(i - j)^2 / (K - 1)^2``. 1 is

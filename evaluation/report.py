@@ -910,6 +910,55 @@ def _edit_section(metrics: dict) -> str:
     return _section("edit", "Edit: prototypes switched off", text + _table("edit-table", headers, rows))
 
 
+def _subgroups_section(metrics: dict) -> str:
+    """The subgroup audit (``metrics.json``'s ``subgroups``): per model and subgroup AUC, sensitivity and
+    specificity, the gaps between subgroups with their CIs (flagged when the CI excludes zero) and how the
+    explanations' relevance mass in the lesion moves between subgroups."""
+    sub = metrics.get("subgroups")
+    if not isinstance(sub, dict) or not sub:
+        return ""
+    title = f"Subgroup audit by {sub.get('attribute', 'subgroup')}"
+    if "error" in sub:
+        return _section("subgroups", title, f'<p class="warning">The audit failed: {_e(sub["error"])}</p>')
+    counts = ", ".join(f"{_e(g)}: {n}" for g, n in sub.get("groups", {}).items())
+    rows, gap_rows, shift_rows = [], [], []
+    for name, block in sub.get("models", {}).items():
+        for g, b in block.get("groups", {}).items():
+            rows.append([_e(name), _e(g), str(b.get("n", "")), str(b.get("n_positive", "")),
+                         *(_block_html(b.get(m)) for m in ("auc", "sensitivity", "specificity"))])
+        for gap in block.get("gaps", []):
+            verdict = '<span class="fail">gap</span>' if gap["flagged"] else "no"
+            gap_rows.append([_e(name), _e(f"{gap['group']} − {gap['against']}"), _e(METRIC_LABELS[gap["metric"]]),
+                             _ci_html(gap["value"], gap["ci"]), _e(f"{100 * gap['level']:.1f}%"), verdict])
+        for method, shift in (block.get("explanations") or {}).items():
+            per = "; ".join(f"{_e(g)} {_fmt(v['value'])}" for g, v in shift.get("groups", {}).items())
+            for gap in shift.get("gaps", []):
+                shift_rows.append([_e(name), _e(method), per, _e(f"{gap['group']} − {gap['against']}"),
+                                   _ci_html(gap["value"], gap["ci"])])
+    flagged = sub.get("flagged", [])
+    if flagged:
+        lead = ('<p class="warning">Flagged: ' + "; ".join(
+            _e(f"{m} ({METRIC_LABELS[k]}, {g} − {a})") for m, k, g, a in flagged)
+            + ". The model does not work alike for these subgroups: a confounded subgroup (one that sees more "
+              "positive cases) typically shows opposite sensitivity and specificity gaps.</p>")
+    else:
+        lead = '<p class="pass">No subgroup gap flagged: every gap CI includes zero.</p>'
+    text = (f"<p>Test cases per subgroup: {counts}. Gaps are the subgroup's metric minus the other cases' (two "
+            "subgroups: the one against the other; more: each against the rest), with percentile CIs from "
+            "independent stratified bootstraps, Bonferroni-widened over each model's metrics and comparisons "
+            "(level in the table); a gap is flagged when its CI excludes zero.</p>")
+    parts = [lead, text, _table("subgroup-metrics", ["model", "subgroup", "test cases", "positives", "AUC",
+                                                      "sensitivity", "specificity"], rows, numeric_from=2),
+             _table("subgroup-gaps", ["model", "gap", "metric", "value [CI]", "CI level", "flagged"], gap_rows,
+                    numeric_from=3)]
+    if shift_rows:
+        parts.append("<h3>Does the explanation look elsewhere for one subgroup?</h3><p class=\"note\">Share of each "
+                     "heatmap's positive relevance inside the lesion mask, per subgroup, and its gap (95% CI).</p>"
+                     + _table("subgroup-relevance", ["model", "method", "mass in mask per subgroup", "gap",
+                                                     "value [95% CI]"], shift_rows, numeric_from=4))
+    return _section("subgroups", title, "".join(parts))
+
+
 def _surrogates_section(metrics: dict) -> str:
     """Global surrogates (``metrics.json``'s ``surrogates``): per imitated model, each readable stand-in's fidelity
     to it and its accuracy against the labels, with CIs, and its rules in words."""
@@ -1345,6 +1394,7 @@ def render_report(run_dir: str | Path, reference: str | None = None, max_cases: 
         ("results-section", "Results", _results_section(metrics)),
         ("paired", "Paired tests", _paired_section(tests, reference, metrics)),
         ("surrogates", "Surrogates", _surrogates_section(metrics)),
+        ("subgroups", "Subgroups", _subgroups_section(metrics)),
         ("roc-calibration", "ROC & calibration", _calibration_section(run_dir, metrics, y, preds)),
         ("explanation-quality", "Explanations", _explanations_section(metrics)),
         ("pareto-section", "Pareto", _pareto_section(panels)),

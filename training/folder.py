@@ -257,7 +257,7 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
                 intensity: str = "dtype", slice_index: int | str = "middle", resize: str = "stretch",
                 val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0,
                 name: str | None = None, group_column: str | None = None, group_duplicates: bool = False,
-                duplicate_threshold: float = DEFAULT_THRESHOLD) -> CaseSet:
+                duplicate_threshold: float = DEFAULT_THRESHOLD, subgroup: str | None = None) -> CaseSet:
     """Build a CaseSet from a CSV manifest with one row per case.
 
     Args:
@@ -289,6 +289,9 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
         group_duplicates: find near-duplicate images (:mod:`glasszoo.training.duplicates`) and keep each group of
             them in one split (joined with ``group_column`` when both are given).
         duplicate_threshold: correlation at or above which two images are near-duplicates.
+        subgroup: a column whose values (read as text; an empty cell is ``"missing"``) are the cases' subgroups
+            (scanner, site, sex, ...), for the subgroup audit (``glasszoo.evaluation.subgroups``); kept in
+            ``meta["subgroup"]``; never a concept column.
 
     Raises:
         DataError: naming the file, row (header = row 1) and column at fault.
@@ -311,11 +314,14 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
         id_column = _required_column(id_column, "id_column", header, path)
     if group_column is not None:
         group_column = _required_column(group_column, "group_column", header, path)
+    if subgroup is not None:
+        subgroup = _required_column(subgroup, "subgroup", header, path)
     if split_column is not None and (group_column is not None or group_duplicates):
         raise ConfigError(f"data.group_column / data.group_duplicates make the seeded split, but {path.name} has its "
                           f"own split column '{split_column}'; remove one of them")
     roles: dict[str, str] = {}
-    for key, column in (("group_column", group_column), ("id_column", id_column), ("split_column", split_column),
+    for key, column in (("subgroup", subgroup), ("group_column", group_column), ("id_column", id_column),
+                        ("split_column", split_column),
                         ("mask_column", mask_column),
                         ("label_column", label_column), ("image_column", image_column)):
         if column is not None:
@@ -408,6 +414,9 @@ def load_folder(csv: str, image_column: str = "image", label_column: str = "labe
         masks=np.stack(masks).astype(np.uint8) if has_masks else None, concepts=concepts,
         concept_names=concept_names if concepts is not None else [], name=name, positive_class=positive,
     )
+    if subgroup is not None:
+        cs.meta["subgroup"] = np.asarray([cells[col[subgroup]].strip() or "missing" for _, cells in rows],
+                                         dtype=object)
     if dup_groups is not None:
         cs.checks["duplicates"] = duplicate_report(cs, dup_groups, duplicate_threshold, grouped=True)
     return cs

@@ -28,6 +28,13 @@ flipped independently with probability ``label_noise`` (``meta["label_clean"]`` 
 Optional planted shortcut: with ``shortcut_rate`` set, a saturated square marker is burned into the top-left corner;
 in train/val it is present with probability ``shortcut_rate`` for (noisy) label 1 and ``1 - shortcut_rate`` for
 label 0, in test with probability 0.5 regardless of the label. Lesions never reach the marker region.
+
+Optional scanner (a subgroup for the subgroup audit): with ``scanner_rate`` set, each case comes from scanner
+``"A"`` or ``"B"`` (``meta["subgroup"]``), B with probability ``scanner_rate`` for label 1 and ``1 - scanner_rate``
+for label 0, in every split (a site whose referrals are sicker): ``0.5`` makes the scanner independent of the label,
+anything else a confounder. Scanner B's images have another intensity profile: ``v -> (1 - scanner_shift) * v +
+scanner_shift`` (a brighter, flatter grey scale; the lesion and its contrast order are kept). The scanner is drawn
+from its own generator, so turning it on changes no other array.
 """
 
 from __future__ import annotations
@@ -262,9 +269,9 @@ def _memmap_min_bytes() -> int:
 
 
 def _render_all(rng: np.random.Generator, params: dict[str, np.ndarray], s: int, marker: np.ndarray,
-                shortcut_size: int, channels: int):
+                shortcut_size: int, channels: int, scanner_b: np.ndarray | None = None, scanner_shift: float = 0.0):
     """Yield ``(rows, images [B, C, s, s] float32, masks [B, s, s] uint8)`` chunk by chunk, in order, with the
-    shortcut marker burnt in and values clipped to [0, 1]."""
+    shortcut marker burnt in, scanner B's intensity profile applied and values clipped to [0, 1]."""
     n = len(marker)
     chunk = max(1, _PIXELS_PER_CHUNK // (s * s))
     offset = marker_offset(s)
@@ -273,6 +280,9 @@ def _render_all(rng: np.random.Generator, params: dict[str, np.ndarray], s: int,
         img, msk = _render_chunk(rng, {k: v[sl] for k, v in params.items()}, s)
         img[marker[sl].astype(bool), offset:offset + shortcut_size, offset:offset + shortcut_size] = 1.0
         np.clip(img, 0.0, 1.0, out=img)
+        if scanner_b is not None:
+            b = scanner_b[sl]
+            img[b] = (1.0 - scanner_shift) * img[b] + scanner_shift
         yield sl, np.repeat(img[:, None], channels, axis=1), msk.astype(np.uint8)
 
 
@@ -312,7 +322,8 @@ def _cached_arrays(key: str, shape: tuple[int, int, int, int], chunks) -> tuple[
 def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float = 0.5, label_noise: float = 0.03,
                    shortcut_rate: float | None = None, shortcut_size: int = 4, channels: int = 1,
                    val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0,
-                   memmap: bool | None = None) -> CaseSet:
+                   memmap: bool | None = None, scanner_rate: float | None = None,
+                   scanner_shift: float = 0.2) -> CaseSet:
     """Generate the synthetic phantom CaseSet (deterministic: the same arguments give byte-identical arrays).
 
     Label rule: ``score = 2*irregular_margin + heterogeneous + calcifications + large``; malignant (1) iff
@@ -339,6 +350,9 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
             the generator's code) and memory-mapped, so a large set is never held in memory whole and a second run
             with the same arguments reads the cache instead of rendering. ``True``/``False`` force either way.
             Both give the same arrays.
+        scanner_rate: None for no scanner; else in [0, 1], the probability that a label-1 case comes from scanner
+            B (``1 - scanner_rate`` for label 0): 0.5 = independent of the label (module docstring).
+        scanner_shift: scanner B's intensity profile ``(1 - shift) * v + shift``, shift in [0, 0.5].
 
     Returns:
         A CaseSet with images float32 [N, C, H, W] in [0, 1], lesion masks, the 5 concepts and meta arrays
@@ -348,6 +362,11 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
         ConfigError: an argument is out of range (the message names it).
     """
     _check_args(n_cases, img_size, class_balance, label_noise, shortcut_rate, shortcut_size, channels, seed)
+    if scanner_rate is not None and (isinstance(scanner_rate, bool) or not isinstance(scanner_rate, Real)
+                                     or not 0.0 <= float(scanner_rate) <= 1.0):
+        raise ConfigError(f"data.scanner_rate must be null or lie in [0, 1], got {scanner_rate!r}")
+    if isinstance(scanner_shift, bool) or not isinstance(scanner_shift, Real) or not 0.0 <= scanner_shift <= 0.5:
+        raise ConfigError(f"data.scanner_shift must lie in [0, 0.5], got {scanner_shift!r}")
     if memmap is not None and not isinstance(memmap, bool):
         raise ConfigError(f"data.memmap must be true, false or null (automatic), got {memmap!r}")
     n, s = int(n_cases), int(img_size)
@@ -370,16 +389,23 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
         p_marker = np.where(split == "test", 0.5, p_marker)
         marker = (coin < p_marker).astype(np.int64)
 
+    # the scanner, from a generator of its own (the other arrays do not depend on whether it is on)
+    scanner_b = None
+    if scanner_rate is not None:
+        p_b = np.where(labels == 1, float(scanner_rate), 1.0 - float(scanner_rate))
+        scanner_b = np.random.default_rng([int(seed), 20]).random(n) < p_b
+
     # render in chunks of bounded memory (the chunk size depends only on img_size, so output is seed-deterministic)
     params = _lesion_params(rng, concepts, s)
     shape = (n, int(channels), s, s)
     if memmap is None:
         memmap = 4 * int(np.prod(shape)) >= _memmap_min_bytes()
-    chunks = _render_all(rng, params, s, marker, shortcut_size, int(channels))
+    chunks = _render_all(rng, params, s, marker, shortcut_size, int(channels), scanner_b, float(scanner_shift))
     if memmap:
+        scanner = {} if scanner_rate is None else {"scanner_rate": scanner_rate, "scanner_shift": scanner_shift}
         key = _cache_key(n_cases=n, img_size=s, class_balance=class_balance, label_noise=label_noise,
                          shortcut_rate=shortcut_rate, shortcut_size=shortcut_size, channels=channels,
-                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, **scanner)
         images, masks = _cached_arrays(key, shape, chunks)
     else:
         images = np.empty(shape, dtype=np.float32)
@@ -387,6 +413,15 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
         for sl, img, msk in chunks:
             images[sl], masks[sl] = img, msk
 
+    meta = {
+        "radius": params["radius"].astype(np.float64),
+        "lesion_center_row": params["lesion_row"].astype(np.int64),
+        "lesion_center_col": params["lesion_col"].astype(np.int64),
+        "shortcut_marker": marker,
+        "label_clean": label_clean,
+    }
+    if scanner_b is not None:
+        meta["subgroup"] = np.where(scanner_b, "scanner B", "scanner A").astype(object)
     return CaseSet(
         images=images,
         labels=labels,
@@ -396,13 +431,7 @@ def make_synthetic(n_cases: int = 1200, img_size: int = 64, class_balance: float
         masks=masks,
         concepts=concepts.astype(np.float32),
         concept_names=list(CONCEPT_NAMES),
-        meta={
-            "radius": params["radius"].astype(np.float64),
-            "lesion_center_row": params["lesion_row"].astype(np.int64),
-            "lesion_center_col": params["lesion_col"].astype(np.int64),
-            "shortcut_marker": marker,
-            "label_clean": label_clean,
-        },
+        meta=meta,
         name="synthetic",
         positive_class=1,
     )

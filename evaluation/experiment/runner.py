@@ -37,6 +37,7 @@ from glasszoo.evaluation.prototype_parts import PART_BLOCK, prototype_part_score
 from glasszoo.evaluation.report import write_report
 from glasszoo.evaluation.results import format_table, write_tradeoff
 from glasszoo.evaluation.segmentation import segmentation_summary
+from glasszoo.evaluation.subgroups import stored_heatmaps_by_case, subgroup_audit
 from glasszoo.evaluation.surrogates import surrogate_block
 from glasszoo.models import ConfigError, Counterfactual, DataError, model_info, resolve_pretrained
 from glasszoo.training.adapters import Adapter, Adapters, Fitted, check_data
@@ -477,6 +478,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     if surrogates:
         metrics["surrogates"] = surrogates
         save_metrics()
+    if "subgroup" in cs.meta and curves:
+        try:
+            metrics["subgroups"] = _subgroups(cfg, cs, curves, metrics, run)
+            save_metrics()
+        except Exception as exc:  # the audit must not cost the run's results
+            metrics["subgroups"] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"subgroup audit FAILED: {type(exc).__name__}: {exc}")
     t_figures = time.perf_counter()
     write_tradeoff(metrics, run.tradeoff)
     plot_roc(cs.labels[test], curves, cs.class_names, cs.positive_class, run.roc_figure)
@@ -506,6 +514,29 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         log(f"report: {write_report(run.path)}")
     log(f"done in {time.perf_counter() - t0:.0f}s: {run.path}")
     return run.path
+
+
+def _subgroups(cfg: ExperimentConfig, cs: CaseSet, curves: dict[str, np.ndarray], metrics: dict,
+               run: RunDir) -> dict:
+    """The subgroup audit of every model (``glasszoo.evaluation.subgroups``) on the test split, logged."""
+    test = cs.indices("test")
+    groups = np.asarray(cs.meta["subgroup"]).astype(str)
+    row_of = {str(c): i for i, c in enumerate(cs.case_ids)}
+    heatmaps = {name: stored_heatmaps_by_case(run.model(name).heatmap, metrics["models"][name].get("explanation", {}),
+                                              row_of, groups) for name in curves}
+    masks_of = None if cs.masks is None else (lambda rows: np.asarray(cs.masks[rows]))
+    attribute = str(cfg.data.get("subgroup") or ("scanner" if cfg.data.get("scanner_rate") is not None
+                                                 else "subgroup"))
+    ev = cfg.evaluation
+    audit = subgroup_audit(cs.labels[test], groups[test], curves, heatmaps, masks_of, cs.positive_class,
+                           ev.bootstrap, ev.ci_level, cfg.seed, attribute=attribute)
+    counts = ", ".join(f"{g} {n}" for g, n in audit["groups"].items())
+    log(f"subgroup audit by {attribute} ({counts} test cases)")
+    for name, block in audit["models"].items():
+        flagged = [f"{g['metric']} {g['value']:+.2f} [{g['ci'][0]:+.2f}, {g['ci'][1]:+.2f}]"
+                   for g in block["gaps"] if g["flagged"]]
+        log(f"    {name}: " + (f"GAP flagged: {'; '.join(flagged)}" if flagged else "no gap flagged"))
+    return audit
 
 
 def failures(run_dir: str | Path) -> dict[str, dict]:
