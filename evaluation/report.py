@@ -1072,6 +1072,14 @@ def _explanations_section(metrics: dict) -> str:
     note = ('<p class="note">One row per (model, explanation method); ↓ marks scores where lower is better. '
             "Randomisation: the model-parameter randomisation check (a map that barely changes when the weights are "
             "randomised fails). Scores with 95% bootstrap CIs over the explained cases.</p>")
+    repro = metrics.get("reproducibility") or []
+    if repro:
+        rrows = [[_e(" / ".join(r["models"])), _e(r["method"]), str(r.get("n_cases", "")),
+                  _block_html(r.get("spearman")), _block_html(r.get("ssim"))] for r in repro]
+        note += ("<h3>Reproducibility across models</h3><p>The same post-hoc method on the same test cases from two "
+                 "models of the run (e.g. two backbones; Arun et al. 2021): Spearman rank correlation and SSIM of the "
+                 "absolute maps, mean and 95% CI over the cases.</p>"
+                 + _table("reproducibility-table", ["models", "method", "cases", "Spearman", "SSIM"], rrows, 2))
     return _section("explanation-quality", "Explanation quality", _table("explanations", headers, body, 4) + note)
 
 
@@ -1316,10 +1324,26 @@ def _seeds_section(run_dir: Path, metrics: dict) -> str:
             rows.append([_e(name), _e(label), f"{_e(_fmt(s.get('mean')))} ± {_e(_fmt(s.get('sd')))}",
                          _e(values), _block_html(boot) if boot else DASH])
     seed_list = ", ".join(str(s) for s in seeds.get("seeds", []) or [])
-    text = (f'<p class="note">Across the seeds {_e(seed_list)}: mean ± standard deviation over the runs, beside the '
-            "bootstrap 95% CI of this run (variation over test cases, not over training).</p>")
-    return _section("seeds", "Across seeds", text + _table(
-        "seeds-table", ["model", "metric", "across seeds: mean ± sd", "values", "this run: bootstrap CI"], rows, 2))
+    vary = seeds.get("vary", "all")
+    what = ("only the training changed: the same data, split and explained cases" if vary == "training" else
+            "each seed made its own data and split")
+    text = (f'<p class="note">Across the seeds {_e(seed_list)} ({_e(what)}): mean ± standard deviation over the runs, '
+            "beside the bootstrap 95% CI of this run (variation over test cases, not over training).</p>")
+    parts = [text, _table("seeds-table", ["model", "metric", "across seeds: mean ± sd", "values",
+                                          "this run: bootstrap CI"], rows, 2)]
+    rep = seeds.get("repeatability") or {}
+    rep_rows = [[_e(name), _e(method), _e(b.get("source", "")), str(b.get("n_cases", "")),
+                 _block_html(b.get("spearman")), _block_html(b.get("ssim"))]
+                for name, methods in rep.items() for method, b in methods.items()]
+    if rep_rows:
+        parts.append(
+            "<h3>Repeatability of the maps across seeds</h3><p>The same method's maps of the same test cases from "
+            "the models of each seed (Arun et al., Radiology: AI 2021): Spearman rank correlation and SSIM of the "
+            "absolute maps, averaged over the pairs of seeds, mean and 95% CI over the cases. A map that changes "
+            "with the seed explains the seed, not the disease.</p>"
+            + _table("repeatability-table", ["model", "map", "source", "cases", "Spearman across seeds",
+                                             "SSIM across seeds"], rep_rows, 3))
+    return _section("seeds", "Across seeds", "".join(parts))
 
 
 def _diagnostics_section(metrics: dict) -> str:

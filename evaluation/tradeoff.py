@@ -302,6 +302,7 @@ def _render(points: list[dict], scale: float) -> tuple[bytes, list[dict]]:
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlim(*xlim)  # before anything is drawn: a log axis with no points yet has no valid limits
     for p in plotted:
         c = colour[p["family"]]
         lo, hi = p["ci"]

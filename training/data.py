@@ -36,6 +36,17 @@ def _source_function(source: str):
     raise ConfigError(f"data.source must be one of {SOURCES}, got {source!r}")
 
 
+def fixed_data_config(data_cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``data_cfg`` with its source's ``seed`` (the synthetic phantoms, a seeded split) set to ``seed`` unless it
+    sets one itself, so that runs with other seeds load the very same cases and split; unchanged for a source whose
+    data do not depend on a seed (MedMNIST's official splits)."""
+    out = dict(data_cfg)
+    fn = _source_function(out.get("source"))
+    if "seed" in inspect.signature(fn).parameters and "seed" not in out:
+        out["seed"] = int(seed)
+    return out
+
+
 def load_caseset(data_cfg: dict[str, Any], seed: int = 0, base_dir: str | Path | None = None) -> CaseSet:
     """Build the CaseSet described by a config's ``data`` section.
 

@@ -49,7 +49,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.seeds == 1:
         run_dir = run_experiment(cfg, out=args.out, overwrite=args.overwrite, resume=args.resume)
     else:
-        run_dir = run_seeds(cfg, args.seeds, out=args.out, overwrite=args.overwrite, resume=args.resume)
+        run_dir = run_seeds(cfg, args.seeds, out=args.out, overwrite=args.overwrite, resume=args.resume,
+                            vary=args.vary)
     return _failed(run_dir)
 
 
@@ -344,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run in its directory: finished models are loaded, not retrained")
     p.add_argument("--seeds", type=int, default=1,
                    help="repeat the run with seeds seed, seed+1, ...; report mean +- sd across them (default 1)")
+    p.add_argument("--vary", choices=("training", "all"), default="training",
+                   help="with --seeds: what the seeds change: the training only, on the first seed's data, split and "
+                        "explained cases, so maps can be compared across seeds (default); or the data and split too")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("audit", help="shortcut audit: train the zoo with a planted marker correlated with the label "

@@ -139,6 +139,7 @@ class EvaluationConfig:
     bootstrap: int = 1000
     ci_level: float = 0.95
     explain_cases: int = 64  # test cases explained per model (0 = none, -1 = all)
+    sample_seed: int | None = None  # seed of the sample of explained test cases (None: the run's seed)
     figure_cases: int = 8  # cases shown in each model's explanation figure
     case_figures_per_class: int = 2  # explained test cases per true class that get a per-case figure per model
     comparison_cases_per_class: int = 2  # cases per class in the all-methods comparison grid (figures/comparison.png)
@@ -444,6 +445,10 @@ def _validate_evaluation(cfg: ExperimentConfig, prefix: str) -> None:
         v = getattr(q, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"{prefix}evaluation.quality.{key}: must be a number >= 0, got {v!r}")
+    if cfg.evaluation.sample_seed is not None and (isinstance(cfg.evaluation.sample_seed, bool)
+                                                   or not isinstance(cfg.evaluation.sample_seed, int)):
+        raise ConfigError(f"{prefix}evaluation.sample_seed: must be an integer or null, "
+                          f"got {cfg.evaluation.sample_seed!r}")
     v = q.smooth_randomisation_samples
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ConfigError(f"{prefix}evaluation.quality.smooth_randomisation_samples: must be an integer >= 0 "

@@ -34,6 +34,7 @@ from glasszoo.evaluation.explain_eval import (
 from glasszoo.evaluation.metrics import bootstrap_ci, kappa_ci
 from glasszoo.evaluation.plots import plot_comparison, plot_roc
 from glasszoo.evaluation.prototype_parts import PART_BLOCK, prototype_part_scores
+from glasszoo.evaluation.repeatability import reproducibility
 from glasszoo.evaluation.report import write_report
 from glasszoo.evaluation.results import format_table, write_tradeoff
 from glasszoo.evaluation.segmentation import segmentation_summary
@@ -399,7 +400,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     test = cs.indices("test")
     curves: dict[str, np.ndarray] = {}
     ev = cfg.evaluation
-    explain_rows = _explain_sample(cs, ev.explain_cases, cfg.seed)  # the same test cases for every model
+    # the same test cases for every model (and, with --seeds, for every seed: sample_seed)
+    explain_rows = _explain_sample(cs, ev.explain_cases, cfg.seed if ev.sample_seed is None else ev.sample_seed)
     # the cases of the all-methods comparison grid: within the smallest per-method case cap, so every column has them
     caps = [ev.posthoc.max_cases[m] for m in ev.posthoc.methods if m in ev.posthoc.max_cases]
     pool = explain_rows[:min(caps)] if caps else explain_rows
@@ -478,6 +480,14 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     if surrogates:
         metrics["surrogates"] = surrogates
         save_metrics()
+    repro = reproducibility(lambda name, method: run.model(name).heatmap(method), metrics, ev.bootstrap,
+                            ev.ci_level, cfg.seed)
+    if repro:
+        metrics["reproducibility"] = repro
+        save_metrics()
+        for r in repro:
+            log(f"map agreement of {' and '.join(r['models'])} ({r['method']}): Spearman "
+                f"{r['spearman']['value']:.2f}, SSIM {r['ssim']['value']:.2f} on {r['n_cases']} cases")
     if "subgroup" in cs.meta and curves:
         try:
             metrics["subgroups"] = _subgroups(cfg, cs, curves, metrics, run)
