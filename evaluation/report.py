@@ -1225,8 +1225,8 @@ def _counterfactual_list(rd: RunDir, models: list[str], case: str) -> str:
     if not items:
         return ""
     return ('<div class="counterfactuals"><h4>What would change the decision</h4><p class="note">The smallest change '
-            "found that flips each model's decision (features within their training range, in training standard "
-            "deviations; concepts flipped as a reader's intervention); docs/explanations.md.</p><ul>"
+            "found that flips each model's decision (features within their training range, in robust training standard "
+            "deviations, 1.4826 x MAD; concepts flipped as a reader's intervention); docs/explanations.md.</p><ul>"
             + "".join(items) + "</ul></div>")
 
 

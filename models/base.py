@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from glasszoo.models.counterfactuals import feature_counterfactual
+from glasszoo.models.counterfactuals import ROBUST_SD, feature_counterfactual
 from glasszoo.models.explanations import Counterfactual
 
 
@@ -279,13 +279,14 @@ class TabularModel:
     def counterfactual(self, X: np.ndarray, target: np.ndarray | int | None = None, max_changes: int = 3,
                        class_names: list[str] | None = None, case_ids: np.ndarray | None = None) -> Counterfactual:
         """Per row of ``X``, the smallest change of its features, each within its training range, that flips the
-        decision to ``target`` (default: the runner-up class), measured in training standard deviations
+        decision to ``target`` (default: the runner-up class), measured in robust training standard deviations
+        (:func:`glasszoo.models.counterfactuals.robust_scale`)
         (:func:`glasszoo.models.counterfactuals.feature_counterfactual`; at most ``max_changes`` features).
 
-        Needs ``feature_lo_``, ``feature_hi_`` and ``feature_sd_`` (the training minimum, maximum and standard
+        Needs ``feature_lo_``, ``feature_hi_`` and ``feature_scale_`` (the training minimum, maximum and robust
         deviation of each feature), which the zoo's glass-box models record when they are fitted.
         """
-        ranges = [getattr(self, a, None) for a in ("feature_lo_", "feature_hi_", "feature_sd_")]
+        ranges = [getattr(self, a, None) for a in ("feature_lo_", "feature_hi_", "feature_scale_")]
         if any(r is None for r in ranges):
             raise NotImplementedError(f"{type(self).__name__} records no training ranges of its features (refit it "
                                       f"with this version to search counterfactuals)")
@@ -296,7 +297,7 @@ class TabularModel:
         cases = [feature_counterfactual(self.predict_proba, row, *ranges, names,
                                         target=None if int(t) < 0 else int(t), max_changes=max_changes,
                                         descriptions=descriptions) for row, t in zip(X, targets)]
-        return Counterfactual(space="features", cases=cases, cost_unit="training standard deviations",
+        return Counterfactual(space="features", cases=cases, cost_unit=ROBUST_SD,
                               class_names=class_names, case_ids=case_ids)
 
     def complexity_(self) -> dict:

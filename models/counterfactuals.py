@@ -3,11 +3,12 @@
 Two spaces, each searched by plain numpy over the model's own probabilities (no gradients, any model):
 
 * :func:`feature_counterfactual` -- a tabular model's **feature table**. Each feature may move within its training
-  range ``[lo, hi]``; a change is measured in training standard deviations and the cost of a counterfactual is the
+  range ``[lo, hi]``; a change is measured in robust training standard deviations (:func:`robust_scale`: 1.4826
+  times the median absolute deviation, which an outlier cannot inflate) and the cost of a counterfactual is the
   sum of its absolute scaled changes (an L1 distance, so few features change). Greedy search (Wachter et al.,
   "Counterfactual explanations without opening the black box", Harvard J. Law & Tech. 2018, define the
-  counterfactual as the closest input with the other decision; the L1 distance in units of a feature's spread is
-  their choice too, with the median absolute deviation):
+  counterfactual as the closest input with the other decision; the L1 distance in units of each feature's median
+  absolute deviation is their choice too):
 
   1. For every feature not yet changed, the values of a grid over its training range (``grid`` points, its bounds
      included) are tried one at a time, and the feature whose best move raises the decision margin (log-probability
@@ -39,6 +40,19 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 ProbaFn = Callable[[np.ndarray], np.ndarray]  # rows [M, D] -> class probabilities [M, classes]
+
+ROBUST_SD = "robust training standard deviations (1.4826 x median absolute deviation)"
+"""The unit of a feature counterfactual's changes and cost."""
+
+
+def robust_scale(X: np.ndarray) -> np.ndarray:
+    """Each column's robust standard deviation: 1.4826 x its median absolute deviation (the standard deviation of
+    a normal column, but not inflated by a few extreme values); the standard deviation where the MAD is 0 (a
+    column that is mostly one value), 1 where that is 0 too."""
+    X = np.asarray(X, dtype=np.float64)
+    mad = 1.4826 * np.median(np.abs(X - np.median(X, axis=0)), axis=0)
+    sd = X.std(axis=0)
+    return np.where(mad > 0, mad, np.where(sd > 0, sd, 1.0))
 
 _BISECTION_STEPS = 30
 _EPS = 1e-12
@@ -74,7 +88,7 @@ def feature_counterfactual(proba_fn: ProbaFn, x: np.ndarray, lo: np.ndarray, hi:
         proba_fn: the model's ``predict_proba`` on rows [M, F].
         x: the case's features [F].
         lo, hi: each feature's training minimum and maximum [F] (the search never leaves them).
-        scale: each feature's training standard deviation [F] (> 0; the unit of the cost).
+        scale: each feature's robust training standard deviation [F] (> 0; the unit of the cost; :func:`robust_scale`).
         names: the F feature names.
         target: the class to flip to (default: the runner-up class).
         max_changes: at most this many features change.
@@ -218,4 +232,4 @@ def concept_counterfactual(logits_fn: Callable[[np.ndarray], np.ndarray], activa
             "cost": float(len(chosen)), "proba_before": p0.tolist(), "proba_after": p1.tolist()}
 
 
-__all__ = ["concept_counterfactual", "default_target", "feature_counterfactual"]
+__all__ = ["ROBUST_SD", "concept_counterfactual", "default_target", "feature_counterfactual", "robust_scale"]

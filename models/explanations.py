@@ -251,7 +251,7 @@ class Counterfactual(_Explanation):
         for ch in c["changes"]:
             what = f"{ch['name']} were {ch['after']:.4g} instead of {ch['before']:.4g}"
             if self.space == "features":
-                what += f" ({ch['scaled_delta']:+.2f} sd)"
+                what += f" ({ch['scaled_delta']:+.2f} sd)"  # robust sds (cost_unit)
             if ch.get("description"):
                 what += f" [{ch['description']}]"
             parts.append(what)

@@ -41,6 +41,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from glasszoo.models._registry import register_model
 from glasszoo.models.base import TabularModel
+from glasszoo.models.counterfactuals import robust_scale
 from glasszoo.models.explanations import FeatureAttribution, GlobalExplanation
 
 
@@ -133,9 +134,9 @@ class _GlassBox(ClassifierMixin, BaseEstimator, TabularModel):
             raise ValueError(f"{type(self).__name__}: {len(feature_names)} feature_names for {X.shape[1]} columns")
         self.feature_names_ = feature_names
         self.feature_descriptions_ = dict(feature_descriptions or {})
-        # each feature's training range and spread: the space counterfactuals search (TabularModel.counterfactual)
+        # each feature's training range and robust spread: the space counterfactuals search (and their unit)
         self.feature_lo_, self.feature_hi_ = X.min(axis=0), X.max(axis=0)
-        self.feature_sd_ = X.std(axis=0)
+        self.feature_scale_ = robust_scale(X)
         Xv = yv = None
         if X_val is not None and y_val is not None and len(y_val):
             Xv = check_array(X_val, dtype=np.float64)
