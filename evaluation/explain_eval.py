@@ -161,9 +161,11 @@ OCCLUSION = "occlusion"
 
 def occlusion_agreement(maps_of: dict[str, np.ndarray], boot: tuple[int, float, int]) -> dict[str, dict]:
     """Each heatmap's per-case Spearman rank correlation with the occlusion map of the same case (the perturbation
-    "gold standard" of the saliency literature), summarised by its mean and bootstrap CI over the cases both maps
-    cover (each method explains the first cases of the shared explained sample, so the first ``min(n, n_occlusion)``
-    cases are common).
+    "gold standard" of the saliency literature), of the absolute values (as the randomisation check: the methods'
+    signs do not share a convention; occlusion by a black window is negative wherever black raises the logit, which
+    made the signed correlations of every method about 0 on the quickstart), summarised by its mean and bootstrap CI
+    over the cases both maps cover (each method explains the first cases of the shared explained sample, so the first
+    ``min(n, n_occlusion)`` cases are common).
 
     Args:
         maps_of: heatmap key -> maps [n, H, W] of one model; must hold :data:`OCCLUSION`.
@@ -178,7 +180,7 @@ def occlusion_agreement(maps_of: dict[str, np.ndarray], boot: tuple[int, float, 
         if key == OCCLUSION:
             continue
         k = min(len(maps), len(occ))
-        block = _ci(Q.spearman_per_case(maps[:k], occ[:k]), *boot)
+        block = _ci(Q.spearman_per_case(np.abs(maps[:k]), np.abs(occ[:k])), *boot)
         out[key] = {"occlusion_rank_correlation": {**block, "n_cases": int(k)}}
     return out
 

@@ -501,16 +501,16 @@ def test_pass_counter_matches_expected_passes(method, given_target):
 
 def test_occlusion_agreement_is_the_per_case_rank_correlation_on_the_shared_cases():
     rng = np.random.default_rng(0)
-    occ = rng.random((4, 6, 6))
-    same_order = 3 * occ[:2] + 1  # a monotone transform of occlusion's map: rho = 1 on its 2 cases
-    reversed_map = -occ  # rho = -1 on all 4
+    occ = rng.random((4, 6, 6)) - 0.5  # signed, as occlusion's logit drops are
+    same_order = -3 * occ[:2]  # the same magnitudes, the sign flipped: rho = 1 on its 2 cases (absolute values)
+    reversed_map = 1 / (0.1 + np.abs(occ))  # large where occlusion is small: rho = -1 on all 4
     out = occlusion_agreement({"occlusion": occ, "a": same_order, "b": reversed_map}, (200, 0.95, 0))
     assert set(out) == {"a", "b"}
     a, b = out["a"]["occlusion_rank_correlation"], out["b"]["occlusion_rank_correlation"]
     assert a["value"] == pytest.approx(1.0) and a["n_cases"] == 2
     assert b["value"] == pytest.approx(-1.0) and b["n_cases"] == 4
     # an unrelated map: the mean of the per-case Spearman correlations computed by hand with scipy
-    other = rng.random((4, 6, 6))
+    other = rng.random((4, 6, 6)) - 0.5
     got = occlusion_agreement({"occlusion": occ, "c": other}, (200, 0.95, 0))["c"]["occlusion_rank_correlation"]
-    by_hand = np.mean([spearmanr(o.ravel(), c.ravel())[0] for o, c in zip(occ, other)])
+    by_hand = np.mean([spearmanr(np.abs(o).ravel(), np.abs(c).ravel())[0] for o, c in zip(occ, other)])
     assert got["value"] == pytest.approx(by_hand) and got["ci"][0] <= got["value"] <= got["ci"][1]
