@@ -480,8 +480,12 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     if surrogates:
         metrics["surrogates"] = surrogates
         save_metrics()
-    repro = reproducibility(lambda name, method: run.model(name).heatmap(method), metrics, ev.bootstrap,
-                            ev.ci_level, cfg.seed)
+    try:
+        repro = reproducibility(lambda name, method: run.model(name).heatmap(method), metrics, ev.bootstrap,
+                                ev.ci_level, cfg.seed)
+    except Exception as exc:  # a comparison of maps must not cost the run's results
+        repro = []
+        log(f"map reproducibility FAILED: {type(exc).__name__}: {exc}")
     if repro:
         metrics["reproducibility"] = repro
         save_metrics()
