@@ -237,14 +237,21 @@ def save_heatmap(hm: Heatmap, path: Path) -> None:
     np.savez_compressed(path, maps=hm.maps.astype(np.float16), target=hm.target, case_ids=ids)
 
 
+def load_heatmap(path: Path) -> tuple[np.ndarray, list[str]] | None:
+    """(maps [n, H, W] float32, case ids) of a heatmap written by :func:`save_heatmap`, or None if absent."""
+    if not Path(path).is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return z["maps"].astype(np.float32), [str(c) for c in z["case_ids"]]
+
+
 def stored_heatmaps(block: dict, name: str, mdir: ModelDir) -> list[tuple[str, np.ndarray]]:
     """(column title, maps [n, H, W] of the first n explained cases) of every heatmap an earlier run saved."""
     out = []
     for key, b in block.get("explanation", {}).items():
-        path = mdir.heatmap(key)
-        if isinstance(b, dict) and b.get("kind") == "heatmap" and path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                out.append((_column_title(name, key, b.get("source", ""), b), z["maps"].astype(np.float32)))
+        saved = load_heatmap(mdir.heatmap(key)) if isinstance(b, dict) and b.get("kind") == "heatmap" else None
+        if saved is not None:
+            out.append((_column_title(name, key, b.get("source", ""), b), saved[0]))
     return out
 
 

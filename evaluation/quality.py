@@ -788,7 +788,7 @@ def ssim(a: np.ndarray, b: np.ndarray, sigma: float = SSIM_SIGMA, radius: int = 
     return s.reshape(n, -1).mean(axis=1)
 
 
-def _unit_abs(maps: np.ndarray) -> np.ndarray:
+def unit_abs(maps: np.ndarray) -> np.ndarray:
     """``|map| / max |map|`` per case (an all-zero map stays zero)."""
     a = np.abs(maps)
     peak = a.reshape(len(a), -1).max(axis=1, initial=0.0)[:, None, None]
@@ -871,7 +871,7 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
     _check_positive_int(stages, "stages")
     reference = _check_explained(explain_fn(model, xs, tgt), n, (h, w), "explain_fn(model, x)")
     ref_abs = np.abs(reference)
-    ref_unit = _unit_abs(reference)
+    ref_unit = unit_abs(reference)
 
     randomised = copy.deepcopy(model)
     params = list(randomised.parameters())
@@ -892,7 +892,7 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
         if return_maps:
             out["maps"].append(maps)
         out["spearman"].append(spearman_per_case(ref_abs, np.abs(maps)))
-        out["ssim"].append(ssim(ref_unit, _unit_abs(maps)))
+        out["ssim"].append(ssim(ref_unit, unit_abs(maps)))
     final_rho = out["spearman"][-1]
     flat_ref, flat_last = _is_flat(ref_abs), _is_flat(np.abs(maps))
     flat_similarity = np.where(flat_ref & flat_last, 1.0, 0.0)  # both flat: unchanged; one flat: changed
@@ -918,10 +918,8 @@ def discrete_entropy(maps: np.ndarray, bins: int = ENTROPY_BINS) -> np.ndarray:
     Returns:
         float [N].
     """
-    m = np.abs(_check_maps_only(maps)).reshape(len(maps), -1).astype(np.float64)
-    peak = m.max(axis=1, keepdims=True) if m.shape[1] else np.zeros((len(m), 1))
-    unit = np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
-    out = np.empty(len(m))
+    unit = unit_abs(_check_maps_only(maps)).reshape(len(maps), -1)
+    out = np.empty(len(unit))
     for i, row in enumerate(unit):
         counts, _ = np.histogram(row, bins=bins, range=(0.0, 1.0))
         p = counts[counts > 0] / max(counts.sum(), 1)

@@ -25,21 +25,8 @@ from typing import Any
 import numpy as np
 
 from glasszoo.evaluation import quality as Q
+from glasszoo.evaluation.explain_eval import load_heatmap
 from glasszoo.evaluation.metrics import mean_ci
-
-
-def load_heatmap(path: Path) -> tuple[np.ndarray, list[str]] | None:
-    """(maps [n, H, W] float32, case ids) of a saved heatmap (``save_heatmap``), or None if absent."""
-    if not Path(path).is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        return z["maps"].astype(np.float32), [str(c) for c in z["case_ids"]]
-
-
-def _unit(maps: np.ndarray) -> np.ndarray:
-    a = np.abs(maps.astype(np.float64))
-    peak = a.reshape(len(a), -1).max(axis=1)[:, None, None]
-    return np.divide(a, peak, out=np.zeros_like(a), where=peak > 0)
 
 
 def agreement(versions: list[tuple[np.ndarray, list[str]]], n_boot: int = 1000, level: float = 0.95,
@@ -65,7 +52,7 @@ def agreement(versions: list[tuple[np.ndarray, list[str]]], n_boot: int = 1000, 
     rho, sim = [], []
     for a, b in itertools.combinations(aligned, 2):
         rho.append(Q.spearman_per_case(np.abs(a), np.abs(b)))
-        sim.append(Q.ssim(_unit(a), _unit(b)))
+        sim.append(Q.ssim(Q.unit_abs(a.astype(np.float64)), Q.unit_abs(b.astype(np.float64))))
     with np.errstate(all="ignore"):
         per_case_rho = np.nanmean(np.stack(rho), axis=0) if len(rho) > 1 else rho[0]
         per_case_ssim = np.nanmean(np.stack(sim), axis=0) if len(sim) > 1 else sim[0]
@@ -121,4 +108,4 @@ def reproducibility(heatmap_of: Callable[[str, str], Path], metrics: dict, n_boo
     return out
 
 
-__all__ = ["agreement", "load_heatmap", "repeatability", "reproducibility"]
+__all__ = ["agreement", "repeatability", "reproducibility"]

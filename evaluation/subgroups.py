@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from glasszoo.evaluation.explain_eval import load_heatmap
 from glasszoo.evaluation.metrics import bootstrap_samples, percentile_ci, relevance_mass_in_mask
 
 AUDIT_METRICS: tuple[str, ...] = ("auc", "sensitivity", "specificity")
@@ -170,11 +171,10 @@ def stored_heatmaps_by_case(path_of: Callable[[str], Path], blocks: dict, row_of
     subgroup)."""
     out = {}
     for key, b in blocks.items():
-        path = Path(path_of(key))
-        if not (isinstance(b, dict) and b.get("kind") == "heatmap" and path.is_file()):
+        saved = load_heatmap(path_of(key)) if isinstance(b, dict) and b.get("kind") == "heatmap" else None
+        if saved is None:
             continue
-        with np.load(path, allow_pickle=False) as z:
-            maps, ids = z["maps"].astype(np.float32), [str(c) for c in z["case_ids"]]
+        maps, ids = saved
         if not ids or any(c not in row_of for c in ids):
             continue
         rows = np.array([row_of[c] for c in ids], dtype=np.int64)

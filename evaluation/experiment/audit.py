@@ -36,6 +36,7 @@ import numpy as np
 from glasszoo.evaluation.experiment.config import ExperimentConfig
 from glasszoo.evaluation.experiment.runner import log, run_experiment
 from glasszoo.evaluation.experiment.saved import open_run
+from glasszoo.evaluation.explain_eval import load_heatmap
 from glasszoo.evaluation.metrics import mean_ci, task_metrics
 from glasszoo.evaluation.plots import _save, plt
 from glasszoo.evaluation.report import write_report
@@ -158,11 +159,11 @@ def run_audit(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: b
         }
         block["auc_drop"] = {"value": block["auc_correlated"]["value"] - block["auc_decorrelated"]["value"]}
         for key, b in metrics["models"][name].get("explanation", {}).items():
-            path = rd.model(name).heatmap(key)
-            if not (isinstance(b, dict) and b.get("kind") == "heatmap" and path.is_file()):
+            is_map = isinstance(b, dict) and b.get("kind") == "heatmap"
+            saved = load_heatmap(rd.model(name).heatmap(key)) if is_map else None
+            if saved is None:
                 continue
-            with np.load(path, allow_pickle=False) as z:
-                maps, ids = z["maps"].astype(np.float32), z["case_ids"].astype(str)
+            maps, ids = saved
             rows = np.array([run.case_row(c) for c in ids], dtype=np.int64)
             on = decorrelated[rows]
             mass = _marker_mass(maps[on], box) if on.any() else np.array([np.nan])

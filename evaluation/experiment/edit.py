@@ -22,6 +22,7 @@ import numpy as np
 
 from glasszoo.evaluation.experiment.config import ModelSpec
 from glasszoo.evaluation.experiment.saved import SavedRun, open_run
+from glasszoo.evaluation.explain_eval import load_heatmap
 from glasszoo.evaluation.metrics import mean_ci, pointing_game
 from glasszoo.evaluation.report import load_metrics, paired_tests, write_report
 from glasszoo.models.errors import ConfigError, DataError
@@ -214,11 +215,10 @@ def edit_run(run_dir: str | Path, drops: dict[str, list[int]], out: str | Path |
 
 
 def _pointing_hits(mdir, method: str, cs, rows_of: dict[str, int]) -> tuple[np.ndarray, np.ndarray] | None:
-    path = mdir.heatmap(method)
-    if not path.is_file() or cs.masks is None:
+    saved = load_heatmap(mdir.heatmap(method)) if cs.masks is not None else None
+    if saved is None:
         return None
-    with np.load(path, allow_pickle=False) as z:
-        maps, ids = z["maps"].astype(np.float32), z["case_ids"].astype(str)
+    maps, ids = saved[0], np.asarray(saved[1], dtype=str)
     rows = np.array([rows_of[i] for i in ids])
     return ids, pointing_game(maps, cs.masks[rows])
 
