@@ -113,6 +113,8 @@ def test_report_keeps_sections_not_run(monkeypatch):
     assert "<!-- bench-section: training -->" in text and "glasszoo bench --only training" in text
     m = bench.machine_description()
     assert m["cores"] >= 1 and m["cpu"] and f"{m['ram_gb']:.0f} GiB RAM" in text
+    # the section run now names its CPU (the kept ones keep whatever line they had)
+    assert f"on {m['cpu']} ({m['cores']} cores) with `glasszoo bench --only training`" in text
     # a second partial run replaces its own section only
     sec2 = BenchSection("push", "Prototype push", {"data": "d"},
                         rows=[BenchRow("forward pass", 10, 1.0, "forward pass", 1.0)])

@@ -923,7 +923,8 @@ def format_section(sec: BenchSection, command: str = "") -> str:
     lines = [f"## {sec.title}", "", f"<!-- bench-section: {sec.name} -->"]
     if command:
         m = machine_description()
-        lines += ["", f"Measured {m['date']} with `{command}`."]
+        # the CPU of each section: --only refreshes part of the report, perhaps on another machine than the rest's
+        lines += ["", f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores) with `{command}`."]
     lines += ["", "Settings: " + "; ".join(f"{k} {v}" for k, v in sec.settings.items()) + ".", ""]
     if sec.columns:
         lines += ["| " + " | ".join(sec.columns) + " |", "|" + "|".join("---" for _ in sec.columns) + "|"]
@@ -968,11 +969,12 @@ def write_markdown(sections: list[BenchSection], command: str, previous: str | N
     head = ["# Performance", "",
             "Written by the benchmark command; do not edit by hand. Regenerate everything with:", "", "```",
             FULL_COMMAND, "```", "",
-            f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['ram_gb']:.0f} GiB "
+            f"Machine of the last run: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['ram_gb']:.0f} GiB "
             f"RAM, GPU {m['gpu']}, torch {m['torch']}, Python {m['python']}; last run {m['date']} "
             f"(`{command}`). In-process timings are medians (push, radiomics) or the fastest (training) of repeated "
             f"runs after a warm-up; ratios compare operations timed back to back in one process; `glasszoo run` "
-            f"figures come from child processes.", ""]
+            f"figures come from child processes. Each section names the CPU it was measured on: compare figures of "
+            f"different sections only when it is the same.", ""]
     blocks = {name: text for name, text in _split_sections(previous or "").items()}
     for sec in sections:
         blocks[sec.name] = format_section(sec, command) + "\n"
