@@ -971,10 +971,10 @@ def write_markdown(sections: list[BenchSection], command: str, previous: str | N
             FULL_COMMAND, "```", "",
             f"Machine of the last run: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
             f"{m['ram_gb']:.0f} GiB RAM, GPU {m['gpu']}, torch {m['torch']}, Python {m['python']}; last run "
-            f"{m['date']} (`{command}`). In-process timings are medians (push, radiomics) or the fastest (training) "
-            f"of repeated runs after a warm-up; ratios compare operations timed back to back in one process; `glasszoo run` "
-            f"figures come from child processes. Each section names the CPU it was measured on: compare figures of "
-            f"different sections only when it is the same.", ""]
+            f"{m['date']} (`{command}`). In-process timings are medians (push, radiomics) or the fastest "
+            "(training) of repeated runs after a warm-up; ratios compare operations timed back to back in one "
+            "process; `glasszoo run` figures come from child processes. Each section names the CPU it was measured "
+            "on: compare figures of different sections only when it is the same.", ""]
     blocks = {name: text for name, text in _split_sections(previous or "").items()}
     for sec in sections:
         blocks[sec.name] = format_section(sec, command) + "\n"
