@@ -179,7 +179,7 @@ def test_bench_runs_from_an_installed_package(tmp_path, monkeypatch):
     from glasszoo.models import ConfigError, list_models
 
     assert not hasattr(bench, "REPO_ROOT")
-    assert set(bench.WORKLOADS) == {"training", "push", "scaling", "epochs"}
+    assert set(bench.WORKLOADS) == {"training", "push", "scaling", "epochs", "cpu"}
     assert all(m in list_models() for w in bench.WORKLOADS.values()
                for m in ([w["model"]] if "model" in w else list(w["models"])))
     monkeypatch.chdir(tmp_path)

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from lightning.pytorch.loggers import CSVLogger
 
 from glasszoo.models import ImageModel, create_model, model_info
+from glasszoo.training.allocator import keep_freed_memory
 from glasszoo.training.atomic import atomic_write
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.datamodule import CaseSetDataModule
@@ -149,6 +150,7 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
     ``callbacks`` are extra Lightning callbacks (e.g. the benchmark's timers).
     """
     _quiet_lightning()
+    keep_freed_memory()  # no page faults for the buffers every step frees and allocates again
     if model.schedule_epochs is not None:  # a model with a stage schedule sets its own epoch count
         tcfg = dataclasses.replace(tcfg, max_epochs=int(model.schedule_epochs))
     out_dir = Path(out_dir)

@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,7 @@ from glasszoo.evaluation.report import default_reference
 from glasszoo.models import ConfigError, GlasszooError, create_model, model_info
 from glasszoo.models.base import as_tensor
 from glasszoo.training.adapters import Adapters
+from glasszoo.training.allocator import keep_freed_memory
 from glasszoo.training.radiomics import extract_radiomics
 from glasszoo.training.rundir import RunDir
 from glasszoo.training.settings import AugmentConfig, TrainingConfig
@@ -856,6 +858,96 @@ def section_quickstart(device: str = "cpu", config: str | Path | None = None) ->
                                            "test_auc": aucs, "reference": reference})
 
 
+# ---------------------------------------------------------------------------------------------- CPU training
+def cpu_steps_child(threads: int, steps: int, img_size: int, batch_size: int, seed: int = 0) -> None:
+    """In a child process (``GLASSZOO_MALLOC_TUNING`` set by the parent): ``steps`` training steps of the ``cpu``
+    workload on ``threads`` torch threads after 3 warm-up steps; prints one JSON line (seconds, page faults)."""
+    applied = keep_freed_memory()
+    torch.set_num_threads(threads)
+    name, params = _workload("cpu")
+    torch.manual_seed(seed)
+    net = create_model(name, num_classes=2, in_chans=1, img_size=img_size, **params).train()
+    net.to(memory_format=torch.channels_last)  # as the quickstart trains
+    x = torch.rand(batch_size, 1, img_size, img_size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch_size,))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": seconds, "faults": r1.ru_minflt - r0.ru_minflt, "sys": r1.ru_stime - r0.ru_stime,
+                      "applied": applied}))
+
+
+def _cpu_children(n: int, threads: int, tuning: bool, steps: int, img_size: int, batch_size: int
+                  ) -> tuple[float, list[dict]]:
+    """``n`` children of :func:`cpu_steps_child` started together; (wall seconds of the slowest, their lines)."""
+    code = (f"from glasszoo.evaluation.experiment.bench import cpu_steps_child; "
+            f"cpu_steps_child({threads}, {steps}, {img_size}, {batch_size})")
+    env = {**os.environ, "GLASSZOO_MALLOC_TUNING": "1" if tuning else "0", "OMP_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(n)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise GlasszooError(f"bench: cpu: the timing child failed ({p.returncode}): {err.strip()[-500:]}")
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    return max(o["seconds"] for o in outs), outs
+
+
+def section_cpu(img_size: int = 48, batch_size: int = 64, steps: int = 20, repeats: int = 3) -> BenchSection:
+    """Training steps of the quickstart's black box on the CPU, each setting in fresh child processes: glibc's
+    allocator as it comes against :func:`glasszoo.training.allocator.keep_freed_memory`, on 1 and 2 threads; and
+    two single-threaded processes side by side (what ``workers: 2`` does) against one process on 2 threads.
+    Fastest of ``repeats`` runs per setting, the settings alternating."""
+    cores = os.cpu_count() or 1
+    settings_list = [("1 process, 1 thread", 1, 1, False), ("1 process, 1 thread", 1, 1, True),
+                     (f"1 process, {cores} threads", 1, cores, False), (f"1 process, {cores} threads", 1, cores, True),
+                     (f"{cores} processes side by side, 1 thread each", cores, 1, True)]
+    best: dict[int, tuple[float, list[dict]]] = {}
+    for _ in range(repeats):
+        for i, (_label, n, threads, tuning) in enumerate(settings_list):
+            wall, outs = _cpu_children(n, threads, tuning, steps, img_size, batch_size)
+            if i not in best or wall < best[i][0]:
+                best[i] = (wall, outs)
+    rows, data = [], []
+    for i, (label, n, threads, tuning) in enumerate(settings_list):
+        wall, outs = best[i]
+        images = n * steps * batch_size
+        faults = sum(o["faults"] for o in outs) / (n * steps)
+        data.append({"setting": label, "processes": n, "threads": threads, "keep_freed_memory": tuning,
+                     "wall_seconds": wall, "images_per_second": images / wall, "faults_per_step": faults,
+                     "sys_seconds": sum(o["sys"] for o in outs)})
+        rows.append([label, "kept for reuse" if tuning else "glibc's default", f"{images}", f"{wall:.2f}",
+                     f"{images / wall:.1f}", f"{faults:.0f}"])
+    ips = [d["images_per_second"] for d in data]
+    f2, f3 = data[2]["faults_per_step"], data[3]["faults_per_step"]
+    summary = (f"Keeping freed memory: x{ips[1] / ips[0]:.2f} the training throughput on 1 thread, "
+               f"x{ips[3] / ips[2]:.2f} on {cores} (page faults per step {f2:.0f} -> {f3:.0f}); {cores} "
+               f"single-threaded processes side by side: x{ips[4] / ips[3]:.2f} one process on {cores} threads "
+               f"(both with the setting).")
+    name, params = _workload("cpu")
+    settings = {"model": f"{name} {params} (the quickstart's black box), channels-last",
+                "data": f"random {img_size} px images in memory", "batch size": batch_size,
+                "steps": f"{steps} per process after 3 warm-up steps", "repeats": f"{repeats}, fastest, alternating",
+                "process": "fresh child processes per setting"}
+    notes = ["A training step is forward, cross-entropy, backward and an Adam step, with no data loading or "
+             "logging. `glasszoo run` keeps freed memory (training/allocator.py; `GLASSZOO_MALLOC_TUNING=0` turns "
+             "it off); `workers: 2` in a config trains its image models side by side as in the last row."]
+    return BenchSection("cpu", "CPU training: the allocator and side-by-side processes", settings, summary=summary,
+                        columns=["processes", "allocator", "images", "wall (s)", "images/s", "page faults / step"],
+                        table=rows, data={"settings": data}, notes=notes)
+
+
 # ---------------------------------------------------------------------------------------------- registry
 @dataclass
 class SectionSpec:
@@ -882,6 +974,7 @@ register_section("radiomics", bench_radiomics, "Radiomics extraction")
 register_section("scaling", section_scaling, "Scaling with the data size")
 register_section("quickstart", section_quickstart, "Quickstart end to end")
 register_section("epochs", section_epochs, "Cost per training epoch by image size", in_default=False)
+register_section("cpu", section_cpu, "CPU training: the allocator and side-by-side processes")
 
 
 def run_section(name: str, **options) -> BenchSection:

@@ -173,6 +173,10 @@ class ExperimentConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    # image models trained side by side on the CPU, each in a worker process with one torch thread (1: one after
+    # another in the run's own process, on every core); ignored on a GPU. Not a result setting, but a model trained
+    # on one thread differs from one trained on several in floating-point order (docs/performance.md)
+    workers: int = 1
     source: str = ""  # the file it came from
 
     def training_for(self, spec: ModelSpec) -> TrainingConfig:
@@ -214,6 +218,8 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("source")
+        if d["workers"] == 1:  # configs written before the setting existed stay byte-identical
+            d.pop("workers")
         for m in d["models"]:  # configs written before per-model features stay byte-identical
             if not m.get("features"):
                 m.pop("features", None)
@@ -390,6 +396,9 @@ def parse_config(raw: dict, source: str = "") -> ExperimentConfig:
     cfg.source = source
     if not isinstance(cfg.experiment, str) or not cfg.experiment or "/" in cfg.experiment:
         raise ConfigError(f"{prefix}experiment: must be a non-empty name without '/', got {cfg.experiment!r}")
+    if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
+        raise ConfigError(f"{prefix}workers: expected an integer >= 1 (processes training image models side by "
+                          f"side), got {cfg.workers!r}")
     for spec in models:  # validate per-model training and feature overrides now, not after hours of training
         cfg.training_for(spec)
         if spec.features and model_info(spec.model).input_kind != "features":

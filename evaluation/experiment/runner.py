@@ -9,12 +9,15 @@ records its error, keeps every other model's results and writes the report.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
+import multiprocessing
 import os
 import sys
 import time
 import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ from glasszoo.evaluation.subgroups import stored_heatmaps_by_case, subgroup_audi
 from glasszoo.evaluation.surrogates import surrogate_block
 from glasszoo.models import ConfigError, Counterfactual, DataError, model_info, resolve_pretrained
 from glasszoo.training.adapters import Adapter, Adapters, Fitted, check_data
+from glasszoo.training.allocator import keep_freed_memory
 from glasszoo.training.atomic import atomic_write, atomic_write_text
 from glasszoo.training.caseset import CaseSet
 from glasszoo.training.data import load_caseset
@@ -69,7 +73,12 @@ def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None = None, overwr
     return base.parent / f"{base.name}-{n}"
 
 
+_LOG_AS = ""  # in a training worker process (``workers`` > 1): the model it trains, named on each line it logs
+
+
 def log(msg: str) -> None:
+    if _LOG_AS:
+        msg = f"    {_LOG_AS}: {msg.lstrip()}"
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -353,6 +362,50 @@ def _surrogates(cfg: ExperimentConfig, cs: CaseSet, adapters: Adapters,
     return out
 
 
+_POOL: dict[str, Any] = {}  # what a forked training worker inherits: the run's config, data, adapters and directory
+
+
+def _parallel_models(cfg: ExperimentConfig, order: list[ModelSpec], adapters: Adapters, done: dict,
+                     prefit: dict | None) -> list[str]:
+    """The models of the run that train in worker processes: with ``workers`` > 1, every image model still to be
+    trained (not loaded from an earlier run, not fitted elsewhere), when there are two or more and they train on
+    the CPU (a GPU is shared by one process better than by several)."""
+    if cfg.workers < 2:
+        return []
+    names = [sp.name for sp in order if sp.name not in done and sp.name not in (prefit or {})
+             and adapters.for_info(model_info(sp.model), cfg.features_for(sp)).torch_model]
+    if len(names) < 2:
+        return []
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if gpu and any(cfg.training_for(sp).accelerator != "cpu" for sp in order if sp.name in names):
+        log(f"workers: {cfg.workers} ignored, the image models train on the GPU one after another")
+        return []
+    return names
+
+
+def _pool_init() -> None:
+    """A training worker: one torch thread (two single-threaded models train faster side by side on two cores
+    than one after another on both; docs/performance.md)."""
+    torch.set_num_threads(1)
+
+
+def _pool_train(name: str) -> tuple[str, np.ndarray | None, dict]:
+    """In a worker process: train, evaluate and store the model ``name`` of the run in ``_POOL`` (forked from the
+    run's process); returns ("ok", test probabilities, its metrics block) or ("failed", None, its failure record).
+    The heatmaps and the model are on disk in the run; the run's process reads them back."""
+    global _LOG_AS
+    _LOG_AS = name
+    cfg, cs, run = _POOL["cfg"], _POOL["cs"], _POOL["run"]
+    spec = _POOL["specs"][name]
+    spec = dataclasses.replace(spec, training={**spec.training, "progress_bar": False})  # bars of two would mix
+    adapter = _POOL["adapters"].for_info(model_info(spec.model), cfg.features_for(spec))
+    try:
+        _, proba, block = _train_and_evaluate(spec, adapter, cs, cfg, run, _POOL["explain_rows"], [])
+    except Exception as exc:  # one model's failure must not cost the others' results
+        return "failed", None, _failure(spec, exc)
+    return "ok", proba, block
+
+
 def _failure(spec: ModelSpec, exc: Exception, stage: str | None = None) -> dict:
     """What ``metrics.json``'s ``failed`` records of a model that raised ``exc`` (inside an ``except``)."""
     return {"registry_name": spec.model, **({"stage": stage} if stage else {}),
@@ -386,6 +439,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     # where relative data paths resolve from, so the run can be reopened from anywhere (glasszoo explain)
     atomic_write_text(run.run_info, json.dumps({"cwd": os.getcwd(), "glasszoo_version": package_version(),
                                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                "malloc_keeps_freed_memory": keep_freed_memory(),
                                                 **(run_info or {})}, indent=2))
     log(f"glasszoo: run '{cfg.experiment}' -> {run.path}" + (f" (resuming: {len(done)} models done)" if done else ""))
     log(f"data: {cs.name}, {cs.n_cases} cases, image {list(cs.images.shape[1:])}, classes {cs.class_names} "
@@ -407,14 +461,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     pool = explain_rows[:min(caps)] if caps else explain_rows
     cmp_rows = _case_figure_rows(cs, pool, ev.comparison_cases_per_class)
     cmp_idx = np.searchsorted(explain_rows, cmp_rows)
-    heatmaps: list[tuple[str, np.ndarray]] = []  # (column title, maps of the explained cases) of every heatmap
+    heatmaps_of: dict[str, list[tuple[str, np.ndarray]]] = {}  # model -> (column title, maps) of its heatmaps
     finished: dict[str, tuple[ModelSpec, Any, Adapter]] = {}  # kept for the case figures
-
-    def save_metrics() -> None:
-        metrics["dataset"].update(adapters.dataset_info())
-        if failed:
-            metrics["failed"] = failed
-        atomic_write_text(run.metrics, json.dumps(metrics, indent=2, allow_nan=True))
 
     segmenters = cfg.segmenters_used()
     # a segmentation model whose masks a tabular model reads trains first (otherwise config order)
@@ -422,6 +470,17 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     if [sp.name for sp in order] != [sp.name for sp in cfg.models]:
         log(f"order: {', '.join(segmenters)} first, since {'their' if len(segmenters) > 1 else 'its'} predicted "
             f"lesion masks are read by the glass-box models (features.region: predicted)")
+    position = {sp.name: i for i, sp in enumerate(order)}
+
+    def in_order(d: dict) -> dict:  # models finish out of order with workers; results are listed in run order
+        return {k: d[k] for k in sorted(d, key=position.__getitem__)}
+
+    def save_metrics() -> None:
+        metrics["models"] = in_order(metrics["models"])
+        metrics["dataset"].update(adapters.dataset_info())
+        if failed:
+            metrics["failed"] = failed
+        atomic_write_text(run.metrics, json.dumps(metrics, indent=2, allow_nan=True))
 
     def share_masks(name: str, model: Any) -> None:
         if name in segmenters:
@@ -430,39 +489,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             log(f"    predicted lesion masks of all {cs.n_cases} cases kept for the glass-box models "
                 f"({empty} empty)")
 
-    for i, spec in enumerate(order, 1):
-        info = model_info(spec.model)
-        adapter = adapters.for_info(info, cfg.features_for(spec))
-        mdir = run.model(spec.name)
-        if spec.name in done and adapter.saved(mdir):
-            model = adapter.load(spec.model, spec.params, mdir)
-            curves[spec.name] = read_predictions(cs, mdir.predictions)
-            adapter.prepare()  # e.g. the feature table, whose provenance goes under dataset as in the first run
-            metrics["models"][spec.name] = done[spec.name]
-            heatmaps.extend(stored_heatmaps(done[spec.name], spec.name, mdir))
-            finished[spec.name] = (spec, model, adapter)
-            save_metrics()
-            log(f"[{i}/{len(cfg.models)}] {spec.name}: done in the earlier run, loaded (not retrained)")
-            share_masks(spec.name, model)
-            continue
-        log(f"[{i}/{len(cfg.models)}] {spec.name} ({info.family}, {info.input_kind})")
-        log(f"    reads: {adapter.reads()['text']}")
-        if not info.intrinsic and not (adapter.torch_model and ev.posthoc.methods
-                                       and selected_for_posthoc(ev.posthoc.models, spec.name, info.family)):
-            log(f"    note: '{spec.name}' has no explanation of its own and evaluation.posthoc does not select it: "
-                f"it gets no heatmap in this run")
-        n_heat = len(heatmaps)
-        try:
-            model, proba, block = _train_and_evaluate(spec, adapter, cs, cfg, run, explain_rows, heatmaps,
-                                                      (prefit or {}).get(spec.name))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # one model's failure must not cost the others' results
-            del heatmaps[n_heat:]
-            failed[spec.name] = _failure(spec, exc)
-            save_metrics()
-            log(f"    FAILED: {type(exc).__name__}: {exc} (the run goes on without '{spec.name}')")
-            continue
+    def record(spec: ModelSpec, model: Any, adapter: Adapter, proba: np.ndarray, block: dict) -> None:
         metrics["models"][spec.name] = block
         curves[spec.name] = proba
         finished[spec.name] = (spec, model, adapter)
@@ -471,6 +498,100 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             share_masks(spec.name, model)
         except Exception as exc:  # the readers of these masks then fail, each naming the missing masks
             log(f"    could not predict the lesion masks of every case: {type(exc).__name__}: {exc}")
+
+    def announce(i: int, spec: ModelSpec, info: Any, adapter: Adapter, where: str = "") -> None:
+        log(f"[{i}/{len(cfg.models)}] {spec.name} ({info.family}, {info.input_kind}){where}")
+        log(f"    reads: {adapter.reads()['text']}")
+        if not info.intrinsic and not (adapter.torch_model and ev.posthoc.methods
+                                       and selected_for_posthoc(ev.posthoc.models, spec.name, info.family)):
+            log(f"    note: '{spec.name}' has no explanation of its own and evaluation.posthoc does not select it: "
+                f"it gets no heatmap in this run")
+
+    # with workers > 1 on the CPU the image models train side by side, each in a forked process on one thread; the
+    # run's own process meanwhile fits the tabular models, then takes each worker's stored model back
+    spec_of = {sp.name: sp for sp in order}
+    parallel = _parallel_models(cfg, order, adapters, done, prefit)
+    futures: dict[str, Future] = {}
+    executor = None
+    if parallel:
+        n_workers = min(cfg.workers, len(parallel))
+        _POOL.update(cfg=cfg, cs=cs, adapters=adapters, run=run, explain_rows=explain_rows, specs=spec_of)
+        executor = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_pool_init)
+        log(f"workers: {len(parallel)} image models train side by side in {n_workers} processes, one torch thread "
+            f"each; their lines name them")
+        for name in parallel:
+            futures[name] = executor.submit(_pool_train, name)
+            spec = spec_of[name]
+            info = model_info(spec.model)
+            announce(position[name] + 1, spec, info, adapters.for_info(info, cfg.features_for(spec)),
+                     " in a worker process")
+
+    def collect(name: str) -> None:
+        """Wait for the worker training ``name``; record its results and load its stored model back."""
+        spec = spec_of[name]
+        info = model_info(spec.model)
+        adapter = adapters.for_info(info, cfg.features_for(spec))
+        future = futures.pop(name)
+        try:
+            status, proba, block = future.result()
+            if status == "ok":  # the model as stored, for the surrogates, the case figures and the masks
+                model = adapter.load(spec.model, spec.params, run.model(name))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # e.g. the worker process died (out of memory): the model fails alone
+            status, block = "failed", _failure(spec, exc)
+        if status != "ok":
+            failed[name] = block
+            save_metrics()
+            log(f"    {name}: FAILED: {block['error']} (the run goes on without '{name}')")
+            return
+        heatmaps_of[name] = stored_heatmaps(block, name, run.model(name))
+        record(spec, model, adapter, proba, block)
+
+    try:
+        for i, spec in enumerate(order, 1):
+            if spec.name in parallel:
+                continue
+            info = model_info(spec.model)
+            fc = cfg.features_for(spec)
+            if fc.segmenter in futures:  # a tabular model reading the masks of a model still training waits for it
+                collect(fc.segmenter)
+            adapter = adapters.for_info(info, fc)
+            mdir = run.model(spec.name)
+            if spec.name in done and adapter.saved(mdir):
+                model = adapter.load(spec.model, spec.params, mdir)
+                curves[spec.name] = read_predictions(cs, mdir.predictions)
+                adapter.prepare()  # e.g. the feature table, whose provenance goes under dataset as in the first run
+                metrics["models"][spec.name] = done[spec.name]
+                heatmaps_of[spec.name] = stored_heatmaps(done[spec.name], spec.name, mdir)
+                finished[spec.name] = (spec, model, adapter)
+                save_metrics()
+                log(f"[{i}/{len(cfg.models)}] {spec.name}: done in the earlier run, loaded (not retrained)")
+                share_masks(spec.name, model)
+                continue
+            announce(i, spec, info, adapter)
+            heatmaps_of[spec.name] = []
+            try:
+                model, proba, block = _train_and_evaluate(spec, adapter, cs, cfg, run, explain_rows,
+                                                          heatmaps_of[spec.name], (prefit or {}).get(spec.name))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # one model's failure must not cost the others' results
+                del heatmaps_of[spec.name]
+                failed[spec.name] = _failure(spec, exc)
+                save_metrics()
+                log(f"    FAILED: {type(exc).__name__}: {exc} (the run goes on without '{spec.name}')")
+                continue
+            record(spec, model, adapter, proba, block)
+        for name in sorted(futures, key=position.__getitem__):
+            collect(name)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=not futures, cancel_futures=True)  # futures left only when interrupted
+            _POOL.clear()
+    curves, finished = in_order(curves), in_order(finished)
+    heatmaps = [h for name in in_order(heatmaps_of) for h in heatmaps_of[name]]
 
     try:
         surrogates = _surrogates(cfg, cs, adapters, finished)
