@@ -396,7 +396,7 @@ def parse_config(raw: dict, source: str = "") -> ExperimentConfig:
     cfg.source = source
     if not isinstance(cfg.experiment, str) or not cfg.experiment or "/" in cfg.experiment:
         raise ConfigError(f"{prefix}experiment: must be a non-empty name without '/', got {cfg.experiment!r}")
-    if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
+    if cfg.workers < 1:  # _build has checked that it is an integer
         raise ConfigError(f"{prefix}workers: expected an integer >= 1 (processes training image models side by "
                           f"side), got {cfg.workers!r}")
     for spec in models:  # validate per-model training and feature overrides now, not after hours of training

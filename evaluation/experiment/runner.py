@@ -436,10 +436,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     check_config_data(cfg, cs)  # every model's needs, before anything is written or trained
     run.figures.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    kept = keep_freed_memory()  # before any training, and before the workers fork (they inherit it)
     # where relative data paths resolve from, so the run can be reopened from anywhere (glasszoo explain)
     atomic_write_text(run.run_info, json.dumps({"cwd": os.getcwd(), "glasszoo_version": package_version(),
                                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                "malloc_keeps_freed_memory": keep_freed_memory(),
+                                                "malloc_keeps_freed_memory": kept,
                                                 **(run_info or {})}, indent=2))
     log(f"glasszoo: run '{cfg.experiment}' -> {run.path}" + (f" (resuming: {len(done)} models done)" if done else ""))
     log(f"data: {cs.name}, {cs.n_cases} cases, image {list(cs.images.shape[1:])}, classes {cs.class_names} "
