@@ -121,12 +121,13 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
     out["quality_cases"] = int(n)
     if explain_fn is None:
         return out
-    # the randomisation check and the max-sensitivity re-explain (stages + samples + 2) times: at most a quarter of
+    # the randomisation check and the max-sensitivity re-explain (stages + samples + 1) times: at most a quarter of
     # the cases the method explained (so the perturbation methods, which explain fewer cases, stay affordable)
     r = min(qcfg.randomisation_cases, max(2, len(maps) // 4), len(maps))
     xr, tr = x[:r], hm.target[:r]
+    reference = explain_fn(model, xr, tr)  # the trained model's maps, which both tests compare against
     check = Q.randomisation_check(model, explain_fn, xr, tr, stages=qcfg.randomisation_stages, seed=seed,
-                                  return_maps=keep is not None)
+                                  return_maps=keep is not None, reference=reference)
     if keep is not None:
         keep["randomisation_maps"] = check["maps"]
     out["randomisation_similarity"] = _ci(np.asarray(check["similarity"], dtype=np.float64), n_boot, level, seed)
@@ -150,7 +151,7 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
                                        "passed": bool(np.mean(smooth["passed"]) >= 0.5), "samples": int(samples),
                                        "noise": float(qcfg.smooth_randomisation_noise), "n_cases": int(r)}
     sens = Q.max_sensitivity(lambda xx, tt: explain_fn(model, xx, tt), xr, tr, radius=qcfg.sensitivity_radius,
-                             n_samples=qcfg.sensitivity_samples, seed=seed)
+                             n_samples=qcfg.sensitivity_samples, seed=seed, reference=reference)
     out["max_sensitivity"] = _ci(sens, n_boot, level, seed)
     return out
 

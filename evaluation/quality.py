@@ -683,7 +683,8 @@ def _check_explained(maps: Any, n: int, hw: tuple[int, int], what: str) -> np.nd
 
 
 def max_sensitivity(explain_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray,
-                    target: np.ndarray | int, radius: float = 0.02, n_samples: int = 4, seed: int = 0) -> np.ndarray:
+                    target: np.ndarray | int, radius: float = 0.02, n_samples: int = 4, seed: int = 0,
+                    reference: np.ndarray | None = None) -> np.ndarray:
     """Max-sensitivity (Yeh et al., "On the (in)fidelity and sensitivity of explanations", NeurIPS 2019).
 
     ``max_j ||e(x + d_j) - e(x)||_F / ||e(x)||_F`` over ``n_samples`` perturbations ``d_j`` drawn uniformly from
@@ -697,6 +698,7 @@ def max_sensitivity(explain_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], 
         radius: half-width of the uniform noise.
         n_samples: noisy copies per case.
         seed: seed of the noise.
+        reference: ``explain_fn(x, target)`` if the caller already has it (saves that call); None computes it.
 
     Returns:
         float [N] >= 0; ``nan`` where the unperturbed map is all zero.
@@ -710,7 +712,7 @@ def max_sensitivity(explain_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], 
     _check_positive_int(n_samples, "n_samples")
     if not radius >= 0:
         raise DataError(f"radius must be >= 0, got {radius!r}")
-    e0 = _check_explained(explain_fn(xs, tgt), n, (h, w), "explain_fn(x)")
+    e0 = _check_explained(explain_fn(xs, tgt) if reference is None else reference, n, (h, w), "explain_fn(x)")
     norm0 = np.sqrt((e0 * e0).reshape(n, -1).sum(axis=1))
     rng = np.random.default_rng(seed)
     worst = np.zeros(n)
@@ -825,7 +827,7 @@ def _reinitialise(p: torch.Tensor, generator: torch.Generator) -> None:
 
 def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.ndarray, np.ndarray], np.ndarray],
                         x: np.ndarray, target: np.ndarray | int, stages: int = 3, seed: int = 0,
-                        threshold: float = 0.5, return_maps: bool = False) -> dict:
+                        threshold: float = 0.5, return_maps: bool = False, reference: np.ndarray | None = None) -> dict:
     """Cascading model-parameter randomisation (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018).
 
     The model is deep-copied (the original is never modified). The copy's parameter tensors, in registration order
@@ -856,6 +858,8 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
         threshold: similarity below which a case passes.
         return_maps: also return the maps (``"maps"``: the trained model's, then one [N, H, W] per stage), e.g.
             for a figure.
+        reference: ``explain_fn(model, x, target)`` if the caller already has it (saves that call; the
+            max-sensitivity test needs the same maps); None computes it.
 
     Returns:
         ``{"stages": [fraction of parameter tensors randomised per stage], "spearman": [float [N] per stage],
@@ -869,7 +873,8 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
     n, _, h, w = xs.shape
     tgt = _check_target(target, n)
     _check_positive_int(stages, "stages")
-    reference = _check_explained(explain_fn(model, xs, tgt), n, (h, w), "explain_fn(model, x)")
+    reference = _check_explained(explain_fn(model, xs, tgt) if reference is None else reference, n, (h, w),
+                                 "explain_fn(model, x)")
     ref_abs = np.abs(reference)
     ref_unit = unit_abs(reference)
 

@@ -418,6 +418,7 @@ class LabelHeadFit(Callback):
         self.model = model
         self.caseset = caseset
         self._fitted_on_truth = False
+        self._fitted_at_step: int | None = None
 
     def fit(self) -> None:
         m, cs = self.model, self.caseset
@@ -439,6 +440,10 @@ class LabelHeadFit(Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "fit":
             self.fit()
+            self._fitted_at_step = trainer.global_step
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.fit()  # a run without validation still ends with a fitted head
+        # a run without validation (or with steps after the last one) still ends with a head fitted to its weights;
+        # after a validation at the last step the head already is (the same fit of the same weights)
+        if self._fitted_at_step != trainer.global_step:
+            self.fit()

@@ -136,6 +136,32 @@ def test_two_stage_modes_train_no_label_head_by_sgd():
         tiny_cbm(concept_names=["a", "a", "c"])
 
 
+def test_the_label_head_is_refitted_at_the_end_of_training_only_if_steps_followed_its_last_fit(monkeypatch):
+    """The sequential head is fitted before every validation; at the end of training it is fitted again only when
+    the weights changed after that (or no validation ran), since the same fit of the same weights is the same head."""
+    from types import SimpleNamespace
+
+    from glasszoo.models.cbm import LabelHeadFit
+
+    callback = LabelHeadFit(tiny_cbm(mode="sequential"), None)
+    fits = []
+    monkeypatch.setattr(callback, "fit", lambda: fits.append(1))
+
+    def trainer(step: int) -> SimpleNamespace:
+        return SimpleNamespace(state=SimpleNamespace(fn="fit"), global_step=step)
+
+    callback.on_fit_end(trainer(0), None)  # no validation at all
+    assert len(fits) == 1
+    callback.on_validation_epoch_start(trainer(5), None)
+    callback.on_fit_end(trainer(5), None)  # validated at the last step: that head stands
+    assert len(fits) == 2
+    callback.on_fit_end(trainer(7), None)  # two steps after the last validation
+    assert len(fits) == 3
+    validating = SimpleNamespace(state=SimpleNamespace(fn="validate"), global_step=9)
+    callback.on_validation_epoch_start(validating, None)  # trainer.validate() after fit: no refit
+    assert len(fits) == 3
+
+
 def test_run_with_the_three_modes(tmp_path):
     cfg = parse_config({
         "experiment": "cbm", "seed": 0, "output_dir": str(tmp_path),

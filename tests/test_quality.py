@@ -446,6 +446,39 @@ def test_randomisation_gradient_explanation_passes_and_cascades_from_the_top():
     assert np.allclose(again["spearman"][-1], out["spearman"][-1])
 
 
+def test_a_given_reference_replaces_the_first_call_and_changes_nothing():
+    """``reference`` (the trained model's maps, which the randomisation test and max-sensitivity share) saves one
+    explanation each and gives the very results of computing it."""
+    model = small_convnet(1)
+    x = np.random.default_rng(1).random((3, 1, 16, 16)).astype(np.float32)
+    calls = []
+
+    def explain(m: nn.Module, xx: np.ndarray, tt: np.ndarray) -> np.ndarray:
+        calls.append(len(xx))
+        return gradient_explain(m, xx, tt)
+
+    plain = randomisation_check(model, explain, x, 1, stages=2, seed=3, return_maps=True)
+    assert len(calls) == 3
+    reference = plain["maps"][0]
+    calls.clear()
+    shared = randomisation_check(model, explain, x, 1, stages=2, seed=3, return_maps=True, reference=reference)
+    assert len(calls) == 2  # the two stages only
+    for key in ("spearman", "ssim"):
+        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(plain[key], shared[key]))
+    assert np.array_equal(plain["similarity"], shared["similarity"])
+    assert np.array_equal(plain["complexity_rise"], shared["complexity_rise"], equal_nan=True)
+
+    calls.clear()
+    sens = max_sensitivity(lambda xx, tt: explain(model, xx, tt), x, np.ones(3, dtype=int), n_samples=2, seed=5)
+    assert len(calls) == 3
+    calls.clear()
+    again = max_sensitivity(lambda xx, tt: explain(model, xx, tt), x, np.ones(3, dtype=int), n_samples=2, seed=5,
+                            reference=reference)
+    assert len(calls) == 2 and np.array_equal(sens, again)
+    with pytest.raises(DataError, match="explain_fn"):  # a reference of the wrong shape is named as the maps
+        max_sensitivity(lambda xx, tt: explain(model, xx, tt), x, 1, reference=reference[:, :8])
+
+
 def test_randomisation_flat_maps_by_hand():
     """A structured map that the randomised model turns flat has changed completely (similarity 0, passes); a map
     flat for both models has not changed (similarity 1, fails); otherwise the similarity is the Spearman rank

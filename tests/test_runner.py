@@ -254,7 +254,9 @@ def test_a_run_whose_every_model_fails_still_writes_its_report(tmp_path, standin
     assert 'id="failed-models"' in html and "planted failure in training" in html
 
 
-def test_a_case_figure_that_cannot_be_drawn_keeps_the_models_results(tmp_path, standin_models, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_case_figure_that_cannot_be_drawn_keeps_the_models_results(tmp_path, standin_models, monkeypatch, workers):
+    """One after another, and with workers (the figures are then drawn in forked processes)."""
     import glasszoo.evaluation.experiment.runner as runner
 
     real = runner.explain_case
@@ -265,7 +267,7 @@ def test_a_case_figure_that_cannot_be_drawn_keeps_the_models_results(tmp_path, s
         return real(model, case, *args, **kwargs)
 
     monkeypatch.setattr(runner, "explain_case", broken)
-    raw = standin_config(models=["tiny_net", "tiny_cam"])
+    raw = {**standin_config(models=["tiny_net", "tiny_cam"]), "workers": workers}
     run = RunDir(run_experiment(parse_config(raw), out=tmp_path / "run"))
     m = json.loads(run.metrics.read_text())
     assert list(m["models"]) == ["tiny_net", "tiny_cam"]  # its results are kept

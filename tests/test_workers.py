@@ -103,3 +103,34 @@ def test_the_workers_setting_is_checked_and_kept_out_of_configs_that_leave_it_at
             parse_config({**raw, "workers": bad}, "q.yaml")
     assert "workers" not in parse_config(raw).to_dict()  # configs written before the setting: byte-identical
     assert parse_config({**raw, "workers": 2}).to_dict()["workers"] == 2
+
+
+
+def test_the_figures_are_drawn_in_forked_processes_and_a_dead_ones_again_here(tmp_path):
+    """``_draw``: with workers > 1 each job runs in a forked process (its file names another pid); a job that raises
+    comes back as its failure record; a job whose process dies is drawn again in this process."""
+    from glasszoo.evaluation.experiment.runner import _draw
+
+    me = os.getpid()
+
+    def writes(name: str):
+        return lambda: (tmp_path / name).write_text(str(os.getpid()))
+
+    def raises() -> None:
+        raise RuntimeError("no figure")
+
+    failures = _draw({"": writes("run"), "a": writes("a"), "b": raises}, workers=2)
+    assert list(failures) == ["b"] and failures["b"]["error"] == "RuntimeError: no figure"
+    assert "raises" in failures["b"]["traceback"]
+    assert {int((tmp_path / n).read_text()) for n in ("run", "a")}.isdisjoint({me})
+
+    def dies_aside() -> None:
+        if os.getpid() != me:
+            os._exit(3)
+        writes("c")()
+
+    assert _draw({"": writes("run"), "c": dies_aside}, workers=2) == {}
+    assert int((tmp_path / "c").read_text()) == me
+
+    failures = _draw({"": writes("one"), "b": raises}, workers=1)  # one after another, here
+    assert int((tmp_path / "one").read_text()) == me and list(failures) == ["b"]

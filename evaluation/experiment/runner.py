@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +407,45 @@ def _pool_train(name: str) -> tuple[str, np.ndarray | None, dict]:
     return "ok", proba, block
 
 
+_FIGURE_JOBS: dict[str, Any] = {}  # what a forked figure process inherits: the jobs of the run's figures
+
+
+def _figure_job(key: str) -> tuple[str, dict | None]:
+    """In a forked process: draw the figures of job ``key``; returns (key, its failure record or None)."""
+    try:
+        _FIGURE_JOBS[key]()
+    except Exception as exc:
+        return key, {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    return key, None
+
+
+def _draw(jobs: dict[str, Any], workers: int) -> dict[str, dict]:
+    """Run the figure ``jobs`` (callables that only write files), in ``workers`` forked processes of one torch
+    thread each if ``workers`` > 1, else one after another; returns the failure record of each job that raised.
+    Jobs whose process died are drawn again here."""
+    failures: dict[str, dict] = {}
+    left = dict(jobs)
+    if workers > 1 and len(jobs) > 1:
+        _FIGURE_JOBS.update(jobs)
+        try:
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork"),
+                                     initializer=_pool_init) as pool:
+                for key, failure in pool.map(_figure_job, list(jobs)):
+                    left.pop(key)
+                    if failure:
+                        failures[key] = failure
+        except (BrokenProcessPool, OSError) as exc:
+            log(f"figures: a drawing process ended ({type(exc).__name__}: {exc}); drawing the rest here")
+        finally:
+            _FIGURE_JOBS.clear()
+    for key, job in left.items():
+        try:
+            job()
+        except Exception as exc:
+            failures[key] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    return failures
+
+
 def _failure(spec: ModelSpec, exc: Exception, stage: str | None = None) -> dict:
     """What ``metrics.json``'s ``failed`` records of a model that raised ``exc`` (inside an ``except``)."""
     return {"registry_name": spec.model, **({"stage": stage} if stage else {}),
@@ -623,24 +663,33 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             log(f"subgroup audit FAILED: {type(exc).__name__}: {exc}")
     t_figures = time.perf_counter()
     write_tradeoff(metrics, run.tradeoff)
-    plot_roc(cs.labels[test], curves, cs.class_names, cs.positive_class, run.roc_figure)
-    if heatmaps and len(cmp_rows):
-        cols = [(title, maps[cmp_idx]) for title, maps in heatmaps if len(maps) > cmp_idx.max()]
-        labels = [f"{cs.case_ids[r]}\ntrue: {cs.class_names[cs.labels[r]]}" for r in cmp_rows]
-        plot_comparison(cs.images[cmp_rows], cs.masks[cmp_rows] if cs.masks is not None else None, labels,
-                        cols, run.comparison_figure,
-                        title=f"{cs.name}: every heatmap of the run on the same test cases")
     # case pages: the sampled cases of each class and the misclassified ones get every model's figure
     page_rows = np.union1d(_case_figure_rows(cs, explain_rows, ev.case_figures_per_class),
                            _misclassified_rows(cs, curves, ev.report_misclassified))
-    for name, (spec, model, adapter) in finished.items():
-        try:
-            write_case_figures(model, adapter, page_rows, run, name, metrics["models"][name].get("explanation"))
-        except Exception as exc:  # a figure that cannot be drawn must not cost the report
-            failed[name] = _failure(spec, exc, stage="case figures")
-            log(f"    {name}: case figures FAILED: {type(exc).__name__}: {exc} (its results are kept)")
+
+    def draw_run_figures() -> None:  # files only: the ROC, the comparison grid, every map of each case page
+        plot_roc(cs.labels[test], curves, cs.class_names, cs.positive_class, run.roc_figure)
+        if heatmaps and len(cmp_rows):
+            cols = [(title, maps[cmp_idx]) for title, maps in heatmaps if len(maps) > cmp_idx.max()]
+            labels = [f"{cs.case_ids[r]}\ntrue: {cs.class_names[cs.labels[r]]}" for r in cmp_rows]
+            plot_comparison(cs.images[cmp_rows], cs.masks[cmp_rows] if cs.masks is not None else None, labels,
+                            cols, run.comparison_figure,
+                            title=f"{cs.name}: every heatmap of the run on the same test cases")
+        write_case_heatmaps(cs, page_rows, explain_rows, heatmaps, run)
+
+    # the figures only write files: with workers > 1 they are drawn in forked processes, a model's case figures
+    # in one job each
+    jobs = {"": draw_run_figures}
+    for name, (_, model, adapter) in finished.items():
+        jobs[name] = (lambda model=model, adapter=adapter, name=name: write_case_figures(
+            model, adapter, page_rows, run, name, metrics["models"][name].get("explanation")))
+    for name, exc in _draw(jobs, cfg.workers if parallel else 1).items():
+        if not name:  # the run's own figures: drawn again here, so an error is raised as without workers
+            draw_run_figures()
+            continue
+        failed[name] = {"registry_name": finished[name][0].model, "stage": "case figures", **exc}
+        log(f"    {name}: case figures FAILED: {exc['error']} (its results are kept)")
     save_metrics()
-    write_case_heatmaps(cs, page_rows, explain_rows, heatmaps, run)
     log(f"figures: ROC, comparison grid and case pages ({time.perf_counter() - t_figures:.1f}s)")
     if metrics["models"]:
         print(format_table(metrics))
