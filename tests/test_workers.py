@@ -105,7 +105,6 @@ def test_the_workers_setting_is_checked_and_kept_out_of_configs_that_leave_it_at
     assert parse_config({**raw, "workers": 2}).to_dict()["workers"] == 2
 
 
-
 def test_the_figures_are_drawn_in_forked_processes_and_a_dead_ones_again_here(tmp_path):
     """``_draw``: with workers > 1 each job runs in a forked process (its file names another pid); a job that raises
     comes back as its failure record; a job whose process dies is drawn again in this process."""

@@ -415,7 +415,7 @@ def _figure_job(key: str) -> tuple[str, dict | None]:
     try:
         _FIGURE_JOBS[key]()
     except Exception as exc:
-        return key, {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        return key, _error(exc)
     return key, None
 
 
@@ -442,14 +442,18 @@ def _draw(jobs: dict[str, Any], workers: int) -> dict[str, dict]:
         try:
             job()
         except Exception as exc:
-            failures[key] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            failures[key] = _error(exc)
     return failures
+
+
+def _error(exc: Exception) -> dict:
+    """The error and traceback of ``exc`` (inside its ``except``), as a failure record holds them."""
+    return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
 def _failure(spec: ModelSpec, exc: Exception, stage: str | None = None) -> dict:
     """What ``metrics.json``'s ``failed`` records of a model that raised ``exc`` (inside an ``except``)."""
-    return {"registry_name": spec.model, **({"stage": stage} if stage else {}),
-            "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    return {"registry_name": spec.model, **({"stage": stage} if stage else {}), **_error(exc)}
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwrite: bool = False,
@@ -683,12 +687,12 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     for name, (_, model, adapter) in finished.items():
         jobs[name] = (lambda model=model, adapter=adapter, name=name: write_case_figures(
             model, adapter, page_rows, run, name, metrics["models"][name].get("explanation")))
-    for name, exc in _draw(jobs, cfg.workers if parallel else 1).items():
+    for name, error in _draw(jobs, cfg.workers if parallel else 1).items():
         if not name:  # the run's own figures: drawn again here, so an error is raised as without workers
             draw_run_figures()
             continue
-        failed[name] = {"registry_name": finished[name][0].model, "stage": "case figures", **exc}
-        log(f"    {name}: case figures FAILED: {exc['error']} (its results are kept)")
+        failed[name] = {"registry_name": finished[name][0].model, "stage": "case figures", **error}
+        log(f"    {name}: case figures FAILED: {error['error']} (its results are kept)")
     save_metrics()
     log(f"figures: ROC, comparison grid and case pages ({time.perf_counter() - t_figures:.1f}s)")
     if metrics["models"]:
