@@ -80,7 +80,7 @@ def _ci(values: np.ndarray, n_boot: int, level: float, seed: int) -> dict:
 
 def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | None, explain_fn: ExplainFn | None,
                   qcfg: Any, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-                  keep: dict | None = None) -> dict:
+                  keep: dict | None = None, randomised: Callable[[int], list] | None = None) -> dict:
     """All quality scores of one heatmap, each as ``{"value", "ci"}`` over the cases it covers.
 
     Args:
@@ -93,6 +93,8 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
         qcfg: a ``QualityConfig`` (cases, steps, baseline, subsets, stages, noise).
         n_boot, level, seed: bootstrap of the CIs over cases.
         keep: if given, receives ``"randomisation_maps"`` (the trained model's maps, then one per stage).
+        randomised: ``randomised(stages)`` gives ``quality.randomised_models(model, stages, seed)``, e.g. kept for
+            every heatmap of the model (:func:`explain_and_score`); None draws them for this heatmap.
 
     Returns:
         A dict of score blocks; ``randomisation`` also holds the per-stage means and the fraction of cases that pass.
@@ -126,8 +128,10 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
     r = min(qcfg.randomisation_cases, max(2, len(maps) // 4), len(maps))
     xr, tr = x[:r], hm.target[:r]
     reference = explain_fn(model, xr, tr)  # the trained model's maps, which both tests compare against
+    copies = randomised or (lambda stages: Q.randomised_models(model, stages, seed))
     check = Q.randomisation_check(model, explain_fn, xr, tr, stages=qcfg.randomisation_stages, seed=seed,
-                                  return_maps=keep is not None, reference=reference)
+                                  return_maps=keep is not None, reference=reference,
+                                  randomised=copies(qcfg.randomisation_stages))
     if keep is not None:
         keep["randomisation_maps"] = check["maps"]
     out["randomisation_similarity"] = _ci(np.asarray(check["similarity"], dtype=np.float64), n_boot, level, seed)
@@ -144,7 +148,7 @@ def score_heatmap(model: Any, hm: Heatmap, x: np.ndarray, masks: np.ndarray | No
     if samples:
         smooth = Q.randomisation_check(model, Q.smoothed_explain_fn(explain_fn, samples,
                                                                     qcfg.smooth_randomisation_noise, seed),
-                                       xr, tr, stages=1, seed=seed)
+                                       xr, tr, stages=1, seed=seed, randomised=copies(1))
         out["randomisation_smooth_similarity"] = _ci(np.asarray(smooth["similarity"], dtype=np.float64), n_boot,
                                                      level, seed)
         out["randomisation_smooth"] = {"passed_fraction": float(np.mean(smooth["passed"])),
@@ -279,12 +283,18 @@ def explain_and_score(model: Any, name: str, exps_fn: Callable[[], list], x: np.
     out: dict[str, Any] = {}
     randomised: dict[str, list[np.ndarray]] = {}  # post-hoc method -> maps of the trained and randomised models
     maps_of: dict[str, np.ndarray] = {}  # heatmap key -> its maps, for the agreement with occlusion
+    copies: dict[int, list] = {}  # stages -> the randomised copies of the model, drawn once for all its heatmaps
+
+    def randomised_copies(stages: int) -> list:
+        if stages not in copies:
+            copies[stages] = Q.randomised_models(model, stages, seed)
+        return copies[stages]
 
     def finish(key: str, hm: Heatmap, block: dict, explain_fn: ExplainFn | None, source: str) -> None:
         n = len(hm)
         keep: dict = {}
         block.update(score_heatmap(model if torch_model else None, hm, x[:n], None if masks is None else masks[:n],
-                                   explain_fn, ev.quality, *boot, keep=keep))
+                                   explain_fn, ev.quality, *boot, keep=keep, randomised=randomised_copies))
         if keep.get("randomisation_maps") and key in RANDOMISATION_FIGURE_METHODS and source == "post-hoc":
             randomised[key] = keep["randomisation_maps"]
         save_heatmap(hm, mdir.heatmap(key))

@@ -825,9 +825,38 @@ def _reinitialise(p: torch.Tensor, generator: torch.Generator) -> None:
     p.copy_((noise * std + mean).to(dtype=p.dtype, device=p.device))
 
 
+def randomised_models(model: nn.Module, stages: int, seed: int = 0) -> list[tuple[float, nn.Module]]:
+    """The randomised copies of :func:`randomisation_check`'s stages: per stage s = 1..``stages``, (fraction of the
+    parameter tensors re-initialised, a deep copy of ``model`` with groups 1..s of :func:`cascading_groups`
+    re-initialised by :func:`_reinitialise` from a torch generator seeded by ``seed``). ``model`` is not modified.
+
+    Every method's check of one model can share them (the copies depend only on the model, ``stages`` and ``seed``),
+    which spares re-drawing the same random weights once per method.
+
+    Raises:
+        DataError: a model without parameters.
+    """
+    _check_positive_int(stages, "stages")
+    randomised = copy.deepcopy(model)
+    params = list(randomised.parameters())
+    if not params:
+        raise DataError(f"model {type(model).__name__} has no parameters to randomise")
+    generator = torch.Generator().manual_seed(int(seed))
+    out: list[tuple[float, nn.Module]] = []
+    done = 0
+    groups = cascading_groups(len(params), stages)
+    for k, group in enumerate(groups):
+        for i in group:
+            _reinitialise(params[i], generator)
+        done += len(group)
+        out.append((done / len(params), randomised if k == len(groups) - 1 else copy.deepcopy(randomised)))
+    return out
+
+
 def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.ndarray, np.ndarray], np.ndarray],
                         x: np.ndarray, target: np.ndarray | int, stages: int = 3, seed: int = 0,
-                        threshold: float = 0.5, return_maps: bool = False, reference: np.ndarray | None = None) -> dict:
+                        threshold: float = 0.5, return_maps: bool = False, reference: np.ndarray | None = None,
+                        randomised: list[tuple[float, nn.Module]] | None = None) -> dict:
     """Cascading model-parameter randomisation (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018).
 
     The model is deep-copied (the original is never modified). The copy's parameter tensors, in registration order
@@ -860,6 +889,8 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
             for a figure.
         reference: ``explain_fn(model, x, target)`` if the caller already has it (saves that call; the
             max-sensitivity test needs the same maps); None computes it.
+        randomised: ``randomised_models(model, stages, seed)`` if the caller already has them (e.g. from the check of
+            another method of the same model); None draws them.
 
     Returns:
         ``{"stages": [fraction of parameter tensors randomised per stage], "spearman": [float [N] per stage],
@@ -878,22 +909,16 @@ def randomisation_check(model: nn.Module, explain_fn: Callable[[nn.Module, np.nd
     ref_abs = np.abs(reference)
     ref_unit = unit_abs(reference)
 
-    randomised = copy.deepcopy(model)
-    params = list(randomised.parameters())
-    if not params:
-        raise DataError(f"model {type(model).__name__} has no parameters to randomise")
-    groups = cascading_groups(len(params), stages)
-    generator = torch.Generator().manual_seed(int(seed))
+    if randomised is None:
+        randomised = randomised_models(model, stages, seed)
+    elif len(randomised) != stages:
+        raise DataError(f"randomised: {len(randomised)} randomised models for {stages} stages")
     out: dict[str, Any] = {"stages": [], "spearman": [], "ssim": [], "threshold": float(threshold)}
     if return_maps:
         out["maps"] = [reference]
-    done = 0
-    for group in groups:
-        for i in group:
-            _reinitialise(params[i], generator)
-        done += len(group)
-        maps = _check_explained(explain_fn(randomised, xs, tgt), n, (h, w), "explain_fn(randomised model, x)")
-        out["stages"].append(done / len(params))
+    for fraction, copy_ in randomised:
+        maps = _check_explained(explain_fn(copy_, xs, tgt), n, (h, w), "explain_fn(randomised model, x)")
+        out["stages"].append(fraction)
         if return_maps:
             out["maps"].append(maps)
         out["spearman"].append(spearman_per_case(ref_abs, np.abs(maps)))

@@ -150,6 +150,12 @@ class ImageModel(nn.Module):
         """
         return []
 
+    def finish_training(self, caseset: Any) -> bool:
+        """Called once the chosen epoch's weights are loaded at the end of training (``caseset``: the run's
+        CaseSet); returns whether it changed the weights (the pipeline then saves the checkpoint again). Default:
+        nothing to do."""
+        return False
+
     @property
     def schedule_epochs(self) -> int | None:
         """The number of epochs the model's own stage schedule needs (the pipeline then trains exactly that many,

@@ -73,7 +73,10 @@ class ConceptBottleneck(ImageModel):
 
     In the sequential and independent modes the label head is not trained by SGD: it is the L1-penalised logistic
     regression of :func:`fit_sparse_linear` (convex, fitted exactly), refitted before every validation so each
-    epoch's validation AUC (what selects the checkpoint) is the AUC of the full concept-to-label model.
+    epoch's validation AUC (what selects the checkpoint) is the AUC of the full concept-to-label model. With
+    ``head_fit_cases`` the sequential head of each validation is fitted on that many training cases only (a fixed
+    random subsample: the concept predictions of the whole split, every epoch, cost a third of an epoch's training),
+    and the chosen epoch's head once more on the whole training split at the end.
 
     Args:
         num_classes, in_chans, img_size: task and input.
@@ -83,6 +86,8 @@ class ConceptBottleneck(ImageModel):
         mode: ``joint``, ``sequential`` or ``independent``.
         concept_weight: lambda, the concept-loss weight of the joint mode (the paper tunes it; 1.0 by default).
         label_l1: L1 penalty on the label-head weights (sparsity, readability).
+        head_fit_cases: sequential mode: the training cases the label head is fitted on before each validation
+            (a random subsample drawn with seed 0; the final head is fitted on all of them); None: all, every time.
         output_stride: 32 (the backbone as designed), or 16 / 8: the last stage(s) dilated instead of strided, so
             the concept Grad-CAM (its heatmap) has 2x / 4x the resolution, at a higher compute cost (as the black
             box's ``output_stride``).
@@ -99,7 +104,7 @@ class ConceptBottleneck(ImageModel):
                  concept_names: list[str] | None = None, concept_kinds: list[str] | None = None,
                  concept_center: list[float] | None = None, concept_scale: list[float] | None = None,
                  backbone: str = "resnet18", stem: str = "auto", mode: str = "joint", concept_weight: float = 1.0,
-                 label_l1: float = 1e-3, output_stride: int = 32,
+                 label_l1: float = 1e-3, output_stride: int = 32, head_fit_cases: int | None = None,
                  pretrained: bool | str = False, normalize: str = "none", input_size: int | None = None) -> None:
         super().__init__(num_classes, in_chans, img_size)
         if not concept_names:
@@ -119,11 +124,15 @@ class ConceptBottleneck(ImageModel):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if concept_weight < 0 or label_l1 < 0:
             raise ValueError("concept_weight and label_l1 must be >= 0")
+        if head_fit_cases is not None and (isinstance(head_fit_cases, bool) or not isinstance(head_fit_cases, int)
+                                           or head_fit_cases < 1):
+            raise ValueError(f"head_fit_cases must be a positive integer or None, got {head_fit_cases!r}")
         self.concept_names = [str(c) for c in concept_names]
         self.concept_kinds = kinds
         self.mode = mode
         self.concept_weight = float(concept_weight)
         self.label_l1 = float(label_l1)
+        self.head_fit_cases = head_fit_cases
         self.backbone_name = backbone
         self.pretrained = pretrained
         self.net, self.stem = create_backbone(backbone, k, in_chans, effective_size(self.img_size, input_size), stem,
@@ -193,6 +202,14 @@ class ConceptBottleneck(ImageModel):
 
     def training_callbacks(self, caseset: Any) -> list:
         return [] if self.mode == "joint" else [LabelHeadFit(self, caseset)]
+
+    def finish_training(self, caseset: Any) -> bool:
+        """Sequential mode with ``head_fit_cases``: the chosen epoch's label head fitted on the whole training
+        split (its validations saw a subsample)."""
+        if self.mode != "sequential" or self.head_fit_cases is None:
+            return False
+        LabelHeadFit(self, caseset, subsample=False).fit()
+        return True
 
     # ------------------------------------------------------------------ concept prediction and intervention
     def predict_concepts(self, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -411,14 +428,24 @@ class LabelHeadFit(Callback):
     """Sequential / independent CBM: fit the label head (sparse logistic regression) before each validation.
 
     Sequential: on the concept model's predicted activations of the training split (refitted every epoch, since the
-    concept model changes). Independent: on the true training concepts (fitted once).
+    concept model changes), or of the model's ``head_fit_cases`` of them (``subsample``). Independent: on the true
+    training concepts (fitted once).
     """
 
-    def __init__(self, model: ConceptBottleneck, caseset: Any) -> None:
+    def __init__(self, model: ConceptBottleneck, caseset: Any, subsample: bool = True) -> None:
         self.model = model
         self.caseset = caseset
+        self.subsample = subsample
         self._fitted_on_truth = False
         self._fitted_at_step: int | None = None
+
+    def rows(self) -> np.ndarray:
+        """The training rows the sequential head is fitted on (sorted)."""
+        train = self.caseset.indices("train")
+        k = self.model.head_fit_cases
+        if not self.subsample or k is None or k >= len(train):
+            return train
+        return np.sort(np.random.default_rng(0).choice(train, size=k, replace=False))
 
     def fit(self) -> None:
         m, cs = self.model, self.caseset
@@ -430,6 +457,7 @@ class LabelHeadFit(Callback):
                                               device=m.device)).cpu()
             self._fitted_on_truth = True
         else:
+            train = self.rows()
             c = torch.as_tensor(m.predict_concepts(cs.images[train]))
         y = torch.as_tensor(np.asarray(cs.labels)[train], dtype=torch.long)
         w, b = fit_sparse_linear(c, y, m.num_classes, m.label_l1)

@@ -162,6 +162,42 @@ def test_the_label_head_is_refitted_at_the_end_of_training_only_if_steps_followe
     assert len(fits) == 3
 
 
+def test_with_head_fit_cases_validations_fit_a_subsample_and_the_chosen_head_the_whole_split(tmp_path, monkeypatch):
+    """``head_fit_cases``: every validation's head is fitted on the same random subsample of the training split;
+    once the chosen epoch is loaded its head is fitted on the whole split, and that is the stored model."""
+    from glasszoo.models import cbm as cbm_module
+    from glasszoo.training.settings import TrainingConfig
+    from glasszoo.training.synthetic import make_synthetic
+    from glasszoo.training.train import load_checkpoint, train_image_model
+
+    cs = make_synthetic(n_cases=60, img_size=32, seed=0)
+    train = cs.indices("train")
+    model = create_model("cbm", num_classes=2, in_chans=1, img_size=32, stem="standard", mode="sequential",
+                         head_fit_cases=10, **cbm_module.concept_spec(cs, train))
+    fitted_rows = []
+    real_fit = cbm_module.LabelHeadFit.fit
+
+    def fit(self):
+        fitted_rows.append(self.rows())
+        real_fit(self)
+
+    monkeypatch.setattr(cbm_module.LabelHeadFit, "fit", fit)
+    res = train_image_model(model, cs, TrainingConfig(max_epochs=2, batch_size=16, progress_bar=False), tmp_path)
+    validations, final = fitted_rows[:2], fitted_rows[-1]
+    assert len(fitted_rows) == 3  # two validations, then the chosen epoch on the whole split
+    assert len(validations[0]) == 10 and np.array_equal(validations[0], validations[1])
+    assert set(validations[0]) <= set(train) and np.array_equal(final, train)
+    c = torch.as_tensor(model.predict_concepts(cs.images[train]))
+    w, b = fit_sparse_linear(c, torch.as_tensor(cs.labels[train]), 2, model.label_l1)
+    torch.testing.assert_close(model.label_head.weight.detach(), w)
+    torch.testing.assert_close(model.label_head.bias.detach(), b)
+    stored = load_checkpoint(create_model("cbm", num_classes=2, in_chans=1, img_size=32, stem="standard",
+                                          mode="sequential", **cbm_module.concept_spec(cs, train)), res.checkpoint)
+    torch.testing.assert_close(stored.label_head.weight.detach(), w)
+    with pytest.raises(ValueError, match="head_fit_cases must be a positive integer"):
+        tiny_cbm(mode="sequential", head_fit_cases=0)
+
+
 def test_run_with_the_three_modes(tmp_path):
     cfg = parse_config({
         "experiment": "cbm", "seed": 0, "output_dir": str(tmp_path),

@@ -331,6 +331,36 @@ def test_epoch_count_is_checked_and_early_stopping_waits_for_the_push():
     assert content["pushed"] and content["prototypes"][0]["source_case_id"] != ""
 
 
+class _ValidationLog(L.Callback):
+    """Per epoch: how many validation forward passes the model ran, and the logged val_select / val_auc."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, float, float | None]] = []
+        self._calls = 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._calls = 0
+        self._hook = pl_module.model.register_forward_hook(lambda *_: setattr(self, "_calls", self._calls + 1))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._hook.remove()
+        logged = trainer.logged_metrics
+        auc = float(logged["val_auc"]) if "val_auc" in logged else None
+        self.rows.append((int(trainer.current_epoch), self._calls, float(logged["val_select"]), auc))
+
+
+def test_only_selectable_epochs_are_validated():
+    """Epochs before the last push cannot be chosen: no validation forward pass, val_select -1 and no val_auc; from
+    the push on the validation split is scored (2 val cases of 12 here, in one batch)."""
+    cs = _random_caseset(n=12)
+    model = _small(warmup_epochs=1, joint_epochs=1, last_layer_epochs=1)  # the push ends epoch 1
+    log = _ValidationLog()
+    _fit(model, cs, 3, [log])
+    assert [(e, calls, sel) for e, calls, sel, _ in log.rows] == [(0, 0, -1.0), (1, 0, -1.0), (2, 1, log.rows[2][2])]
+    assert [auc is None for *_, auc in log.rows] == [True, True, False]
+    assert 0.0 <= log.rows[2][2] == log.rows[2][3] <= 1.0
+
+
 def test_onecycle_keeps_the_per_part_learning_rates():
     """The shared one-cycle schedule peaks each parameter group at its own lr, so the ratios survive."""
     cs = _random_caseset()
@@ -391,9 +421,10 @@ def test_explain_shapes_order_and_global():
         np.testing.assert_allclose(hm.maps[n], case[0].activation_map)
         np.testing.assert_allclose(sg.maps[n], case[0].drawings["prototype_smoothgrad"])
         assert all(m.drawings["prototype_smoothgrad"].shape == (16, 16) for m in case)
-    # a case's SmoothGrad does not depend on the batch it is explained in (the noise of copy s is seeded with s)
+    # a case's SmoothGrad does not depend on the batch it is explained in (the noise of copy s is seeded with s), up
+    # to the float rounding of convolutions over a batch of another size (1e-6 of the map's peak on an AVX2 EPYC)
     _, _, alone = model.explain(x[3:4], target=hm.target[3:4], top_k=1)
-    np.testing.assert_allclose(alone.maps[0], sg.maps[3], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(alone.maps[0], sg.maps[3], rtol=1e-4, atol=1e-5 * float(np.abs(sg.maps[3]).max()))
     back = PrototypeEvidence.from_dict(json.loads(json.dumps(evidence.to_dict()))).matches[0][0]
     assert back.prototype == evidence.matches[0][0].prototype
     np.testing.assert_allclose(back.drawings["prototype_smoothgrad"], sg.maps[0], rtol=1e-6)

@@ -23,6 +23,7 @@ from glasszoo.evaluation.quality import (
     faithfulness_correlation_passes,
     max_sensitivity,
     randomisation_check,
+    randomised_models,
     relevance_rank_accuracy,
     sparseness,
     spearman_per_case,
@@ -444,6 +445,33 @@ def test_randomisation_gradient_explanation_passes_and_cascades_from_the_top():
     # The seed fixes the random weights.
     again = randomisation_check(model, gradient_explain, x, 1, stages=2, seed=3)
     assert np.allclose(again["spearman"][-1], out["spearman"][-1])
+
+
+def test_randomised_copies_shared_by_two_methods_give_each_its_own_results():
+    """One model's randomised copies (drawn once) serve the checks of two methods exactly as each method's own
+    draw: the same weights per stage, cascading from the output end, and the trained model untouched."""
+    model = small_convnet(1)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    x = np.random.default_rng(1).random((3, 1, 16, 16)).astype(np.float32)
+    copies = randomised_models(model, stages=2, seed=3)
+    base = list(model.parameters())
+    n = len(base)
+    first = set(cascading_groups(n, 2)[0])  # the tensors nearest the output, randomised from stage 1 on
+    assert [f for f, _ in copies] == [len(first) / n, 1.0]
+    params = [list(m.parameters()) for _, m in copies]
+    for i in range(n):
+        assert torch.equal(params[0][i], params[1][i]) == (i in first)  # stage 2 adds the rest, keeps stage 1's
+        assert torch.equal(params[0][i], base[i]) == (i not in first)
+        assert not torch.equal(params[1][i], base[i])
+    for method in (gradient_explain, lambda m, xx, tt: gradient_explain(m, xx, tt) * xx[:, 0]):
+        alone = randomisation_check(model, method, x, 1, stages=2, seed=3)
+        shared = randomisation_check(model, method, x, 1, stages=2, seed=3, randomised=copies)
+        assert alone["stages"] == shared["stages"]
+        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(alone["spearman"], shared["spearman"]))
+        assert np.array_equal(alone["similarity"], shared["similarity"])
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    with pytest.raises(DataError, match="2 randomised models for 3 stages"):
+        randomisation_check(model, gradient_explain, x, 1, stages=3, randomised=copies)
 
 
 def test_a_given_reference_replaces_the_first_call_and_changes_nothing():

@@ -151,6 +151,23 @@ def test_existing_run_is_not_overwritten(tmp_path, standin_models):
     assert (first / "metrics.json").read_bytes() == before
 
 
+def test_the_command_returns_mains_code_and_freezes_what_is_left_for_the_exit(capsys):
+    """``entry`` (the ``glasszoo`` script) is ``main`` plus a ``gc.freeze``: the same exit code and output, and
+    the objects alive then are out of the interpreter's last collection."""
+    import gc
+
+    from glasszoo.evaluation.experiment.cli import entry, main
+
+    assert main([]) == 0 and gc.get_freeze_count() == 0  # main alone frees as usual
+    help_text = capsys.readouterr().out
+    try:
+        assert entry([]) == 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    assert capsys.readouterr().out == help_text and "usage: glasszoo" in help_text
+
+
 def test_cli_run_and_errors(tmp_path, capsys, standin_models):
     learnable_npz(tmp_path / "tiny.npz")
     cfg = {"experiment": "cli", "output_dir": str(tmp_path / "runs"),

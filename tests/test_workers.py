@@ -34,7 +34,9 @@ def _timeless(value):
 
 
 def _run(tmp_path, name, workers, models=MODELS):
-    raw = standin_config(models=models)
+    # the surrogates of tiny_net: with workers they are fitted as soon as it is collected, while tiny_cam may train
+    raw = standin_config(models=models, surrogates={"of": ["tiny_net"], "models": {
+        "tree": {"model": "decision_tree", "params": {"max_depth": 2}}}})
     raw["workers"] = workers
     return run_experiment(parse_config(raw, f"{name}.yaml"), out=tmp_path / name)
 
@@ -60,7 +62,8 @@ def test_side_by_side_gives_the_results_of_one_model_after_another_on_one_thread
     # the stored models the run's process read back drew the same case pages as the models in memory
     pages = sorted(p.relative_to(one.path) for p in one.path.rglob("*.png") if "cases" in p.parts)
     assert pages and pages == sorted(p.relative_to(two.path) for p in two.path.rglob("*.png") if "cases" in p.parts)
-    assert _timeless(m2.get("surrogates")) == _timeless(m1.get("surrogates"))
+    assert list(m1["surrogates"]) == ["tiny_net"] and "tree" in m1["surrogates"]["tiny_net"]["surrogates"]
+    assert _timeless(m2["surrogates"]) == _timeless(m1["surrogates"])
     assert two.report.is_file()
     # the trained models ran on one thread each: the run's own process keeps its threads
     assert torch.get_num_threads() == threads

@@ -15,8 +15,10 @@ class ClassifierModule(L.LightningModule):
     """Wraps any :class:`ImageModel`: weighted cross-entropy (times the model's ``task_loss_weight``) plus the
     model's own ``extra_losses``.
 
-    Logs ``train_loss`` (and each extra term), ``val_loss``, ``val_auc`` and ``val_select`` (``val_auc`` on epochs
-    the model's ``selectable_epoch`` allows, else -1: what early stopping and checkpoint selection watch).
+    Logs ``train_loss`` (and each extra term), ``val_loss``, ``val_auc`` and ``val_select`` (``val_auc``: what early
+    stopping and checkpoint selection watch). Only epochs the model's ``selectable_epoch`` allows are validated: the
+    others (e.g. ProtoPNet's epochs before its last push) log ``val_select`` -1 alone, without a forward pass, since
+    their weights can never be chosen.
 
     Args:
         model: the image model (``forward`` returns logits).
@@ -99,7 +101,12 @@ class ClassifierModule(L.LightningModule):
             self.log(f"train_{name}", total / self._train_count, prog_bar=name == "loss", sync_dist=sync)
         self._train_sums, self._train_count = {}, 0
 
+    def _selectable(self) -> bool:
+        return bool(self.model.selectable_epoch(int(self.current_epoch)))
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if not self._selectable():  # weights that cannot be chosen: nothing to score
+            return
         logits = self.model(self._images(batch))
         bs = len(batch["label"])
         self._val_loss_sum = self._val_loss_sum + self._loss(batch, logits).detach() * bs
@@ -126,9 +133,12 @@ class ClassifierModule(L.LightningModule):
         self._val_loss_sum, self._val_count = 0.0, 0
 
     def on_validation_epoch_end(self) -> None:
+        sync = self._world_size() > 1  # val_loss: mean of the ranks' means; the rest: equal on every rank
+        if not self._selectable():
+            self.log("val_select", -1.0, sync_dist=sync)
+            return
         if not self._val_probs:
             return
-        sync = self._world_size() > 1  # val_loss: mean of the ranks' means; the rest: equal on every rank
         self.log("val_loss", self._val_loss_sum / self._val_count, sync_dist=sync)  # mean over cases, as train_loss
         probs, labels = self._gathered_validation()
         auc = auc_score(labels, probs)
@@ -136,7 +146,7 @@ class ClassifierModule(L.LightningModule):
         auc = auc if np.isfinite(auc) else 0.0
         self.log("val_auc", auc, prog_bar=True, sync_dist=sync)
         # what checkpoint selection and early stopping watch: val_auc on epochs the model allows to be chosen
-        self.log("val_select", auc if self.model.selectable_epoch(int(self.current_epoch)) else -1.0, sync_dist=sync)
+        self.log("val_select", auc, sync_dist=sync)
         self.log("val_acc", acc, sync_dist=sync)
 
     def configure_optimizers(self):

@@ -14,8 +14,6 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import skops.io as sio
-
 from glasszoo.models.errors import DataError
 from glasszoo.training.atomic import atomic_write
 
@@ -34,6 +32,8 @@ def allowed_types(cls: type) -> set[str]:
 
 def save_tabular(model: Any, path: Path) -> None:
     """Write ``model`` to ``path`` with ``skops.io`` (atomically)."""
+    import skops.io as sio  # 1.6 s of the run's start otherwise, before the first model trains
+
     data = sio.dumps(model)
     atomic_write(path, lambda fh: fh.write(data), binary=True)
 
@@ -46,6 +46,8 @@ def load_tabular(path: Path, cls: type, pickle_path: Path | None = None, trust_r
     ``--trust-run`` flag, and nothing in the file is executed.
     """
     if path.is_file():
+        import skops.io as sio
+
         data = path.read_bytes()
         try:
             untrusted = set(sio.get_untrusted_types(data=data))

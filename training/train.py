@@ -176,6 +176,8 @@ def train_image_model(model: ImageModel, cs: CaseSet, tcfg: TrainingConfig, out_
     if tcfg.channels_last:  # hand the model back in the default layout (what predict_proba and explain expect)
         model.to(memory_format=torch.contiguous_format)
     load_checkpoint(model, ckpt.best_model_path)
+    if model.finish_training(cs):  # e.g. the CBM's head fitted on the whole training split: the stored model too
+        save_checkpoint(model, ckpt.best_model_path)
     model.eval()
     best = ckpt.best_model_score  # val_select of the chosen epoch, which equals its val_auc
     epoch_of_best = _best_epoch(ModelDir(out_dir).logs / "metrics.csv")

@@ -714,12 +714,12 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | Path | None
 
 _STATUS_FILE_ENV = "GLASSZOO_BENCH_STATUS_FILE"
 
-# a measured `glasszoo ...` child: the CLI, then the process's own /proc status (with its exact VmHWM) to a file
+# a measured `glasszoo ...` child: the CLI as the command runs it, then the process's own /proc status (with its exact VmHWM) to a file
 _MEASURED_CLI = f"""
 import os, sys
-from glasszoo.evaluation.experiment.cli import main
+from glasszoo.evaluation.experiment.cli import entry
 try:
-    code = main(sys.argv[1:])
+    code = entry(sys.argv[1:])
 finally:
     path = os.environ.get({_STATUS_FILE_ENV!r})
     if path and os.path.exists("/proc/self/status"):

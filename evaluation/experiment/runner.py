@@ -9,6 +9,7 @@ records its error, keeps every other model's results and writes the report.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -335,14 +336,15 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
 
 
 def _surrogates(cfg: ExperimentConfig, cs: CaseSet, adapters: Adapters,
-                finished: dict[str, tuple[ModelSpec, Any, Adapter]]) -> dict:
-    """``metrics.json``'s ``surrogates``: per image model selected by ``evaluation.surrogates.of``, readable models
-    fitted to its predictions on the run's feature table (``glasszoo.evaluation.surrogates``). Empty when the run
-    reads no feature table (no tabular model) or has no such image model."""
+                finished: dict[str, tuple[ModelSpec, Any, Adapter]], skip: Any = ()) -> dict:
+    """``metrics.json``'s ``surrogates``: per image model of ``finished`` selected by ``evaluation.surrogates.of``
+    (except those named in ``skip``: already fitted), readable models fitted to its predictions on the run's
+    feature table (``glasszoo.evaluation.surrogates``). Empty when the run reads no feature table (no tabular model)
+    or has no such image model."""
     sg, ev = cfg.evaluation.surrogates, cfg.evaluation
     tabular = [sp for sp in cfg.models if model_info(sp.model).input_kind == "features"]
-    targets = [name for name, (spec, model, adapter) in finished.items()
-               if adapter.torch_model and selected_for_posthoc(sg.of, name, model_info(spec.model).family)]
+    targets = [name for name, (spec, model, adapter) in finished.items() if name not in skip
+               and adapter.torch_model and selected_for_posthoc(sg.of, name, model_info(spec.model).family)]
     if not sg.enabled or not sg.models or not tabular or not targets:
         return {}
     features = adapters.for_info(model_info(tabular[0].model), cfg.features)  # the run's shared table
@@ -382,6 +384,17 @@ def _parallel_models(cfg: ExperimentConfig, order: list[ModelSpec], adapters: Ad
         log(f"workers: {cfg.workers} ignored, the image models train on the GPU one after another")
         return []
     return names
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pool_init() -> None:
@@ -594,6 +607,19 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
         heatmaps_of[name] = stored_heatmaps(block, name, run.model(name))
         record(spec, model, adapter, proba, block)
 
+    surrogates: dict[str, Any] = {}
+
+    def fit_surrogates() -> None:
+        """The surrogates of the finished models that have none yet; an error ends them for the run."""
+        if "error" in surrogates:
+            return
+        try:
+            surrogates.update(_surrogates(cfg, cs, adapters, finished, skip=surrogates))
+        except Exception as exc:  # the surrogates must not cost the run's results
+            surrogates.clear()
+            surrogates["error"] = f"{type(exc).__name__}: {exc}"
+            log(f"surrogates FAILED: {type(exc).__name__}: {exc}")
+
     try:
         for i, spec in enumerate(order, 1):
             if spec.name in parallel:
@@ -631,6 +657,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
             record(spec, model, adapter, proba, block)
         for name in sorted(futures, key=position.__getitem__):
             collect(name)
+            if futures:  # the run's process is idle while the others train: fit the surrogates of what is done, on
+                with torch_threads(1):  # one thread (the workers have the others)
+                    fit_surrogates()
     finally:
         if executor is not None:
             executor.shutdown(wait=not futures, cancel_futures=True)  # futures left only when interrupted
@@ -638,13 +667,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None, overwri
     curves, finished = in_order(curves), in_order(finished)
     heatmaps = [h for name in in_order(heatmaps_of) for h in heatmaps_of[name]]
 
-    try:
-        surrogates = _surrogates(cfg, cs, adapters, finished)
-    except Exception as exc:  # the surrogates must not cost the run's results
-        surrogates = {"error": f"{type(exc).__name__}: {exc}"}
-        log(f"surrogates FAILED: {type(exc).__name__}: {exc}")
+    fit_surrogates()
     if surrogates:
-        metrics["surrogates"] = surrogates
+        metrics["surrogates"] = surrogates if "error" in surrogates else in_order(surrogates)
         save_metrics()
     try:
         repro = reproducibility(lambda name, method: run.model(name).heatmap(method), metrics, ev.bootstrap,
