@@ -714,7 +714,8 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | Path | None
 
 _STATUS_FILE_ENV = "GLASSZOO_BENCH_STATUS_FILE"
 
-# a measured `glasszoo ...` child: the CLI as the command runs it, then the process's own /proc status (with its exact VmHWM) to a file
+# a measured `glasszoo ...` child: the CLI as the command runs it, then the process's own /proc status (with its
+# exact VmHWM) to a file
 _MEASURED_CLI = f"""
 import os, sys
 from glasszoo.evaluation.experiment.cli import entry
