@@ -32,7 +32,7 @@ def allowed_types(cls: type) -> set[str]:
 
 def save_tabular(model: Any, path: Path) -> None:
     """Write ``model`` to ``path`` with ``skops.io`` (atomically)."""
-    import skops.io as sio  # 1.6 s of the run's start otherwise, before the first model trains
+    import skops.io as sio  # heavy: 1.6 s of the run's start otherwise, before the first model trains
 
     data = sio.dumps(model)
     atomic_write(path, lambda fh: fh.write(data), binary=True)
@@ -46,7 +46,7 @@ def load_tabular(path: Path, cls: type, pickle_path: Path | None = None, trust_r
     ``--trust-run`` flag, and nothing in the file is executed.
     """
     if path.is_file():
-        import skops.io as sio
+        import skops.io as sio  # heavy: only when a stored model is opened
 
         data = path.read_bytes()
         try:
