@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Collection
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -336,7 +337,7 @@ def _train_and_evaluate(spec: ModelSpec, adapter: Adapter, cs: CaseSet, cfg: Exp
 
 
 def _surrogates(cfg: ExperimentConfig, cs: CaseSet, adapters: Adapters,
-                finished: dict[str, tuple[ModelSpec, Any, Adapter]], skip: Any = ()) -> dict:
+                finished: dict[str, tuple[ModelSpec, Any, Adapter]], skip: Collection[str] = ()) -> dict:
     """``metrics.json``'s ``surrogates``: per image model of ``finished`` selected by ``evaluation.surrogates.of``
     (except those named in ``skip``: already fitted), readable models fitted to its predictions on the run's
     feature table (``glasszoo.evaluation.surrogates``). Empty when the run reads no feature table (no tabular model)
