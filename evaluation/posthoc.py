@@ -43,7 +43,8 @@ Methods and their documented defaults (also in :data:`POSTHOC_METHODS`; referenc
   ``grid`` x ``grid`` superpixels: captum ``ShapleyValueSampling``, ``n_samples=8`` random orderings, each adding the
   superpixels one at a time to the baseline-0 image, so each ordering costs one forward pass per superpixel (plus
   one for the baseline); a superpixel's value is its mean marginal change of the logit. Exact on a model additive in
-  the superpixels, whatever the orderings.
+  the superpixels, whatever the orderings. ``perturbations_per_eval=None`` -> up to ``batch_size`` steps of one
+  ordering per forward call (at most one call per ordering: captum does not batch across orderings).
 * ``lime`` -- LIME (Ribeiro et al., "Why Should I Trust You?", KDD 2016): captum ``Lime`` on the same superpixels,
   ``n_samples=64``, baseline 0, captum's exponential kernel on the cosine distance (``kernel_width=1.0``) and its
   default Lasso surrogate (captum ``SkLearnLasso``, ``lasso_alpha=0.01``; ``lasso_alpha=0`` -> unregularised
@@ -360,7 +361,11 @@ def _superpixel_attribution(explainer_cls: Callable, model: nn.Module, x: torch.
     mask = torch.as_tensor(grid_mask(height, width, cfg["grid"]), device=x.device)
     n_samples = int(cfg["n_samples"])
     per_eval = int(cfg["perturbations_per_eval"] or chunk.batch_size)
-    per_eval = max(1, min(per_eval, n_samples))
+    # KernelSHAP and LIME evaluate n_samples coalitions in all; Shapley sampling evaluates each of its n_samples
+    # orderings one superpixel at a time, so a forward call holds at most one ordering's steps (capping it at
+    # n_samples, the number of orderings, made the quickstart's calls 2 images each)
+    most = int(mask.max()) + 1 if explainer_cls is ShapleyValueSampling else n_samples
+    per_eval = max(1, min(per_eval, most))
     explainer = explainer_cls(model, **init_kwargs)
     maps = []
     for i in range(len(x)):  # captum's KernelShap / Lime fit one surrogate per example

@@ -480,6 +480,24 @@ def test_pass_counter_ig_and_kernel_shap_exact_counts():
     assert pc.per_image(3) == {"forward": 20.0, "backward": 0.0}
 
 
+def test_shapley_sampling_batches_each_ordering_into_one_call_with_the_same_values():
+    # Shapley sampling's n_samples counts orderings (2 here), not perturbations: each of the 9 superpixels of an
+    # ordering is one perturbed image, and the 9 go into one forward call (batch_size 64 >= 9), not 2-image calls
+    model = _tiny_cnn(seed=3)
+    x = torch.rand(2, 1, 12, 12)
+    params = {"grid": 3, "n_samples": 2}
+    with PassCounter(model) as pc:
+        batched = explain_posthoc(model, x, "shapley_sampling", target=[0, 1], params=params)
+    # per case: the baseline's call, then one call of 9 images per ordering
+    assert (pc.forward_calls, pc.forward_images) == (2 * (1 + 2), 2 * (1 + 2 * 9))
+    with PassCounter(model) as pc:
+        single = explain_posthoc(model, x, "shapley_sampling", target=[0, 1],
+                                 params={**params, "perturbations_per_eval": 1})
+    assert (pc.forward_calls, pc.forward_images) == (2 * (1 + 2 * 9), 2 * (1 + 2 * 9))
+    # the same orderings (seeded per case), so the same values up to the batched sums' rounding
+    np.testing.assert_allclose(batched.maps, single.maps, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", DEFAULT_METHODS)
 @pytest.mark.parametrize("given_target", [False, True])
 def test_pass_counter_matches_expected_passes(method, given_target):
