@@ -642,13 +642,19 @@ class EBM(_GlassBox):
 
     def reduced_settings(self) -> dict:
         """The accuracy-for-time settings below their full-strength defaults (:attr:`FULL_STRENGTH`):
-        ``{name: {"value", "default"}}``; empty at full strength."""
+        ``{name: {"value", "default"}}``; empty at full strength.
+
+        ``interactions: 0`` is not one of them: main effects only is a model of its own (a GAM, Lou et al. 2012,
+        against interpret's GA2M), chosen for what a reader takes in (its terms and ``n_interactions`` are in the
+        report), as the data-set configs choose it on validation. A smaller positive number of pairs (e.g. 3 for
+        ``3x``) is a saving of time, and is listed."""
         out = {}
         for name, default in self.FULL_STRENGTH.items():
             value = getattr(self, name)
             if name == "interactions":
                 below = value != default and not (isinstance(value, str) and value.endswith("x")
                                                    and float(value[:-1]) >= float(default[:-1]))
+                below = below and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0)
             else:
                 below = value < default
             if below:

@@ -315,3 +315,8 @@ def test_ebm_reports_settings_below_full_strength():
     cheap = EBM(outer_bags=4, max_rounds=2000, interactions=3).reduced_settings()
     assert cheap == {"outer_bags": {"value": 4, "default": 14}, "max_rounds": {"value": 2000, "default": 50000},
                      "interactions": {"value": 3, "default": "3x"}}
+    # main effects only is a model of its own (the data-set configs' validated choice), not a cheap EBM; fewer bags
+    # beside it still are
+    assert EBM(interactions=0).reduced_settings() == {}
+    assert EBM(interactions=0, outer_bags=2).reduced_settings() == {"outer_bags": {"value": 2, "default": 14}}
+    assert EBM(interactions=1).reduced_settings() == {"interactions": {"value": 1, "default": "3x"}}
