@@ -333,6 +333,9 @@ def _integrated_gradients(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cf
 def _deeplift(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg: dict, chunk: _Chunk) -> torch.Tensor:
     with warnings.catch_warnings():  # captum announces its temporary hooks on the activations every call
         warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
+        if x.device.type == "cpu":  # DeepLIFT's max-pool rule unpools; torch flags the op under deterministic mode
+            # (the training's `deterministic: warn`), but on the CPU each channel is unpooled by one sequential loop
+            warnings.filterwarnings("ignore", message="max_unpooling2d_forward_out does not have a deterministic")
         attr = DeepLift(model, multiply_by_inputs=True).attribute(
             x.requires_grad_(), baselines=torch.full_like(x, float(cfg["baseline"])), target=t)
     return attr.sum(dim=1)

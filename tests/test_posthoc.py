@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -118,6 +119,24 @@ def test_deeplift_on_the_blackbox_sums_to_the_logit_difference():
     with torch.no_grad():
         delta = (model(x) - model(torch.zeros_like(x)))[torch.arange(2), torch.as_tensor(h.target)].numpy()
     np.testing.assert_allclose(h.maps.sum(axis=(1, 2)), delta, rtol=1e-3, atol=1e-5)
+
+
+def test_deeplift_on_the_cpu_is_silent_and_repeatable_under_deterministic_mode():
+    """The training's deterministic mode makes torch warn at DeepLIFT's max-unpooling (10 lines in every quickstart
+    run); on the CPU the op is a sequential loop per channel, so the warning is dropped there and the maps repeat."""
+    model = BlackBoxCNN(2, 1, 16, backbone="resnet10t", stem="standard").eval()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first = explain_posthoc(model, x, "deeplift").maps
+        second = explain_posthoc(model, x, "deeplift").maps
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+    assert not [w for w in caught if "deterministic" in str(w.message)], [str(w.message) for w in caught]
+    np.testing.assert_array_equal(first, second)
 
 
 def _cell_sums(values: np.ndarray, cell: int) -> np.ndarray:
