@@ -652,9 +652,10 @@ class EBM(_GlassBox):
         for name, default in self.FULL_STRENGTH.items():
             value = getattr(self, name)
             if name == "interactions":
-                below = value != default and not (isinstance(value, str) and value.endswith("x")
-                                                   and float(value[:-1]) >= float(default[:-1]))
-                below = below and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0)
+                main_effects_only = isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+                as_many = value == default or (isinstance(value, str) and value.endswith("x")
+                                               and float(value[:-1]) >= float(default[:-1]))
+                below = not (main_effects_only or as_many)
             else:
                 below = value < default
             if below:

@@ -11,7 +11,7 @@ import pytest
 
 STEPS = 10  # timed training steps, after 3 warm-up steps
 BUFFER_PAGES = 9400  # 4 KiB pages of one step's largest activation (64 x 64 x 48 x 48 floats, 36 MiB)
-SCRIPT = textwrap.dedent("""
+SCRIPT = textwrap.dedent(f"""
     import resource, torch
     from glasszoo.training.allocator import keep_freed_memory
     applied = keep_freed_memory()
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     for _ in range(3):
         step()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(STEPS_HERE):
+    for _ in range({STEPS}):
         step()
     print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """)
@@ -39,8 +39,7 @@ SCRIPT = textwrap.dedent("""
 
 def _faults(tuning: str) -> tuple[bool, int]:
     env = {**os.environ, "GLASSZOO_MALLOC_TUNING": tuning}
-    script = SCRIPT.replace("STEPS_HERE", str(STEPS))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
     applied, faults = out.stdout.split()
     return applied == "True", int(faults)
 
